@@ -1,0 +1,308 @@
+"""The pass: ``lower(model)`` rewrites every 2-D convolution into Unfold + matmul + reshape.
+
+Data flows ``trace -> find_conv_sites -> emit_lowered_conv -> rebuild``:
+
+1. :func:`~lowerconv.trace.trace` turns a (deep-copied) model into an FX graph, plain ``Conv2d``
+   modules kept as ``call_module`` leaves;
+2. :func:`~lowerconv.sites.find_conv_sites` lists the convolutions, and those left alone;
+3. :func:`~lowerconv.emit.emit_lowered_conv` splices a strategy's nodes in place of each one;
+4. the returned ``GraphModule`` gets the original's module tree back, with each ``Conv2d``
+   swapped for a small lowered ``GraphModule`` that holds the same parameter objects, so
+   ``state_dict()`` keys, order and values, tied parameters, and ``train()``/``eval()`` flags
+   are the original's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from torch import fx, nn
+
+from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
+from .errors import LoweringError
+from .record import RECORD_ATTR, LoweredConv, LoweringRecord
+from .sites import ConvSite, SkippedConv, find_conv_sites
+from .strategies import STRATEGIES, choose_strategy
+from .trace import LoweringTracer, describe_trace_failure, trace
+
+__all__ = ["STRATEGY_NAMES", "lower"]
+
+STRATEGY_NAMES = (*STRATEGIES, "auto")
+
+
+def lower(
+    model: nn.Module,
+    *,
+    strategy: str = "unfold",
+    inplace: bool = False,
+    strict: bool = True,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Return ``model`` with every 2-D convolution computed by Unfold + matmul + reshape.
+
+    ``model`` is an ``nn.Module`` or an already traced ``fx.GraphModule``.  It is deep-copied
+    first and never changed, unless ``inplace=True``: then the result shares its parameters and
+    its ``Conv2d`` submodules are swapped for their lowered versions.
+
+    ``strategy`` picks the arithmetic (see :mod:`lowerconv.strategies`): ``"unfold"`` (default,
+    ``F.unfold`` + matmul + reshape), ``"strided"`` (strided-view im2col, one large GEMM) or
+    ``"auto"`` (chosen per convolution).  ``leaf_modules`` (types or qualified names) are not
+    traced into; ``concrete_args`` is passed to the tracer.  ``strict=False`` lowers each
+    ``Conv2d`` module on its own when the whole model cannot be traced, instead of raising.
+
+    Returns an ``fx.GraphModule`` (the *graph path*), or on the fallback path a copy of
+    ``model`` whose convolutions are lowered ``GraphModule`` submodules.  Either way
+    :func:`lowerconv.lowering_record` tells what was done.
+
+    Example, for ``nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())``, ``code`` before::
+
+        def forward(self, input):
+            _0 = getattr(self, "0")(input);  input = None
+            _1 = getattr(self, "1")(_0);  _0 = None
+            return _1
+
+    and after::
+
+        def forward(self, input):
+            _0_unfold = torch.nn.functional.unfold(input, (3, 3), dilation = (1, 1), padding = (1, 1), stride = (1, 1))
+            _0_weight = getattr(self, "0").weight
+            _0_flatten = _0_weight.flatten(1);  _0_weight = None
+            _0_matmul = torch.matmul(_0_flatten, _0_unfold);  _0_flatten = _0_unfold = None
+            _0_bias = getattr(self, "0").bias
+            _0_unsqueeze = _0_bias.unsqueeze(-1);  _0_bias = None
+            _0_add = _0_matmul + _0_unsqueeze;  _0_matmul = _0_unsqueeze = None
+            _0_conv_output_width = lowerconv_strategies_conv_output_width(input, 3, 1, 2, 1);  input = None
+            _0_reshape = _0_add.unflatten(-1, (-1, _0_conv_output_width));  ...
+            _1 = getattr(self, "1")(_0_reshape);  _0_reshape = None
+            return _1
+    """
+    _check_arguments(model, strategy, leaf_modules)
+    work = model if inplace else _copy_model(model)
+    record = LoweringRecord(model=type(model).__name__, strategy=strategy)
+    try:
+        traced = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    except LoweringError as err:
+        if strict:
+            raise
+        record.path = "fallback"
+        record.trace_error = str(err.__cause__ or err)
+        _swap_conv_modules(work, strategy, record, fallback=True)
+        setattr(work, RECORD_ATTR, record)
+        return work
+
+    lowered, skipped = lower_graph(traced, strategy)
+    record.lowered.extend(lowered)
+    record.skipped.extend(skipped)
+    _swap_conv_modules(work, strategy, record, fallback=False)
+    gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
+    setattr(gm, RECORD_ATTR, record)
+    return gm
+
+
+def lower_graph(
+    gm: fx.GraphModule, strategy: str, *, name_prefix: str = ""
+) -> tuple[list[LoweredConv], list[SkippedConv]]:
+    """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
+
+    ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
+    in the record are the larger model's.
+    """
+    sites, skipped = find_conv_sites(gm)
+    graph = gm.graph
+    lowered: list[LoweredConv] = []
+    seen: dict[str, int] = {}
+    for site in sites:
+        name = _qualify(site, name_prefix)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"  # one module called more than once
+        lowered.append(_lower_site(graph, site, name, strategy))
+    for skip in skipped:
+        skip.name = _qualify_name(skip.name, skip.node, name_prefix)
+    graph.lint()
+    gm.recompile()
+    return lowered, skipped
+
+
+def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> LoweredConv:
+    node = site.node
+    base = name.replace(".", "_").replace("#", "_call")
+    target = site.module_type
+    if site.spec is None:
+        concrete = strategy
+    else:
+        concrete = choose_strategy(site.spec) if strategy == "auto" else strategy
+    weight, bias = site.weight, site.bias
+    params: list[fx.Node] = []
+    with graph.inserting_before(node):
+        for role, attr in (("weight", site.weight_target), ("bias", site.bias_target)):
+            if attr is None:
+                continue
+            param = graph.create_node("get_attr", attr, name=f"{base}_{role}")
+            stamp(param, node, Provenance(name, node.name, target, concrete, role, None))
+            params.append(param)
+            if role == "weight":
+                weight = param
+            else:
+                bias = param
+    if site.spec is None:
+        output = emit_dynamic_conv(
+            graph,
+            node,
+            base_name=base,
+            input=site.input,
+            weight=weight,
+            bias=bias,
+            conv_args=site.conv_args,
+            strategy=concrete,
+            source=name,
+            source_target=target,
+        )
+        nodes = [output]
+        concrete = f"{concrete} (dynamic)"
+    else:
+        output, nodes = emit_lowered_conv(
+            graph,
+            node,
+            base_name=base,
+            input=site.input,
+            weight=weight,
+            bias=bias,
+            spec=site.spec,
+            strategy=concrete,
+            source=name,
+            source_target=target,
+        )
+    node.replace_all_uses_with(output)
+    graph.erase_node(node)
+    return LoweredConv(
+        name=name,
+        node=node.name,
+        target=target,
+        spec=site.spec,
+        strategy=concrete,
+        input_node=site.input.name,
+        output_node=output.name,
+        nodes=[n.name for n in params + nodes],
+    )
+
+
+def _qualify(site: ConvSite, prefix: str) -> str:
+    return _qualify_name(site.name, site.node.name, prefix)
+
+
+def _qualify_name(name: str, node_name: str, prefix: str) -> str:
+    if not prefix:
+        return name
+    # A functional conv at the root of a standalone conv module is the module itself.
+    return prefix if name == node_name else f"{prefix}.{name}"
+
+
+# -- the module tree ------------------------------------------------------------------------------
+
+
+def _swap_conv_modules(
+    work: nn.Module, strategy: str, record: LoweringRecord, *, fallback: bool
+) -> None:
+    """Replace every ``nn.Conv2d`` in ``work`` by a lowered standalone ``GraphModule``.
+
+    On the graph path these hold the parameters (under their original names) and keep
+    ``model.layer1(x)`` working; on the fallback path they are the lowering itself, and their
+    records go into ``record.lowered``.
+    """
+    replaced: dict[int, nn.Module] = {}
+    for parent_name, parent in list(work.named_modules(remove_duplicate=False)):
+        for child_name, child in list(parent._modules.items()):
+            if not isinstance(child, nn.Conv2d):
+                continue
+            qualname = f"{parent_name}.{child_name}" if parent_name else child_name
+            if id(child) not in replaced:
+                lowered = _lower_conv_module(child, qualname, strategy, record, fallback)
+                replaced[id(child)] = lowered if lowered is not None else child
+            parent._modules[child_name] = replaced[id(child)]
+
+
+def _lower_conv_module(
+    conv: nn.Conv2d, qualname: str, strategy: str, record: LoweringRecord, fallback: bool
+) -> fx.GraphModule | None:
+    tracer = LoweringTracer()
+    try:
+        graph = tracer.trace(conv)
+    except Exception as exc:
+        if fallback:
+            reason = describe_trace_failure(conv, tracer, exc).splitlines()[0]
+            record.skipped.append(
+                SkippedConv(qualname, "", type(conv).__name__, f"not lowered: {reason}")
+            )
+        return None
+    gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
+    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname)
+    if fallback:
+        for conv_record in lowered:
+            conv_record.graph_module = qualname
+        record.lowered.extend(lowered)
+        record.skipped.extend(skipped)
+    _adopt_state(gm, conv)
+    return gm
+
+
+def _rebuild(work: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    gm = fx.GraphModule(work, graph, class_name=class_name)
+    gm._modules = OrderedDict(work._modules)
+    _adopt_state(gm, work)
+    graph.lint()
+    return gm
+
+
+def _adopt_state(target: nn.Module, source: nn.Module) -> None:
+    """Give ``target`` exactly ``source``'s own parameters and buffers, same objects, same order.
+
+    ``fx.GraphModule`` registers only what its graph uses, in graph order, and turns plain
+    tensor attributes into buffers; that would change ``state_dict()``.  Extra tensors stay as
+    plain attributes so ``get_attr`` nodes still find them.
+    """
+    extras = {k: v for k, v in target._buffers.items() if k not in source._buffers}
+    target._parameters = OrderedDict(source._parameters)
+    target._buffers = OrderedDict(source._buffers)
+    target._non_persistent_buffers_set = set(source._non_persistent_buffers_set)
+    for name, value in extras.items():
+        if name not in target._parameters:
+            object.__setattr__(target, name, value)
+    target.training = source.training
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> None:
+    if not isinstance(model, nn.Module):
+        raise LoweringError(
+            f"lower() takes an nn.Module or fx.GraphModule, got {type(model).__name__}: "
+            "pass the model object, e.g. lowerconv.lower(torchvision.models.resnet18())"
+        )
+    if strategy not in STRATEGY_NAMES:
+        raise LoweringError(
+            f"unknown strategy {strategy!r} for {type(model).__name__}; "
+            f"valid strategies: {', '.join(repr(s) for s in STRATEGY_NAMES)}"
+        )
+    for leaf in leaf_modules:
+        if not (isinstance(leaf, str) or (isinstance(leaf, type) and issubclass(leaf, nn.Module))):
+            raise LoweringError(
+                f"leaf_modules entries must be nn.Module subclasses or qualified names, "
+                f"got {leaf!r}"
+            )
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        raise LoweringError(
+            f"could not deep-copy {type(model).__name__} to lower it without changing it: "
+            f"{type(exc).__name__}: {exc}. Fix: make it deep-copyable, or pass inplace=True to "
+            "lower it in place (its Conv2d submodules are then replaced)"
+        ) from exc

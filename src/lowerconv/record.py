@@ -1,0 +1,125 @@
+"""What the pass did, as data: which convs were lowered, how, and which were left alone and why.
+
+:func:`lowering_record` reads the :class:`LoweringRecord` that :func:`lowerconv.lower` attaches
+to the module it returns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from tabulate import tabulate
+from torch import nn
+
+from .sites import SkippedConv
+from .spec import ConvSpec
+
+__all__ = ["LoweredConv", "LoweringRecord", "SkippedConv", "lowering_record"]
+
+RECORD_ATTR = "_lowerconv_record"
+
+
+@dataclass
+class LoweredConv:
+    """One convolution the pass replaced.
+
+    ``name`` is the original module's qualified name (``layer1.0.conv1``), ``node`` the name of
+    the graph node it replaced, ``target`` what that node called, ``strategy`` the concrete
+    strategy used, ``input_node``/``output_node`` the names, in the lowered graph, of the node
+    feeding the conv and of the node now producing its output, ``nodes`` all nodes emitted, and
+    ``graph_module`` the qualified name of the submodule whose graph holds them ('' for the
+    returned module itself; the fallback path lowers each conv in its own small graph).
+    """
+
+    name: str
+    node: str
+    target: str
+    spec: ConvSpec | None
+    strategy: str
+    input_node: str
+    output_node: str
+    nodes: list[str]
+    graph_module: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "node": self.node,
+            "target": self.target,
+            "spec": self.spec.to_dict() if self.spec else None,
+            "strategy": self.strategy,
+            "input_node": self.input_node,
+            "output_node": self.output_node,
+            "nodes": list(self.nodes),
+            "graph_module": self.graph_module,
+        }
+
+
+@dataclass
+class LoweringRecord:
+    """The pass's account of one call to :func:`lowerconv.lower`.
+
+    ``path`` is ``"graph"`` when the whole model was traced into one graph, ``"fallback"`` when
+    tracing failed (``trace_error`` says why) and each conv was lowered on its own.
+    """
+
+    model: str
+    strategy: str
+    path: str = "graph"
+    trace_error: str | None = None
+    lowered: list[LoweredConv] = field(default_factory=list)
+    skipped: list[SkippedConv] = field(default_factory=list)
+
+    @property
+    def num_lowered(self) -> int:
+        return len(self.lowered)
+
+    def strategies_used(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for conv in self.lowered:
+            counts[conv.strategy] = counts.get(conv.strategy, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "strategy": self.strategy,
+            "path": self.path,
+            "trace_error": self.trace_error,
+            "lowered": [c.to_dict() for c in self.lowered],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def summary(self) -> str:
+        used = ", ".join(f"{k}: {v}" for k, v in self.strategies_used().items()) or "none"
+        text = f"{self.model}: lowered {self.num_lowered} conv(s) ({used}) on the {self.path} path"
+        if self.skipped:
+            text += f"; left {len(self.skipped)} alone"
+        return text
+
+    def __str__(self) -> str:
+        rows = [
+            [c.name, c.target, c.spec.describe() if c.spec else "dynamic", c.strategy, "lowered"]
+            for c in self.lowered
+        ]
+        rows += [[s.name, s.kind, "", "", s.reason] for s in self.skipped]
+        table = tabulate(rows, headers=["conv", "was", "config", "strategy", "result"])
+        return f"{table}\n{self.summary()}"
+
+
+def lowering_record(module: nn.Module) -> LoweringRecord:
+    """The record :func:`lowerconv.lower` attached to ``module``.
+
+    Raises ``LookupError`` for a module that did not come from :func:`lowerconv.lower`.
+    """
+    record = getattr(module, RECORD_ATTR, None)
+    if record is None:
+        raise LookupError(
+            f"{type(module).__name__} has no lowering record: pass it through "
+            "lowerconv.lower(model) first"
+        )
+    return record

@@ -1,0 +1,131 @@
+"""Step 1 of the pass: turn a model into a ``torch.fx`` graph that exposes every convolution.
+
+Plain ``nn.Conv2d`` modules stay leaves (one ``call_module`` node each), so the lowered graph can
+name them by their qualified name.  Subclasses that change ``forward`` or ``_conv_forward`` are
+traced *into*: their own arithmetic (weight standardisation, run-time padding) is kept and only
+the ``F.conv2d`` call inside is lowered.  ``torchvision.ops`` modules that hold no convolution
+stay leaves, because several of them carry control flow that symbolic tracing cannot follow.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .errors import LoweringError
+
+__all__ = ["LoweringTracer", "is_plain_conv2d", "trace"]
+
+
+def is_plain_conv2d(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` whose output is exactly ``F.conv2d`` of its own parameters."""
+    cls = type(module)
+    return (
+        isinstance(module, nn.Conv2d)
+        and not isinstance(module, nn.modules.lazy.LazyModuleMixin)
+        and cls.forward is nn.Conv2d.forward
+        and cls._conv_forward is nn.Conv2d._conv_forward
+    )
+
+
+def _holds_conv2d(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+class LoweringTracer(fx.Tracer):
+    """A tracer that keeps plain Conv2d modules as leaves and traces into everything conv-like.
+
+    ``leaf_modules`` adds leaves by type or by qualified name.  While tracing it keeps the stack
+    of modules it is inside, so a tracing failure can say where it happened.
+    """
+
+    def __init__(self, leaf_modules: Iterable[type | str] = ()) -> None:
+        super().__init__()
+        leaves = tuple(leaf_modules)
+        self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
+        self.leaf_names = frozenset(t for t in leaves if isinstance(t, str))
+        self.module_stack_names: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        if isinstance(m, nn.Conv2d):
+            return is_plain_conv2d(m)
+        if type(m).__module__.startswith("torchvision.ops") and not _holds_conv2d(m):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        name = self.path_of_module(m)
+        self.module_stack_names.append(name)
+        result = super().call_module(m, forward, args, kwargs)
+        self.module_stack_names.pop()
+        return result
+
+
+def trace(
+    model: nn.Module,
+    *,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Symbolically trace ``model`` with :class:`LoweringTracer`.
+
+    A ``GraphModule`` is returned as is.  A failure raises :class:`LoweringError` naming the model,
+    the module being traced when it failed, the last node recorded, and the tracer's message.
+    """
+    if isinstance(model, fx.GraphModule):
+        return model
+    tracer = LoweringTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:
+        raise LoweringError(describe_trace_failure(model, tracer, exc)) from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, class_name=name)
+
+
+def describe_trace_failure(model: nn.Module, tracer: LoweringTracer, exc: BaseException) -> str:
+    """Where tracing ``model`` failed and what to do about it, in one message."""
+    model_name = type(model).__name__
+    where = tracer.module_stack_names[-1] if tracer.module_stack_names else ""
+    if where:
+        sub = model.get_submodule(where)
+        place = f"inside module '{where}' ({type(sub).__name__})"
+    else:
+        place = f"in {model_name}.forward"
+    graph = getattr(tracer, "graph", None)
+    last = None
+    if graph is not None:
+        nodes = [n for n in graph.nodes if n.op != "output"]
+        last = nodes[-1].format_node() if nodes else None
+    frame = _last_user_frame(exc)
+    lines = [
+        f"torch.fx could not trace {model_name}: {type(exc).__name__}: {exc}".rstrip(),
+        f"  where: {place}" + (f", at {frame}" if frame else ""),
+    ]
+    if last:
+        lines.append(f"  last node traced: {last}")
+    lines.append(
+        "  fix: pass concrete_args= to fix the inputs that drive control flow, name the module "
+        "that cannot be traced in leaf_modules= (its convolutions are then not lowered), or use "
+        "strict=False to lower each Conv2d module separately."
+    )
+    return "\n".join(lines)
+
+
+def _last_user_frame(exc: BaseException) -> str | None:
+    """The innermost frame outside torch, i.e. the user's line that broke tracing."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    torch_dir = torch.__file__.rsplit("/", 1)[0]
+    user = [
+        f for f in frames if not f.filename.startswith(torch_dir) and "lowerconv" not in f.filename
+    ]
+    if not user:
+        return None
+    f = user[-1]
+    return f"{f.filename}:{f.lineno} ({f.line})"
