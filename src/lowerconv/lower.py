@@ -100,6 +100,7 @@ def lower(
     _swap_conv_modules(work, strategy, record, fallback=False)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
+    _preserve_on_deepcopy(gm)
     return gm
 
 
@@ -256,6 +257,22 @@ def _rebuild(work: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModul
     _adopt_state(gm, work)
     graph.lint()
     return gm
+
+
+def _preserve_on_deepcopy(gm: fx.GraphModule) -> None:
+    """Keep the record and the original's module tree through ``copy.deepcopy(gm)``.
+
+    ``GraphModule.__deepcopy__`` rebuilds the module from its graph (dropping what the graph does
+    not use and reordering the rest), then sets the attributes listed in this ``meta`` entry on
+    the copy; they are deep-copied with the same memo, so they are the copy's own objects.
+    """
+    gm.meta["_user_preserved_attributes"] = {
+        RECORD_ATTR: getattr(gm, RECORD_ATTR),
+        "_modules": gm._modules,
+        "_parameters": gm._parameters,
+        "_buffers": gm._buffers,
+        "_non_persistent_buffers_set": gm._non_persistent_buffers_set,
+    }
 
 
 def _adopt_state(target: nn.Module, source: nn.Module) -> None:
