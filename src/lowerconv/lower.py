@@ -245,10 +245,27 @@ def _lower_conv_module(
     if fallback:
         for conv_record in lowered:
             conv_record.graph_module = qualname
+            if conv_record.name == qualname:
+                conv_record.target = type(conv).__name__
         record.lowered.extend(lowered)
         record.skipped.extend(skipped)
     _adopt_state(gm, conv)
+    # Code that reads a conv's configuration at run time (out_channels, stride...) still works.
+    for attr in _CONV_CONFIG_ATTRS:
+        object.__setattr__(gm, attr, getattr(conv, attr))
     return gm
+
+
+_CONV_CONFIG_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
 
 
 def _rebuild(work: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
