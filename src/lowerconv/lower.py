@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import fx, nn
@@ -24,6 +25,7 @@ from torch import fx, nn
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
 from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
+from .runtime import RuntimeLoweredConv2d
 from .sites import ConvSite, SkippedConv, find_conv_sites
 from .strategies import STRATEGIES, choose_strategy
 from .trace import LoweringTracer, describe_trace_failure, trace
@@ -38,7 +40,7 @@ def lower(
     *,
     strategy: str = "unfold",
     inplace: bool = False,
-    strict: bool = True,
+    strict: bool = False,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
@@ -83,36 +85,63 @@ def lower(
     _check_arguments(model, strategy, leaf_modules)
     work = model if inplace else _copy_model(model)
     record = LoweringRecord(model=type(model).__name__, strategy=strategy)
+    holders = _lower_conv_modules(work, strategy)
+    run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv2d)]
     try:
-        traced = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+        traced = trace(
+            work, leaf_modules=leaf_modules, leaf_objects=run_time, concrete_args=concrete_args
+        )
     except LoweringError as err:
         if strict:
             raise
+        # The fallback path: each conv module's own lowering is the lowering.
         record.path = "fallback"
-        record.trace_error = str(err.__cause__ or err)
-        _swap_conv_modules(work, strategy, record, fallback=True)
+        record.trace_error = str(err)
+        for holder in holders.values():
+            record.lowered.extend(holder.lowered)
+            record.skipped.extend(holder.skipped)
+        _swap_conv_modules(work, holders)
         setattr(work, RECORD_ATTR, record)
         return work
 
-    lowered, skipped = lower_graph(traced, strategy)
+    lowered, leaf_convs, skipped = lower_graph(traced, strategy)
     record.lowered.extend(lowered)
     record.skipped.extend(skipped)
-    _swap_conv_modules(work, strategy, record, fallback=False)
+    for node in leaf_convs:
+        holder = holders.get(id(traced.get_submodule(str(node.target))))
+        if holder is not None and holder.lowered:
+            conv = copy.copy(holder.lowered[0])
+            conv.node, conv.input_node, conv.output_node = node.name, node.args[0].name, node.name
+            conv.nodes = [node.name]
+            record.lowered.append(conv)
+        else:
+            record.skipped.append(
+                SkippedConv(str(node.target), node.name, type(holder).__name__, "not lowered")
+            )
+    record.lowered.sort(key=_graph_order(traced.graph))
+    _swap_conv_modules(work, holders)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
     _preserve_on_deepcopy(gm)
     return gm
 
 
+def _graph_order(graph: fx.Graph):
+    position = {node.name: i for i, node in enumerate(graph.nodes)}
+    return lambda conv: position.get(conv.output_node, len(position))
+
+
 def lower_graph(
     gm: fx.GraphModule, strategy: str, *, name_prefix: str = ""
-) -> tuple[list[LoweredConv], list[SkippedConv]]:
-    """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
+) -> tuple[list[LoweredConv], list[fx.Node], list[SkippedConv]]:
+    """Lower every 2-D convolution in ``gm.graph`` in place.
 
-    ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
-    in the record are the larger model's.
+    Returns what was lowered, the ``call_module`` nodes of ``Conv2d`` subclasses kept as leaves
+    (their modules lower them at run time), and what was left alone.  ``name_prefix`` is the
+    qualified name of ``gm`` inside a larger model, so that the names in the record are the
+    larger model's.
     """
-    sites, skipped = find_conv_sites(gm)
+    sites, leaf_convs, skipped = find_conv_sites(gm)
     graph = gm.graph
     lowered: list[LoweredConv] = []
     seen: dict[str, int] = {}
@@ -126,7 +155,7 @@ def lower_graph(
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
     graph.lint()
     gm.recompile()
-    return lowered, skipped
+    return lowered, leaf_convs, skipped
 
 
 def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> LoweredConv:
@@ -206,54 +235,70 @@ def _qualify_name(name: str, node_name: str, prefix: str) -> str:
 # -- the module tree ------------------------------------------------------------------------------
 
 
-def _swap_conv_modules(
-    work: nn.Module, strategy: str, record: LoweringRecord, *, fallback: bool
-) -> None:
-    """Replace every ``nn.Conv2d`` in ``work`` by a lowered standalone ``GraphModule``.
+@dataclass
+class _ConvHolder:
+    """A ``Conv2d`` of the model, the module that replaces it, and that module's own record."""
 
-    On the graph path these hold the parameters (under their original names) and keep
-    ``model.layer1(x)`` working; on the fallback path they are the lowering itself, and their
-    records go into ``record.lowered``.
+    conv: nn.Conv2d
+    module: nn.Module
+    lowered: list[LoweredConv]
+    skipped: list[SkippedConv]
+
+
+def _lower_conv_modules(work: nn.Module, strategy: str) -> dict[int, _ConvHolder]:
+    """Lower every ``nn.Conv2d`` of ``work`` on its own, keyed by ``id`` of the conv.
+
+    A conv that traces on its own becomes a small lowered ``GraphModule``; a subclass whose
+    ``forward`` cannot be traced becomes a :class:`RuntimeLoweredConv2d`, which runs that
+    ``forward`` with its ``F.conv2d`` calls lowered.  On the graph path these hold the
+    parameters under their original names and keep ``model.layer1(x)`` working; on the
+    fallback path they are the lowering itself.
     """
-    replaced: dict[int, nn.Module] = {}
-    for parent_name, parent in list(work.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent._modules.items()):
-            if not isinstance(child, nn.Conv2d):
-                continue
-            qualname = f"{parent_name}.{child_name}" if parent_name else child_name
-            if id(child) not in replaced:
-                lowered = _lower_conv_module(child, qualname, strategy, record, fallback)
-                replaced[id(child)] = lowered if lowered is not None else child
-            parent._modules[child_name] = replaced[id(child)]
+    holders: dict[int, _ConvHolder] = {}
+    for qualname, module in work.named_modules():
+        if isinstance(module, nn.Conv2d) and id(module) not in holders and qualname:
+            holders[id(module)] = _lower_conv_module(module, qualname, strategy)
+    return holders
 
 
-def _lower_conv_module(
-    conv: nn.Conv2d, qualname: str, strategy: str, record: LoweringRecord, fallback: bool
-) -> fx.GraphModule | None:
+def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHolder:
     tracer = LoweringTracer()
     try:
         graph = tracer.trace(conv)
     except Exception as exc:
-        if fallback:
-            reason = describe_trace_failure(conv, tracer, exc).splitlines()[0]
-            record.skipped.append(
-                SkippedConv(qualname, "", type(conv).__name__, f"not lowered: {reason}")
-            )
-        return None
+        reason = describe_trace_failure(conv, tracer, exc).splitlines()[0]
+        lowered = LoweredConv(
+            name=qualname,
+            node="",
+            target=type(conv).__name__,
+            spec=None,
+            strategy=f"{strategy} (run time)",
+            input_node="",
+            output_node="",
+            nodes=[],
+            graph_module=qualname,
+            note=f"forward not traceable ({reason}); its F.conv2d calls are lowered at run time",
+        )
+        return _ConvHolder(conv, RuntimeLoweredConv2d(conv, strategy), [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
-    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname)
-    if fallback:
-        for conv_record in lowered:
-            conv_record.graph_module = qualname
-            if conv_record.name == qualname:
-                conv_record.target = type(conv).__name__
-        record.lowered.extend(lowered)
-        record.skipped.extend(skipped)
+    lowered, _, skipped = lower_graph(gm, strategy, name_prefix=qualname)
+    for conv_record in lowered:
+        conv_record.graph_module = qualname
+        if conv_record.name == qualname:
+            conv_record.target = type(conv).__name__
     _adopt_state(gm, conv)
     # Code that reads a conv's configuration at run time (out_channels, stride...) still works.
     for attr in _CONV_CONFIG_ATTRS:
         object.__setattr__(gm, attr, getattr(conv, attr))
-    return gm
+    return _ConvHolder(conv, gm, lowered, skipped)
+
+
+def _swap_conv_modules(work: nn.Module, holders: dict[int, _ConvHolder]) -> None:
+    """Put each conv's replacement where the conv was, at every path it is reachable by."""
+    for parent in list(work.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in holders:
+                parent._modules[child_name] = holders[id(child)].module
 
 
 _CONV_CONFIG_ATTRS = (

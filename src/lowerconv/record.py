@@ -41,6 +41,7 @@ class LoweredConv:
     output_node: str
     nodes: list[str]
     graph_module: str = ""
+    note: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +54,7 @@ class LoweredConv:
             "output_node": self.output_node,
             "nodes": list(self.nodes),
             "graph_module": self.graph_module,
+            "note": self.note,
         }
 
 

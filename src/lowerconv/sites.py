@@ -91,9 +91,16 @@ def source_name(node: fx.Node) -> str:
     return node.name
 
 
-def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedConv]]:
-    """Every 2-D convolution in ``gm``'s graph, in graph order, plus the convs it cannot lower."""
+def find_conv_sites(
+    gm: fx.GraphModule,
+) -> tuple[list[ConvSite], list[fx.Node], list[SkippedConv]]:
+    """Every 2-D convolution in ``gm``'s graph, in graph order.
+
+    Returns the sites to lower in the graph, the ``call_module`` nodes of ``Conv2d`` subclasses
+    kept as leaves (lowered at run time by their module), and the conv-like nodes left alone.
+    """
     sites: list[ConvSite] = []
+    leaf_subclasses: list[fx.Node] = []
     skipped: list[SkippedConv] = []
     modules = dict(gm.named_modules())
     static = _StaticEvaluator(gm)
@@ -102,10 +109,10 @@ def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedCon
             module = modules.get(str(node.target))
             if isinstance(module, nn.Conv2d) and is_plain_conv2d(module):
                 sites.append(_module_site(node, module))
-            elif isinstance(module, _OTHER_CONV_MODULES) or (
-                isinstance(module, nn.Conv2d) and not is_plain_conv2d(module)
-            ):
-                skipped.append(_skip(node, type(module).__name__, "not a plain 2-D convolution"))
+            elif isinstance(module, nn.Conv2d):
+                leaf_subclasses.append(node)
+            elif isinstance(module, _OTHER_CONV_MODULES):
+                skipped.append(_skip(node, type(module).__name__, "not a 2-D convolution"))
             elif type(module).__name__ == "DeformConv2d":
                 skipped.append(_skip(node, "DeformConv2d", "deformable offsets are not an im2col"))
         elif node.op == "call_function":
@@ -122,7 +129,7 @@ def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedCon
                 skipped.append(_skip(node, kind, "not a 2-D convolution"))
             elif getattr(node.target, "__name__", "") == "deform_conv2d":
                 skipped.append(_skip(node, "deform_conv2d", "deformable offsets are not an im2col"))
-    return sites, skipped
+    return sites, leaf_subclasses, skipped
 
 
 def _skip(node: fx.Node, kind: str, reason: str) -> SkippedConv:

@@ -43,15 +43,22 @@ class LoweringTracer(fx.Tracer):
     of modules it is inside, so a tracing failure can say where it happened.
     """
 
-    def __init__(self, leaf_modules: Iterable[type | str] = ()) -> None:
+    def __init__(
+        self, leaf_modules: Iterable[type | str] = (), leaf_objects: Iterable[nn.Module] = ()
+    ) -> None:
         super().__init__()
         leaves = tuple(leaf_modules)
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_names = frozenset(t for t in leaves if isinstance(t, str))
+        self.leaf_ids = frozenset(id(m) for m in leaf_objects)
         self.module_stack_names: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+        if (
+            module_qualified_name in self.leaf_names
+            or isinstance(m, self.leaf_types)
+            or id(m) in self.leaf_ids
+        ):
             return True
         if isinstance(m, nn.Conv2d):
             return is_plain_conv2d(m)
@@ -71,16 +78,18 @@ def trace(
     model: nn.Module,
     *,
     leaf_modules: Iterable[type | str] = (),
+    leaf_objects: Iterable[nn.Module] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> fx.GraphModule:
     """Symbolically trace ``model`` with :class:`LoweringTracer`.
 
-    A ``GraphModule`` is returned as is.  A failure raises :class:`LoweringError` naming the model,
+    ``leaf_objects`` are module instances to keep as leaves (the pass passes ``Conv2d``
+    subclasses that cannot be traced on their own).  A ``GraphModule`` is returned as is.  A failure raises :class:`LoweringError` naming the model,
     the module being traced when it failed, the last node recorded, and the tracer's message.
     """
     if isinstance(model, fx.GraphModule):
         return model
-    tracer = LoweringTracer(leaf_modules)
+    tracer = LoweringTracer(leaf_modules, leaf_objects)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:
@@ -112,8 +121,8 @@ def describe_trace_failure(model: nn.Module, tracer: LoweringTracer, exc: BaseEx
         lines.append(f"  last node traced: {last}")
     lines.append(
         "  fix: pass concrete_args= to fix the inputs that drive control flow, name the module "
-        "that cannot be traced in leaf_modules= (its convolutions are then not lowered), or use "
-        "strict=False to lower each Conv2d module separately."
+        "that cannot be traced in leaf_modules= (its convolutions are then not lowered), or leave "
+        "strict=False (the default) to lower each Conv2d module on its own."
     )
     return "\n".join(lines)
 
