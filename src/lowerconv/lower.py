@@ -53,12 +53,12 @@ def lower(
     ``strategy`` picks the arithmetic (see :mod:`lowerconv.strategies`): ``"unfold"`` (default,
     ``F.unfold`` + matmul + reshape), ``"strided"`` (strided-view im2col, one large GEMM) or
     ``"auto"`` (chosen per convolution).  ``leaf_modules`` (types or qualified names) are not
-    traced into; ``concrete_args`` is passed to the tracer.  ``strict=False`` lowers each
-    ``Conv2d`` module on its own when the whole model cannot be traced, instead of raising.
+    traced into; ``concrete_args`` is passed to the tracer.
 
-    Returns an ``fx.GraphModule`` (the *graph path*), or on the fallback path a copy of
-    ``model`` whose convolutions are lowered ``GraphModule`` submodules.  Either way
-    :func:`lowerconv.lowering_record` tells what was done.
+    Returns an ``fx.GraphModule`` (the *graph path*).  Where ``torch.fx`` cannot trace the whole
+    model, it returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their
+    own (the *fallback path*); ``strict=True`` raises :class:`LoweringError` instead.  Either way
+    :func:`lowerconv.lowering_record` tells what was done, and why.
 
     Example, for ``nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())``, ``code`` before::
 
@@ -70,14 +70,14 @@ def lower(
     and after::
 
         def forward(self, input):
-            _0_unfold = torch.nn.functional.unfold(input, (3, 3), dilation = (1, 1), padding = (1, 1), stride = (1, 1))
             _0_weight = getattr(self, "0").weight
-            _0_flatten = _0_weight.flatten(1);  _0_weight = None
-            _0_matmul = torch.matmul(_0_flatten, _0_unfold);  _0_flatten = _0_unfold = None
             _0_bias = getattr(self, "0").bias
-            _0_unsqueeze = _0_bias.unsqueeze(-1);  _0_bias = None
-            _0_add = _0_matmul + _0_unsqueeze;  _0_matmul = _0_unsqueeze = None
-            _0_conv_output_width = lowerconv_strategies_conv_output_width(input, 3, 1, 2, 1);  input = None
+            _0_unfold = torch.nn.functional.unfold(input, (3, 3), dilation = (1, 1), padding = (1, 1), stride = (1, 1))
+            _0_weight_flatten = _0_weight.flatten(1);  _0_weight = None
+            _0_matmul = torch.matmul(_0_weight_flatten, _0_unfold);  _0_weight_flatten = _0_unfold = None
+            _0_bias_unsqueeze = _0_bias.unsqueeze(-1);  _0_bias = None
+            _0_add = _0_matmul + _0_bias_unsqueeze;  _0_matmul = _0_bias_unsqueeze = None
+            _0_conv_output_width = conv_output_width(input, 3, 1, 2, 1);  input = None
             _0_reshape = _0_add.unflatten(-1, (-1, _0_conv_output_width));  ...
             _1 = getattr(self, "1")(_0_reshape);  _0_reshape = None
             return _1
