@@ -1,0 +1,416 @@
+"""Turn the command line's MODEL argument into a module and the example inputs to run it on.
+
+Three spellings are accepted:
+
+- a torchvision model name (``resnet18``): built with ``weights=None`` (no download) from a fixed
+  seed, in eval mode, with inputs shaped for its category (images, video clips, image pairs);
+- ``package.module:factory``: ``factory()`` is imported and called;
+- ``path/to/file.py:factory``: the file is loaded with :func:`importlib.util.spec_from_file_location`
+  and ``factory()`` called.
+
+``factory`` is any callable returning an ``nn.Module`` (a class works).  Its example input is one
+image batch ``(batch, C, size, size)`` with ``C`` the ``in_channels`` of its first ``nn.Conv2d``.
+Every mistake raises :class:`~lowerconv.errors.LoweringError` saying what was wrong and how to
+fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LoweringError
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "VIDEO_FRAMES",
+    "ResolvedModel",
+    "default_image_size",
+    "load_weights",
+    "resolve_model",
+    "suggest_model_names",
+    "torchvision_models",
+]
+
+DEFAULT_IMAGE_SIZE = 224
+VIDEO_FRAMES = 16  # mvit needs exactly 16; the others accept it
+
+# Categories the command line can build inputs for, in the order `lowerconv models` lists them.
+SUPPORTED_CATEGORIES = ("classification", "quantization", "segmentation", "video", "optical_flow")
+
+
+@dataclass
+class ResolvedModel:
+    """A model ready to lower: the module (eval mode), its example inputs, and where it came from.
+
+    ``min_image_size`` is the smallest input the model's torchvision weights document, used to
+    explain a forward pass that fails on a small ``--image-size``.
+    """
+
+    spec: str
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    origin: str
+    min_image_size: int | None = None
+
+    def describe(self) -> str:
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in self.example_inputs)
+        return f"{self.spec} ({self.origin}), input {shapes}"
+
+    def failure_hint(self) -> str | None:
+        """A fix for a run that failed on an input below the model's documented minimum."""
+        if self.min_image_size is not None:
+            size = self.example_inputs[0].shape[-1]
+            if size < self.min_image_size:
+                return (
+                    f"{self.spec} documents a minimum input of {self.min_image_size}x"
+                    f"{self.min_image_size}, got {size}: pass --image-size {self.min_image_size} "
+                    "or larger"
+                )
+        return None
+
+
+def resolve_model(
+    spec: str,
+    *,
+    batch_size: int = 1,
+    image_size: int | None = None,
+    seed: int = 0,
+    weights: str | Path | None = None,
+) -> ResolvedModel:
+    """Build the model named by ``spec`` and its example inputs; see the module docstring.
+
+    ``image_size`` of None means the model's own default (224 for most, 299 for inception_v3,
+    112 for the 3-D ResNets).  ``weights`` is a ``state_dict`` file loaded with
+    :func:`load_weights`.
+    """
+    if batch_size < 1:
+        raise LoweringError(f"--batch-size must be at least 1, got {batch_size}")
+    if image_size is not None and image_size < 1:
+        raise LoweringError(f"--image-size must be at least 1, got {image_size}")
+    if ":" in spec:
+        resolved = _resolve_factory(spec, batch_size, image_size, seed)
+    else:
+        resolved = _resolve_torchvision(spec, batch_size, image_size, seed)
+    if weights is not None:
+        load_weights(resolved.model, weights, model_name=spec)
+    resolved.model.eval()
+    return resolved
+
+
+# -- torchvision ---------------------------------------------------------------------------------
+
+
+@cache
+def torchvision_models() -> dict[str, str]:
+    """Every torchvision model name, mapped to its category (``classification``, ``video``...)."""
+    import torchvision.models as tvm
+
+    categories: dict[str, str] = {}
+    for category, module in (
+        ("classification", tvm),
+        ("quantization", tvm.quantization),
+        ("segmentation", tvm.segmentation),
+        ("detection", tvm.detection),
+        ("video", tvm.video),
+        ("optical_flow", tvm.optical_flow),
+    ):
+        for name in tvm.list_models(module=module):
+            categories[name] = category
+    for name in tvm.list_models():  # anything registered outside those modules
+        categories.setdefault(name, "classification")
+    return categories
+
+
+def suggest_model_names(name: str, limit: int = 3) -> list[str]:
+    """torchvision names close to ``name``, best first (``resnt18 -> ['resnet18', ...]``)."""
+    return difflib.get_close_matches(name, list(torchvision_models()), n=limit, cutoff=0.6)
+
+
+def _resolve_torchvision(
+    name: str, batch_size: int, image_size: int | None, seed: int
+) -> ResolvedModel:
+    models = torchvision_models()
+    if name not in models:
+        raise LoweringError(_unknown_model_message(name))
+    category = models[name]
+    if category == "detection":
+        raise LoweringError(
+            f"{name} is a torchvision detection model; the command line does not support "
+            "detection models yet: they take a list of images and return post-processed boxes "
+            "(after NMS), which cannot be compared element by element. Fix: verify its backbone "
+            "through a factory, e.g. a file det.py with `def backbone(): return "
+            f"torchvision.models.get_model('{name}', weights=None, weights_backbone=None)"
+            ".backbone` and `lowerconv verify det.py:backbone`"
+        )
+    if category not in SUPPORTED_CATEGORIES:
+        raise LoweringError(
+            f"{name} is a torchvision {category} model, which the command line does not support "
+            "yet. Fix: wrap it in a factory returning an nn.Module that takes one image batch"
+        )
+    import torchvision.models as tvm
+
+    size = image_size if image_size is not None else default_image_size(name)
+    kwargs: dict = {"weights": None}
+    if category in ("segmentation",):
+        kwargs["weights_backbone"] = None  # its default is an ImageNet download
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        if size % patch:
+            raise LoweringError(
+                f"{name} splits the image into {patch}x{patch} patches, so --image-size must be "
+                f"a multiple of {patch}; got {size}. Fix: --image-size {max(patch, size // patch * patch)}"
+            )
+        kwargs["image_size"] = size  # the model is built for one size; build it for this one
+    if name == "maxvit_t":
+        kwargs["input_size"] = (size, size)
+    if category == "optical_flow" and (size % 8 or size < 128):
+        raise LoweringError(
+            f"{name} needs image sides that are multiples of 8 and at least 128; got "
+            f"--image-size {size}. Fix: --image-size 128"
+        )
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # googlenet and inception_v3 announce a future change of their default init
+            warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
+            torch.manual_seed(seed)
+            model = tvm.get_model(name, **kwargs)
+    except Exception as exc:
+        raise LoweringError(
+            f"building torchvision's {name} with {kwargs} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    generator = torch.Generator().manual_seed(seed)
+    image = (batch_size, 3, size, size)
+    if category == "video":
+        inputs: tuple[torch.Tensor, ...] = (
+            torch.randn(batch_size, 3, VIDEO_FRAMES, size, size, generator=generator),
+        )
+    elif category == "optical_flow":
+        inputs = (torch.randn(image, generator=generator), torch.randn(image, generator=generator))
+    else:
+        inputs = (torch.randn(image, generator=generator),)
+    return ResolvedModel(
+        spec=name,
+        model=model,
+        example_inputs=inputs,
+        origin=f"torchvision {category}, random init, seed {seed}",
+        min_image_size=_documented_min_size(name),
+    )
+
+
+def _unknown_model_message(name: str) -> str:
+    message = f"unknown model {name!r}: it is not a torchvision model name."
+    close = suggest_model_names(name)
+    if close:
+        message += f" Did you mean {', '.join(close)}?"
+    if name.endswith(".py"):
+        message += f" For a model defined in a file, name its factory: {name}:make_model."
+    return (
+        message + " Run `lowerconv models` for the list, or pass package.module:factory or "
+        "path/to/file.py:factory for your own model"
+    )
+
+
+def _first_weights(name: str):
+    import torchvision.models as tvm
+
+    try:
+        return next(iter(tvm.get_model_weights(name)))
+    except (StopIteration, ValueError, KeyError):
+        return None
+
+
+def default_image_size(name: str) -> int:
+    """The input side used when ``--image-size`` is not given: the crop size of the model's
+    torchvision weights (299 for inception_v3, 112 for r3d_18), else 224."""
+    category = torchvision_models().get(name, "classification")
+    if name.startswith("vit_") or category in ("segmentation", "optical_flow"):
+        # vit's builder default (its weights' sizes vary); the others' weights resize to 520+
+        return DEFAULT_IMAGE_SIZE
+    return _weights_crop_size(name) or DEFAULT_IMAGE_SIZE
+
+
+def _weights_crop_size(name: str) -> int | None:
+    weights = _first_weights(name)
+    if weights is None:
+        return None
+    try:
+        crop = getattr(weights.transforms(), "crop_size", None)
+    except Exception:  # a preset that needs arguments; fall back to the default
+        return None
+    return int(crop[0]) if crop else None
+
+
+def _documented_min_size(name: str) -> int | None:
+    weights = _first_weights(name)
+    if weights is None or name.startswith("vit_"):  # vit's meta is for one pretrained size
+        return None
+    min_size = weights.meta.get("min_size")
+    return int(min_size[0]) if min_size and min_size[0] > 1 else None
+
+
+# -- factories -----------------------------------------------------------------------------------
+
+
+def _resolve_factory(
+    spec: str, batch_size: int, image_size: int | None, seed: int
+) -> ResolvedModel:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise LoweringError(
+            f"model {spec!r}: expected package.module:factory or path/to/file.py:factory, "
+            "with a name on both sides of the ':'"
+        )
+    module = _import_target(spec, target)
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            names = [n for n in dir(module) if not n.startswith("_")]
+            close = difflib.get_close_matches(attr, names, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise LoweringError(f"model {spec!r}: {target} has no attribute {attr!r}.{hint}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise LoweringError(
+            f"model {spec!r}: {attr} is a {type(factory).__name__}, not a callable; "
+            "name a function (or class) that returns an nn.Module"
+        )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = factory()
+    except Exception as exc:
+        raise LoweringError(
+            f"model {spec!r}: calling {attr}() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise LoweringError(
+            f"model {spec!r}: {attr}() returned a {type(model).__name__}, not an nn.Module"
+        )
+    channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    size = image_size if image_size is not None else DEFAULT_IMAGE_SIZE
+    generator = torch.Generator().manual_seed(seed)
+    inputs = (torch.randn(batch_size, channels, size, size, generator=generator),)
+    return ResolvedModel(
+        spec=spec, model=model, example_inputs=inputs, origin=f"factory, seed {seed}"
+    )
+
+
+def _import_target(spec: str, target: str):
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise LoweringError(f"model {spec!r}: no such file {str(path)!r}")
+        module_name = f"lowerconv_user_model_{path.stem}"
+        import_spec = importlib.util.spec_from_file_location(module_name, path)
+        if import_spec is None or import_spec.loader is None:
+            raise LoweringError(f"model {spec!r}: {path} cannot be imported as a Python file")
+        module = importlib.util.module_from_spec(import_spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+        try:
+            import_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise LoweringError(
+                f"model {spec!r}: importing {path} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        raise LoweringError(
+            f"model {spec!r}: cannot import {target!r} ({exc}). Fix: install it or add its "
+            "folder to PYTHONPATH, or give a file path: path/to/file.py:factory"
+        ) from exc
+    except Exception as exc:
+        raise LoweringError(
+            f"model {spec!r}: importing {target} raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+
+def load_weights(model: nn.Module, path: str | Path, *, model_name: str = "the model") -> None:
+    """Load a ``state_dict`` file into ``model``, or raise a LoweringError naming the mismatch.
+
+    The file is read with ``torch.load(weights_only=True)``; it may hold the ``state_dict``
+    itself or a dict with a ``"state_dict"`` or ``"model"`` entry (training checkpoints).  Keys
+    saved from ``nn.DataParallel`` (``module.`` prefix) are accepted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoweringError(f"--weights {str(path)!r}: no such file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LoweringError(
+            f"--weights {str(path)!r} is not a checkpoint torch.load(weights_only=True) can read "
+            f"({type(exc).__name__}: {first_line}). Fix: save one with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
+    state = _unwrap_state_dict(loaded, path)
+    expected = model.state_dict()
+    if (
+        state
+        and all(k.startswith("module.") for k in state)
+        and not any(k.startswith("module.") for k in expected)
+    ):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_some(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
+        raise LoweringError(
+            f"--weights {str(path)!r} does not match {model_name}: {'; '.join(parts)}. Fix: "
+            "pass a state_dict saved from the same architecture"
+        )
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    if mismatched:
+        raise LoweringError(
+            f"--weights {str(path)!r} does not match {model_name}: {len(mismatched)} tensor(s) "
+            f"of another shape: {_some(mismatched)}"
+        )
+    model.load_state_dict(state)
+
+
+def _unwrap_state_dict(loaded: object, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+        if all(isinstance(k, str) for k in loaded) and any(
+            isinstance(v, torch.Tensor) for v in loaded.values()
+        ):
+            return dict(loaded)
+    raise LoweringError(
+        f"--weights {str(path)!r} holds a {type(loaded).__name__}, not a state_dict (a dict of "
+        "parameter names to tensors, optionally under 'state_dict' or 'model'). Fix: save one "
+        "with torch.save(model.state_dict(), path)"
+    )
+
+
+def _some(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
