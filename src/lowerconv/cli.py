@@ -1,0 +1,411 @@
+"""The command line: ``lowerconv verify``, ``lowerconv graph`` and ``lowerconv models``.
+
+``main(argv)`` returns the exit code instead of exiting, so tests call it in-process:
+0 when verification passed, 1 when the lowered model's numbers did not match, 2 for a usage
+error, a model that cannot be built, loaded, traced or run, or any other error.  Errors print
+one message (what, where, how to fix it) and no traceback unless ``--debug`` is given.  Progress
+goes to stderr so stdout holds only the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import LoweringError
+from .lower import STRATEGY_NAMES, lower
+from .models import SUPPORTED_CATEGORIES, ResolvedModel, resolve_model, torchvision_models
+from .record import lowering_record
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_ERROR = 2
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+MODEL_HELP = """\
+a torchvision model name (resnet18, vit_b_16, ...; random init, no download),
+package.module:factory, or path/to/file.py:factory (factory() returns an nn.Module)"""
+
+VERIFY_EPILOG = """\
+examples:
+  lowerconv verify resnet18
+  lowerconv verify resnet18 --device all --json report.json --markdown report.md
+  lowerconv verify mobilenet_v3_small --strategy auto --dtype float64 --no-timing
+  lowerconv verify my_models.py:make_net --image-size 64 --weights net.pt
+
+exit status: 0 verified, 1 the lowered model's outputs differ beyond tolerance,
+2 usage error or a model that cannot be built, loaded, lowered or run"""
+
+GRAPH_EPILOG = """\
+examples:
+  lowerconv graph resnet18
+  lowerconv graph mobilenet_v2 --strategy auto --image-size 160
+  lowerconv graph resnet18 --format code | less
+
+The table has one row per lowered conv: its kernel, stride, padding and dilation (HxW;
+padding as (left,right,top,bottom) when asymmetric), groups, the input and output shapes seen
+when the lowered graph ran on a random input, the GEMM it became (M = out channels,
+K = in channels/groups * kh * kw, N = batch * OH * OW), its FLOPs (2*M*K*N), the size of
+its im2col buffer and the strategy used.  Convs left alone are listed after it."""
+
+MODELS_EPILOG = """\
+examples:
+  lowerconv models
+  lowerconv models --category video"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error argparse has printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("lowerconv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        elif isinstance(err, LoweringError):
+            print(f"lowerconv: error: {err}", file=sys.stderr)
+        else:
+            print(
+                f"lowerconv: error: {type(err).__name__}: {err}\n"
+                "(unexpected; rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowerconv",
+        description=(
+            "Rewrite every nn.Conv2d of a model into Unfold + matmul + reshape, inspect the "
+            "lowered graph, and verify it against the original."
+        ),
+        epilog=(
+            "examples:\n  lowerconv verify resnet18\n  lowerconv graph resnet18\n"
+            "  lowerconv models\n\nRun `lowerconv COMMAND --help` for a command's options."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of lowerconv, torch, torchvision",
+    )
+    parser.set_defaults(debug=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    group = model.add_argument_group("model and input")
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=1, metavar="N", help="batch size (default 1)"
+    )
+    group.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="PX",
+        help="height and width of the random input (default: the model's own, "
+        "224 for most, 299 for inception_v3, 112 for r3d_18)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random init and the random input (default 0)",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="load this state_dict (torch.load(weights_only=True)) into the model first",
+    )
+    lowering = model.add_argument_group("lowering")
+    lowering.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="unfold",
+        help="how each conv is lowered (default unfold; auto picks per conv)",
+    )
+    lowering.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if the model cannot be traced as one graph, instead of lowering each "
+        "Conv2d on its own",
+    )
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[model, debug],
+        help="lower a model and check it against the original, layer by layer",
+        description=(
+            "Lower MODEL, run the original and the lowered model on the same random input, "
+            "compare every output and every lowered conv against a float64 reference, time "
+            "both, and print the report."
+        ),
+        epilog=VERIFY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check = verify.add_argument_group("verification")
+    check.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "all"),
+        default="cpu",
+        help="where to run (default cpu; all = cpu and cuda if present)",
+    )
+    check.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="dtype to run in (default float32)",
+    )
+    check.add_argument(
+        "--rtol", type=_non_negative_float, help="relative tolerance (default: per dtype)"
+    )
+    check.add_argument(
+        "--atol", type=_non_negative_float, help="absolute tolerance (default: per dtype)"
+    )
+    check.add_argument(
+        "--repeats", type=_positive_int, default=10, help="timed runs per model (default 10)"
+    )
+    check.add_argument("--no-timing", action="store_true", help="skip timing")
+    out = verify.add_argument_group("reports")
+    out.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    out.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    verify.set_defaults(run=run_verify)
+
+    graph = commands.add_parser(
+        "graph",
+        parents=[model, debug],
+        help="show each lowered conv's shapes and GEMM, or the generated code",
+        description=(
+            "Lower MODEL and show, for each conv, its configuration, the shapes it sees, the "
+            "GEMM it became, its FLOPs and im2col buffer; or the generated forward."
+        ),
+        epilog=GRAPH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    graph.add_argument(
+        "--format",
+        choices=("table", "code"),
+        default="table",
+        help="table: one row per conv (default); code: the lowered graph's Python",
+    )
+    graph.set_defaults(run=run_graph)
+
+    models = commands.add_parser(
+        "models",
+        parents=[debug],
+        help="list the torchvision model names MODEL accepts",
+        description="List torchvision's model names by category, and which the CLI can build.",
+        epilog=MODELS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models.add_argument("--category", help="list only this category")
+    models.set_defaults(run=run_models)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:
+            _check_writable(option, path)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LoweringError(
+            "--device cuda: CUDA is not available here (torch.cuda.is_available() is False). "
+            "Fix: --device cpu, or --device all to verify on CUDA only where it exists"
+        )
+    progress = _progress
+    resolved = _resolve(args, progress)
+    lowered = _lower(resolved, args, progress)
+    from .verify import verify  # only this command pays for importing the verifier
+
+    try:
+        report = verify(
+            resolved.model,
+            resolved.example_inputs,
+            lowered=lowered,
+            strategy=args.strategy,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+            rtol=args.rtol,
+            atol=args.atol,
+            timing=not args.no_timing,
+            repeats=args.repeats,
+            seed=args.seed,
+            progress=progress,
+        )
+    except LoweringError as err:
+        raise _with_hint(err, resolved) from err
+    print(report)
+    if args.json is not None:
+        Path(args.json).write_text(report.to_json(indent=2) + "\n")
+        progress(f"wrote {args.json}")
+    if args.markdown is not None:
+        Path(args.markdown).write_text(report.to_markdown().rstrip("\n") + "\n")
+        progress(f"wrote {args.markdown}")
+    if not report.ok:
+        print(report.failure_message(), file=sys.stderr)
+        return EXIT_MISMATCH
+    return EXIT_OK
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    from .inspect import inspect_lowered, lowered_code
+
+    resolved = _resolve(args, _progress)
+    lowered = _lower(resolved, args, _progress)
+    if args.format == "code":
+        print(lowered_code(lowered), end="")
+        return EXIT_OK
+    try:
+        inspection = inspect_lowered(lowered, resolved.example_inputs, model=resolved.spec)
+    except LoweringError as err:
+        raise _with_hint(err, resolved) from err
+    print(inspection.table())
+    return EXIT_OK
+
+
+def run_models(args: argparse.Namespace) -> int:
+    by_category: dict[str, list[str]] = {}
+    for name, category in torchvision_models().items():
+        by_category.setdefault(category, []).append(name)
+    if args.category is not None and args.category not in by_category:
+        raise LoweringError(
+            f"unknown category {args.category!r}; categories: {', '.join(sorted(by_category))}"
+        )
+    for category in sorted(by_category, key=_category_order):
+        if args.category is not None and category != args.category:
+            continue
+        names = sorted(by_category[category])
+        status = "" if category in SUPPORTED_CATEGORIES else " (not supported by the CLI yet)"
+        print(f"{category}{status}: {len(names)}")
+        print(_wrap(names))
+    return EXIT_OK
+
+
+# -- shared steps --------------------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace, progress: Callable[[str], None]) -> ResolvedModel:
+    start = time.perf_counter()
+    resolved = resolve_model(
+        args.model,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        seed=args.seed,
+        weights=args.weights,
+    )
+    weights = f", weights {args.weights}" if args.weights else ""
+    progress(f"built {resolved.describe()}{weights} in {time.perf_counter() - start:.1f}s")
+    return resolved
+
+
+def _lower(
+    resolved: ResolvedModel, args: argparse.Namespace, progress: Callable[[str], None]
+) -> torch.nn.Module:
+    start = time.perf_counter()
+    lowered = lower(resolved.model, strategy=args.strategy, strict=args.strict)
+    record = lowering_record(lowered)
+    progress(f"lowered in {time.perf_counter() - start:.1f}s: {record.summary()}")
+    if record.path == "fallback":
+        reason = (record.trace_error or "").splitlines()[0]
+        progress(
+            f"note: {resolved.spec} could not be traced as one graph ({reason}); each Conv2d was "
+            "lowered on its own (pass --strict to make this an error)"
+        )
+    return lowered
+
+
+def _with_hint(err: LoweringError, resolved: ResolvedModel) -> LoweringError:
+    hint = resolved.failure_hint()
+    return LoweringError(f"{err}\nhint: {hint}") if hint else err
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _check_writable(option: str, path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise LoweringError(f"{option} {path}: folder {str(parent)!r} does not exist")
+    if Path(path).is_dir():
+        raise LoweringError(f"{option} {path} is a folder; give a file name")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, importing torchvision only when asked (it slows every other command)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torchvision
+
+        print(
+            f"lowerconv {__version__} (torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}, Python {sys.version.split()[0]})"
+        )
+        parser.exit()
+
+
+def _category_order(category: str) -> tuple[int, str]:
+    order = (*SUPPORTED_CATEGORIES, "detection")
+    return (order.index(category) if category in order else len(order), category)
+
+
+def _wrap(names: list[str], width: int = 100) -> str:
+    import textwrap
+
+    return textwrap.fill(", ".join(names), width=width, initial_indent="  ", subsequent_indent="  ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""What ``lowerconv graph`` shows: each lowered conv with its shapes and its GEMM.
+
+:func:`inspect_lowered` runs the lowered model once on example inputs through
+:class:`torch.fx.passes.shape_prop.ShapeProp`, which writes ``tensor_meta`` (shape, dtype) on
+every node, and reads the shapes at each conv's ``input_node`` and ``output_node``.  On the
+fallback path the convs live in small lowered submodules; their inputs are captured with forward
+pre-hooks and each submodule is shape-propagated on its own.  The GEMM shape, FLOPs and im2col
+size come from :class:`~lowerconv.spec.ConvSpec` and the propagated input shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tabulate import tabulate
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import LoweringError
+from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
+from .spec import ConvSpec
+
+__all__ = ["ConvRow", "GraphInspection", "format_bytes", "format_count", "inspect_lowered"]
+
+
+@dataclass(frozen=True)
+class ConvRow:
+    """One lowered conv with the shapes it saw; shapes are None for a conv that did not run."""
+
+    name: str
+    strategy: str
+    spec: ConvSpec | None
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    dtype: torch.dtype | None
+
+    @property
+    def _batch_hw(self) -> tuple[int, int, int] | None:
+        if self.spec is None or self.input_shape is None or len(self.input_shape) < 3:
+            return None
+        batch = self.input_shape[0] if len(self.input_shape) == 4 else 1  # unbatched CHW
+        return batch, self.input_shape[-2], self.input_shape[-1]
+
+    @property
+    def gemm_shape(self) -> tuple[int, int, int] | None:
+        """``(M, K, N)`` as :meth:`ConvSpec.gemm_shape` counts it (K per group)."""
+        bhw = self._batch_hw
+        return self.spec.gemm_shape(*bhw) if self.spec and bhw else None
+
+    @property
+    def flops(self) -> int | None:
+        bhw = self._batch_hw
+        return self.spec.flops(*bhw) if self.spec and bhw else None
+
+    @property
+    def im2col_bytes(self) -> int | None:
+        bhw = self._batch_hw
+        if self.spec is None or bhw is None or self.dtype is None:
+            return None
+        return self.spec.im2col_bytes(*bhw, self.dtype)
+
+    def cells(self) -> list[str]:
+        spec = self.spec
+        gemm = self.gemm_shape
+        return [
+            self.name,
+            _hw(spec.kernel_size) if spec else "dynamic",
+            _hw(spec.stride) if spec else "",
+            _padding(spec) if spec else "",
+            _hw(spec.dilation) if spec else "",
+            str(spec.groups) if spec else "",
+            _shape(self.input_shape),
+            _shape(self.output_shape),
+            " x ".join(map(str, gemm)) if gemm else "",
+            format_count(self.flops),
+            format_bytes(self.im2col_bytes),
+            self.strategy,
+        ]
+
+
+HEADERS = [
+    "conv",
+    "kernel",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "input",
+    "output",
+    "GEMM M x K x N",
+    "FLOPs",
+    "im2col",
+    "strategy",
+]
+
+
+@dataclass
+class GraphInspection:
+    """The rows behind ``lowerconv graph``, the convs left alone, and the generated code."""
+
+    model: str
+    record: LoweringRecord
+    rows: list[ConvRow]
+    code: str
+
+    @property
+    def skipped(self) -> list[SkippedConv]:
+        return self.record.skipped
+
+    def table(self) -> str:
+        """The lowered convs, then those left alone, then a one-line summary."""
+        text = tabulate(
+            [row.cells() for row in self.rows],
+            headers=HEADERS,
+            disable_numparse=True,
+        )
+        if self.skipped:
+            left = tabulate(
+                [[s.name, s.kind, s.reason] for s in self.skipped],
+                headers=["left alone", "kind", "reason"],
+                disable_numparse=True,
+            )
+            text += "\n\n" + left
+        return text + "\n\n" + self.summary()
+
+    def summary(self) -> str:
+        record = self.record
+        used = ", ".join(f"{k}: {v}" for k, v in record.strategies_used().items()) or "none"
+        text = (
+            f"{self.model}: {record.num_lowered} conv(s) lowered ({used}) on the {record.path} "
+            f"path, {len(self.skipped)} left alone"
+        )
+        flops = [row.flops for row in self.rows if row.flops is not None]
+        if flops:
+            total = format_count(sum(flops))
+            text += f"; {total}{'FLOPs' if total[-1].isalpha() else ' FLOPs'} in GEMMs"
+        sized = [row for row in self.rows if row.im2col_bytes is not None]
+        if sized:
+            largest = max(sized, key=lambda row: row.im2col_bytes or 0)
+            text += f"; largest im2col buffer {format_bytes(largest.im2col_bytes)} ({largest.name})"
+        if record.trace_error:
+            text += f"\nnot traceable as one graph ({record.trace_error.splitlines()[0]})"
+        return text
+
+
+def inspect_lowered(
+    lowered: nn.Module, example_inputs: Sequence[torch.Tensor], *, model: str | None = None
+) -> GraphInspection:
+    """Shape-propagate ``lowered`` (the result of :func:`lowerconv.lower`) on ``example_inputs``.
+
+    Raises :class:`LoweringError` if the model fails on those inputs.
+    """
+    record = lowering_record(lowered)
+    by_module: dict[str, list[LoweredConv]] = {}
+    for conv in record.lowered:
+        by_module.setdefault(conv.graph_module, []).append(conv)
+
+    # Convs in lowered submodules (the fallback path): capture each one's first inputs.
+    captured: dict[str, tuple] = {}
+    handles = []
+    for qualname in by_module:
+        if qualname:
+            submodule = lowered.get_submodule(qualname)
+
+            def capture(module, args, qualname=qualname):
+                captured.setdefault(qualname, args)
+
+            handles.append(submodule.register_forward_pre_hook(capture))
+    try:
+        with torch.no_grad():
+            if "" in by_module:
+                if not isinstance(lowered, fx.GraphModule):
+                    raise LoweringError(
+                        f"{type(lowered).__name__} is not a GraphModule, yet its record places "
+                        "convs in its own graph"
+                    )
+                ShapeProp(lowered).propagate(*example_inputs)
+                captured[""] = tuple(example_inputs)
+            else:
+                lowered(*example_inputs)
+            for qualname in by_module:
+                if qualname and qualname in captured:
+                    ShapeProp(lowered.get_submodule(qualname)).propagate(*captured[qualname])
+    except LoweringError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(_shape(tuple(t.shape)) for t in example_inputs)
+        raise LoweringError(
+            f"running lowered {model or record.model} on input {shapes} failed: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    rows = []
+    for qualname, convs in by_module.items():
+        graph_module = lowered.get_submodule(qualname) if qualname else lowered
+        nodes = {node.name: node for node in graph_module.graph.nodes}
+        ran = qualname in captured
+        for conv in convs:
+            in_meta = _tensor_meta(nodes.get(conv.input_node)) if ran else None
+            out_meta = _tensor_meta(nodes.get(conv.output_node)) if ran else None
+            rows.append(
+                ConvRow(
+                    name=conv.name,
+                    strategy=conv.strategy,
+                    spec=conv.spec,
+                    input_shape=tuple(in_meta.shape) if in_meta is not None else None,
+                    output_shape=tuple(out_meta.shape) if out_meta is not None else None,
+                    dtype=in_meta.dtype if in_meta is not None else None,
+                )
+            )
+    return GraphInspection(
+        model=model or record.model, record=record, rows=rows, code=lowered_code(lowered)
+    )
+
+
+def lowered_code(lowered: nn.Module) -> str:
+    """The generated ``forward`` of the lowered graph; on the fallback path, each conv's."""
+    record = lowering_record(lowered)
+    if record.path == "graph" and isinstance(lowered, fx.GraphModule):
+        return lowered.code.strip() + "\n"
+    parts = [f"# {record.model} could not be traced as one graph: {record.trace_error}"]
+    for qualname in dict.fromkeys(c.graph_module for c in record.lowered):
+        submodule = lowered.get_submodule(qualname)
+        if isinstance(submodule, fx.GraphModule):
+            parts.append(f"# {qualname}\n{submodule.code.strip()}")
+    return "\n\n".join(parts) + "\n"
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def format_count(value: int | None) -> str:
+    """``3_640_000_000 -> '3.64 G'``; blank for None."""
+    if value is None:
+        return ""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return str(value)
+
+
+def format_bytes(value: int | None) -> str:
+    """``7_375_872 -> '7.0 MiB'``; blank for None."""
+    if value is None:
+        return ""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
+
+
+def _tensor_meta(node: fx.Node | None):
+    if node is None:
+        return None
+    meta = node.meta.get("tensor_meta")
+    return meta if hasattr(meta, "shape") else None
+
+
+def _hw(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
+def _padding(spec: ConvSpec) -> str:
+    left, right, top, bottom = spec.pad
+    text = f"{top}x{left}" if (left, top) == (right, bottom) else f"({left},{right},{top},{bottom})"
+    return text if spec.padding_mode == "zeros" else f"{text} {spec.padding_mode}"
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, shape)) if shape is not None else "not run"

@@ -1,0 +1,334 @@
+"""The command line, called in-process through ``main(argv)`` (and twice as a real process).
+
+The models are a tiny file-defined network and small random inputs, so each call takes well
+under a second or two; the README's own ``lowerconv verify resnet18`` runs in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowerconv import __version__
+from lowerconv.cli import main
+
+TINY_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+            self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+
+        def forward(self, x):
+            return self.up(torch.relu(self.depthwise(torch.relu(self.stem(x)))))
+
+
+    class RaisesAtRunTime(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).view(-1, 12345)
+
+
+    def make():
+        return Tiny()
+
+
+    def make_broken():
+        return RaisesAtRunTime()
+    """
+)
+
+# Tiny on a 2x3x16x16 input, by hand.  stem: 3x3, stride 2, pad 1 -> (16 + 2 - 3) // 2 + 1 = 8,
+# so output 2x8x8x8; GEMM M = 8 out channels, K = 3 in * 3 * 3 = 27, N = 2 * 8 * 8 = 128;
+# FLOPs = 2 * 8 * 27 * 128 = 55296; im2col = 2 * 27 * 64 float32 = 13824 B = 13.5 KiB.
+# depthwise: groups 8, stride 1, pad 1 -> 8x8 again; M = 8, K = 8/8 * 3 * 3 = 9, N = 128;
+# FLOPs = 2 * 8 * 9 * 128 = 18432; im2col = 2 * 72 * 64 * 4 = 36864 B = 36.0 KiB.
+EXPECTED_ROWS = {
+    "stem": [
+        "3x3", "2x2", "1x1", "1x1", "1", "2x3x16x16", "2x8x8x8", "8 x 27 x 128", "55.3 K",
+        "13.5 KiB", "unfold",
+    ],
+    "depthwise": [
+        "3x3", "1x1", "1x1", "1x1", "8", "2x8x8x8", "2x8x8x8", "8 x 9 x 128", "18.4 K",
+        "36.0 KiB", "unfold",
+    ],
+}  # fmt: skip
+
+SMALL = ["--batch-size", "2", "--image-size", "16"]
+FAST = [*SMALL, "--no-timing"]
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_SOURCE)
+    return f"{path}:make"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- verify ----------------------------------------------------------------------------------------
+
+
+def test_verify_passes_with_exit_0_and_writes_both_reports(tiny, tmp_path, capsys):
+    json_path, md_path = tmp_path / "report.json", tmp_path / "report.md"
+    code, out, err = run(
+        ["verify", tiny, *FAST, "--json", str(json_path), "--markdown", str(md_path)], capsys
+    )
+    assert code == 0, err
+    assert out.startswith("lowerconv verification: PASS")
+    assert "stem" in out and "depthwise" in out  # the per-layer table
+    data = json.loads(json_path.read_text())
+    assert data["schema"] == "lowerconv.verification/1"
+    assert data["ok"] is True
+    assert [layer["name"] for layer in data["runs"][0]["layers"]] == ["stem", "depthwise"]
+    assert md_path.read_text().startswith("### lowerconv verification: PASS")
+    assert "lowered" in err  # progress went to stderr, not into the report
+
+
+def test_verify_with_timing_reports_times(tiny, capsys):
+    code, out, err = run(["verify", tiny, *SMALL, "--repeats", "2"], capsys)
+    assert code == 0, err
+    assert "cpu time" in out
+
+
+def _sabotaged_unfold(*args, **kwargs):
+    return _real_unfold(*args, **kwargs) * 1.01
+
+
+_real_unfold = F.unfold
+
+
+def test_a_wrong_lowering_fails_with_exit_1_naming_the_first_layer(tiny, monkeypatch, capsys):
+    # The lowered graph looks F.unfold up when it runs; the original model never calls it.
+    # So this breaks only the lowered side, by 1%, as a bug in the pass would.
+    monkeypatch.setattr(torch.nn.functional, "unfold", _sabotaged_unfold)
+    code, out, err = run(["verify", tiny, *FAST], capsys)
+    assert code == 1, err
+    assert out.startswith("lowerconv verification: FAIL (first failure: stem)")
+    assert "first failing layer 'stem'" in err
+    assert "Traceback" not in err
+
+
+def test_dtype_and_strategy_reach_the_verifier(tiny, tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    argv = ["verify", tiny, *FAST, "--dtype", "float64", "--strategy", "strided"]
+    code, _, err = run([*argv, "--json", str(json_path)], capsys)
+    assert code == 0, err
+    data = json.loads(json_path.read_text())
+    assert data["dtype"] == "float64"
+    assert {layer["strategy"] for layer in data["runs"][0]["layers"]} == {"strided"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a missing GPU")
+def test_cuda_without_a_gpu_is_a_usage_error(tiny, capsys):
+    code, _, err = run(["verify", tiny, *FAST, "--device", "cuda"], capsys)
+    assert code == 2
+    assert "CUDA is not available" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_verify_on_all_devices(tiny, capsys):
+    code, out, err = run(["verify", tiny, *FAST, "--device", "all"], capsys)
+    assert code == 0, err
+    assert "[cpu]" in out and "[cuda]" in out
+
+
+# -- errors: exit 2, one message, no traceback -----------------------------------------------------
+
+
+def test_unknown_model_suggests_names_without_a_traceback(capsys):
+    code, out, err = run(["verify", "resnt18"], capsys)
+    assert code == 2
+    assert out == ""
+    assert "unknown model 'resnt18'" in err
+    assert "Did you mean resnet18" in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(capsys):
+    code, _, err = run(["graph", "resnt18", "--debug"], capsys)
+    assert code == 2
+    assert "Traceback (most recent call last)" in err
+    assert "LoweringError: unknown model 'resnt18'" in err
+
+
+def test_a_model_that_fails_to_run_is_exit_2(tiny, capsys):
+    code, _, err = run(["verify", tiny.replace(":make", ":make_broken"), *FAST], capsys)
+    assert code == 2
+    assert "12345" in err  # the model's own error, passed on
+    assert "Traceback" not in err
+
+
+def test_weights_file_that_is_no_checkpoint(tiny, tmp_path, capsys):
+    bad = tmp_path / "weights.pt"
+    bad.write_text("not a checkpoint")
+    code, _, err = run(["verify", tiny, *FAST, "--weights", str(bad)], capsys)
+    assert code == 2
+    assert "is not a checkpoint" in err
+    assert "Traceback" not in err
+
+
+def test_weights_of_another_model_name_the_keys(tiny, tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save(
+        {"model": {"stem.weight": torch.zeros(8, 3, 3, 3), "head.bias": torch.zeros(2)}}, path
+    )
+    code, _, err = run(["verify", tiny, *FAST, "--weights", str(path)], capsys)
+    assert code == 2
+    assert "missing key(s): stem.bias, depthwise.weight, up.weight, up.bias" in err
+    assert "1 unexpected key(s): head.bias" in err
+
+
+def test_weights_are_loaded(tiny, tmp_path, capsys):
+    # Weights that make the stem output all zeros: verification must still pass on them.
+    state = {
+        "stem.weight": torch.zeros(8, 3, 3, 3),
+        "stem.bias": torch.zeros(8),
+        "depthwise.weight": torch.ones(8, 1, 3, 3),
+        "up.weight": torch.ones(8, 4, 2, 2),
+        "up.bias": torch.zeros(4),
+    }
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    code, _, err = run(["verify", tiny, *FAST, "--weights", str(path)], capsys)
+    assert code == 0, err
+    assert f"weights {path}" in err
+
+
+BAD_ARGUMENTS = [
+    (["verify"], "the following arguments are required: MODEL"),
+    (["verify", "resnet18", "--batch-size", "0"], "expected a positive integer, got '0'"),
+    (["verify", "resnet18", "--dtype", "float8"], "invalid choice: 'float8'"),
+    (["verify", "resnet18", "--strategy", "winograd"], "invalid choice: 'winograd'"),
+    (["verify", "resnet18", "--atol", "-1"], "expected a non-negative number"),
+    (["graph", "resnet18", "--format", "svg"], "invalid choice: 'svg'"),
+    (["verify", "resnet18", "--json", "/no/such/folder/r.json"], "does not exist"),
+    ([], "the following arguments are required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS]
+)
+def test_bad_arguments_are_exit_2(argv, message, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+# -- graph -----------------------------------------------------------------------------------------
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0] in EXPECTED_ROWS:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_graph_table_matches_hand_computation(tiny, capsys):
+    code, out, err = run(["graph", tiny, *SMALL], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:8] == [
+        "conv", "kernel", "stride", "padding", "dilation", "groups", "input", "output",
+    ]  # fmt: skip
+    assert _table_rows(out) == EXPECTED_ROWS
+    assert re.search(r"up\s+ConvTranspose2d\s+not lowered: ConvTranspose2d", out)
+    assert "2 conv(s) lowered (unfold: 2) on the graph path, 1 left alone" in out
+    # 55296 + 18432 FLOPs; the depthwise conv's im2col buffer is the larger
+    assert "73.7 KFLOPs in GEMMs; largest im2col buffer 36.0 KiB (depthwise)" in out
+
+
+def test_graph_strategy_column_follows_the_option(tiny, capsys):
+    code, out, _ = run(["graph", tiny, *SMALL, "--strategy", "strided"], capsys)
+    assert code == 0
+    assert {row[-1] for row in _table_rows(out).values()} == {"strided"}
+
+
+def test_graph_code_is_the_lowered_forward(tiny, capsys):
+    code, out, _ = run(["graph", tiny, "--format", "code"], capsys)
+    assert code == 0
+    assert out.startswith("def forward(self, x")
+    assert "stem_unfold = torch.nn.functional.unfold(x, (3, 3)" in out
+    assert "depthwise_unfold" in out
+    assert "self.up(" in out  # the transposed conv is left as it was
+
+
+def test_graph_of_a_torchvision_model(capsys):
+    code, out, _ = run(["graph", "resnet18", "--image-size", "32"], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["conv1"][1:4] == ["7x7", "2x2", "3x3"]
+    # conv1 on 1x3x32x32: OH = (32 + 6 - 7) // 2 + 1 = 16, so N = 256 and K = 3 * 7 * 7 = 147
+    assert rows["conv1"][6:11] == ["1x3x32x32", "1x64x16x16", "64", "x", "147"]
+    assert "20 conv(s) lowered" in out
+
+
+# -- help, version, models -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["verify", "graph", "models"])
+def test_each_command_has_help_with_examples(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    assert "examples:" in out
+    assert f"lowerconv {command}" in out
+
+
+def test_version(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.startswith(f"lowerconv {__version__} (torch {torch.__version__}")
+
+
+def test_models_lists_names_and_what_is_not_supported(capsys):
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    assert "resnet18" in out
+    assert "detection (not supported by the CLI yet)" in out
+
+
+def test_python_dash_m_lowerconv_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "lowerconv", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: lowerconv")
+    assert "verify" in result.stdout and "graph" in result.stdout
+
+
+def test_a_real_process_exits_2_on_an_unknown_model():
+    result = subprocess.run(
+        [sys.executable, "-m", "lowerconv", "verify", "resnet181"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Did you mean resnet18" in result.stderr
+    assert "Traceback" not in result.stderr
