@@ -118,7 +118,9 @@ def lower(
             record.skipped.append(
                 SkippedConv(str(node.target), node.name, type(holder).__name__, "not lowered")
             )
-    record.lowered.sort(key=_graph_order(traced.graph))
+    inside_leaves = _convs_inside_leaves(traced.graph, holders, record)
+    record.lowered.extend(inside_leaves.values())
+    record.lowered.sort(key=_graph_order(traced.graph, inside_leaves))
     _swap_conv_modules(work, holders)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
@@ -126,9 +128,28 @@ def lower(
     return gm
 
 
-def _graph_order(graph: fx.Graph):
+def _convs_inside_leaves(
+    graph: fx.Graph, holders: dict[int, _ConvHolder], record: LoweringRecord
+) -> dict[str, LoweredConv]:
+    """Convs inside leaf modules the graph calls, by the leaf's node name.
+
+    Their own lowered modules compute them; their records name that module's graph.
+    """
+    leaves = {str(n.target): n.name for n in graph.nodes if n.op == "call_module"}
+    recorded = {c.name.split("#")[0] for c in record.lowered}
+    found: dict[str, LoweredConv] = {}
+    for holder in holders.values():
+        for conv in holder.lowered:
+            owner = next((t for t in leaves if conv.name.startswith(t + ".")), None)
+            if owner is not None and conv.name not in recorded:
+                found[leaves[owner] + "/" + conv.name] = conv
+    return found
+
+
+def _graph_order(graph: fx.Graph, inside_leaves: dict[str, LoweredConv]):
     position = {node.name: i for i, node in enumerate(graph.nodes)}
-    return lambda conv: position.get(conv.output_node, len(position))
+    leaf_of = {id(conv): key.split("/")[0] for key, conv in inside_leaves.items()}
+    return lambda conv: position.get(leaf_of.get(id(conv), conv.output_node), len(position))
 
 
 def lower_graph(
@@ -207,6 +228,7 @@ def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> Lo
             source=name,
             source_target=target,
         )
+    input_name = site.input.name
     node.replace_all_uses_with(output)
     graph.erase_node(node)
     return LoweredConv(
@@ -215,7 +237,7 @@ def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> Lo
         target=target,
         spec=site.spec,
         strategy=concrete,
-        input_node=site.input.name,
+        input_node=input_name,
         output_node=output.name,
         nodes=[n.name for n in params + nodes],
     )

@@ -55,14 +55,36 @@ class ConvSite:
     node: fx.Node
     name: str
     kind: str  # "module" or "function"
-    input: fx.Node
-    weight: fx.Node | None
-    bias: fx.Node | None
     weight_target: str | None
     bias_target: str | None
     spec: ConvSpec | None
     conv_args: dict[str, Any]
     module_type: str
+
+    # Operands are read from the node when asked: lowering an earlier conv replaces the nodes
+    # that feed later ones (a conv feeding a conv directly).
+    @property
+    def input(self) -> fx.Node:
+        return self._operands()[0]
+
+    @property
+    def weight(self) -> fx.Node | None:
+        return self._operands()[1]
+
+    @property
+    def bias(self) -> fx.Node | None:
+        return self._operands()[2]
+
+    def _operands(self) -> tuple[Any, Any, Any]:
+        node = self.node
+        if self.kind == "module":
+            return (node.args[0] if node.args else node.kwargs["input"]), None, None
+        operands: dict[str, Any] = {"bias": None}
+        operands.update(zip(("input", "weight", "bias"), node.args[:3], strict=False))
+        operands.update(
+            {k: v for k, v in node.kwargs.items() if k in operands or k in ("input", "weight")}
+        )
+        return operands["input"], operands["weight"], operands["bias"]
 
 
 @dataclass
@@ -142,9 +164,6 @@ def _module_site(node: fx.Node, conv: nn.Conv2d) -> ConvSite:
         node=node,
         name=target,
         kind="module",
-        input=node.args[0] if node.args else node.kwargs["input"],
-        weight=None,
-        bias=None,
         weight_target=f"{target}.weight",
         bias_target=f"{target}.bias" if conv.bias is not None else None,
         spec=ConvSpec.from_module(conv),
@@ -198,9 +217,6 @@ def _site_from_args(
         node=node,
         name=source_name(node),
         kind="function",
-        input=args["input"],
-        weight=weight,
-        bias=bias,
         weight_target=None,
         bias_target=None,
         spec=spec,
