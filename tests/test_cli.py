@@ -264,6 +264,13 @@ def test_graph_table_matches_hand_computation(tiny, capsys):
     assert "73.7 KFLOPs in GEMMs; largest im2col buffer 36.0 KiB (depthwise)" in out
 
 
+def test_graph_of_a_model_that_fails_to_run_names_the_node(tiny, capsys):
+    code, _, err = run(["graph", tiny.replace(":make", ":make_broken"), *SMALL], capsys)
+    assert code == 2
+    assert "failed at node view (call_method view)" in err
+    assert "Traceback" not in err  # ShapeProp prints one of its own; it must not leak
+
+
 def test_graph_strategy_column_follows_the_option(tiny, capsys):
     code, out, _ = run(["graph", tiny, *SMALL, "--strategy", "strided"], capsys)
     assert code == 0

@@ -334,6 +334,8 @@ def _lower(
     lowered = lower(resolved.model, strategy=args.strategy, strict=args.strict)
     record = lowering_record(lowered)
     progress(f"lowered in {time.perf_counter() - start:.1f}s: {record.summary()}")
+    if not record.lowered:
+        progress(f"note: {resolved.spec} has no 2-D convolution that could be lowered")
     if record.path == "fallback":
         reason = (record.trace_error or "").splitlines()[0]
         progress(

@@ -10,6 +10,8 @@ size come from :class:`~lowerconv.spec.ConvSpec` and the propagated input shape.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -169,28 +171,26 @@ def inspect_lowered(
 
             handles.append(submodule.register_forward_pre_hook(capture))
     try:
-        with torch.no_grad():
+        # ShapeProp prints a traceback of any error before raising; the message below says it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             if "" in by_module:
                 if not isinstance(lowered, fx.GraphModule):
                     raise LoweringError(
                         f"{type(lowered).__name__} is not a GraphModule, yet its record places "
                         "convs in its own graph"
                     )
-                ShapeProp(lowered).propagate(*example_inputs)
+                _NodeTrackingShapeProp(lowered).propagate(*example_inputs)
                 captured[""] = tuple(example_inputs)
             else:
                 lowered(*example_inputs)
             for qualname in by_module:
                 if qualname and qualname in captured:
-                    ShapeProp(lowered.get_submodule(qualname)).propagate(*captured[qualname])
+                    submodule = lowered.get_submodule(qualname)
+                    _NodeTrackingShapeProp(submodule).propagate(*captured[qualname])
     except LoweringError:
         raise
     except Exception as exc:
-        shapes = ", ".join(_shape(tuple(t.shape)) for t in example_inputs)
-        raise LoweringError(
-            f"running lowered {model or record.model} on input {shapes} failed: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        ) from exc
+        raise LoweringError(_run_failure(model or record.model, example_inputs, exc)) from exc
     finally:
         for handle in handles:
             handle.remove()
@@ -231,6 +231,29 @@ def lowered_code(lowered: nn.Module) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+class _NodeTrackingShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it is running, to name it when that node fails."""
+
+    def run_node(self, n: fx.Node):
+        try:
+            return super().run_node(n)
+        except Exception as exc:
+            exc.lowerconv_node = n  # type: ignore[attr-defined]
+            raise
+
+
+def _run_failure(model: str, example_inputs: Sequence[torch.Tensor], exc: Exception) -> str:
+    shapes = ", ".join(_shape(tuple(t.shape)) for t in example_inputs)
+    node = getattr(exc, "lowerconv_node", None)
+    cause = exc.__cause__ if node is not None and exc.__cause__ is not None else exc
+    lines = str(cause).strip().splitlines()
+    where = f" at node {node.name} ({node.op} {node.target})" if node is not None else ""
+    return (
+        f"running lowered {model} on input {shapes} failed{where}: {type(cause).__name__}: "
+        f"{lines[0] if lines else ''}"
+    )
+
+
 # -- formatting ----------------------------------------------------------------------------------
 
 
@@ -267,6 +290,8 @@ def _hw(pair: tuple[int, int]) -> str:
 
 def _padding(spec: ConvSpec) -> str:
     left, right, top, bottom = spec.pad
+    if not any(spec.pad):
+        return "0"
     text = f"{top}x{left}" if (left, top) == (right, bottom) else f"({left},{right},{top},{bottom})"
     return text if spec.padding_mode == "zeros" else f"{text} {spec.padding_mode}"
 
