@@ -226,9 +226,14 @@ def test_weights_of_another_shape_are_named(tmp_path):
             b"this is not a checkpoint",
             r"not a checkpoint torch\.load\(weights_only=True\) can read",
         ),
+        (
+            b"not a checkpoint",
+            r"can read \(not a zip archive .*UnpicklingError: Unsupported operand",
+        ),
         ([torch.zeros(1)], r"holds a list, not a state_dict"),
+        (nn.Linear(2, 2), r"pickled Python objects \(torch\.nn\.modules\.linear\.Linear\)"),
     ],
-    ids=["garbage", "list_of_tensors"],
+    ids=["garbage", "garbage_unpickled", "list_of_tensors", "whole_module"],
 )
 def test_files_that_are_no_state_dict_are_refused(tmp_path, content, message):
     path = tmp_path / "w.pt"

@@ -57,11 +57,12 @@ examples:
   lowerconv graph mobilenet_v2 --strategy auto --image-size 160
   lowerconv graph resnet18 --format code | less
 
-The table has one row per lowered conv: its kernel, stride, padding and dilation (HxW;
-padding as (left,right,top,bottom) when asymmetric), groups, the input and output shapes seen
-when the lowered graph ran on a random input, the GEMM it became (M = out channels,
-K = in channels/groups * kh * kw, N = batch * OH * OW), its FLOPs (2*M*K*N), the size of
-its im2col buffer and the strategy used.  Convs left alone are listed after it."""
+The table has one row per lowered conv: its kernel, stride, padding and dilation
+(HxW; padding 0 when none, (left,right,top,bottom) when asymmetric), groups, the
+input and output shapes seen when the lowered graph ran on a random input, the GEMM
+it became (M = out channels, K = in channels/groups * kh * kw, N = batch * OH * OW),
+its FLOPs (2*M*K*N), the size of its im2col buffer and the strategy used.
+Convs left alone are listed after it."""
 
 MODELS_EPILOG = """\
 examples:
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowerconv",
         description=(
-            "Rewrite every nn.Conv2d of a model into Unfold + matmul + reshape, inspect the "
+            "Rewrite every nn.Conv2d of a model into Unfold + matmul + reshape, inspect the\n"
             "lowered graph, and verify it against the original."
         ),
         epilog=(
@@ -162,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model, debug],
         help="lower a model and check it against the original, layer by layer",
         description=(
-            "Lower MODEL, run the original and the lowered model on the same random input, "
-            "compare every output and every lowered conv against a float64 reference, time "
+            "Lower MODEL, run the original and the lowered model on the same random input,\n"
+            "compare every output and every lowered conv against a float64 reference, time\n"
             "both, and print the report."
         ),
         epilog=VERIFY_EPILOG,
@@ -189,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--atol", type=_non_negative_float, help="absolute tolerance (default: per dtype)"
     )
     check.add_argument(
-        "--repeats", type=_positive_int, default=10, help="timed runs per model (default 10)"
+        "--repeats",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="timed runs per model (default 10)",
     )
     check.add_argument("--no-timing", action="store_true", help="skip timing")
     out = verify.add_argument_group("reports")
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model, debug],
         help="show each lowered conv's shapes and GEMM, or the generated code",
         description=(
-            "Lower MODEL and show, for each conv, its configuration, the shapes it sees, the "
+            "Lower MODEL and show, for each conv, its configuration, the shapes it sees, the\n"
             "GEMM it became, its FLOPs and im2col buffer; or the generated forward."
         ),
         epilog=GRAPH_EPILOG,

@@ -19,8 +19,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import pickle
+import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -354,13 +357,20 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str = "the m
         raise LoweringError(f"--weights {str(path)!r}: no such file")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page on weights_only; what matters is whether the file holds
+        # objects (a class torch will not import) or is no pickle at all
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise LoweringError(_unreadable_weights(path, exc.__context__ or exc)) from exc
         raise LoweringError(
-            f"--weights {str(path)!r} is not a checkpoint torch.load(weights_only=True) can read "
-            f"({type(exc).__name__}: {first_line}). Fix: save one with "
+            f"--weights {str(path)!r} holds pickled Python objects ({found.group(1)}), not only "
+            "tensors (a whole model saved with torch.save(model)?), and "
+            "torch.load(weights_only=True) refuses to import them. Fix: save it with "
             "torch.save(model.state_dict(), path)"
         ) from exc
+    except Exception as exc:
+        raise LoweringError(_unreadable_weights(path, exc)) from exc
     state = _unwrap_state_dict(loaded, path)
     expected = model.state_dict()
     if (
@@ -392,6 +402,16 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str = "the m
             f"of another shape: {_some(mismatched)}"
         )
     model.load_state_dict(state)
+
+
+def _unreadable_weights(path: Path, exc: Exception) -> str:
+    found = "" if zipfile.is_zipfile(path) else "not a zip archive as torch.save writes; "
+    lines = str(exc).strip().splitlines()
+    return (
+        f"--weights {str(path)!r} is not a checkpoint torch.load(weights_only=True) can read "
+        f"({found}{type(exc).__name__}: {lines[0] if lines else ''}). Fix: save one with "
+        "torch.save(model.state_dict(), path)"
+    )
 
 
 def _unwrap_state_dict(loaded: object, path: Path) -> Mapping[str, torch.Tensor]:
