@@ -197,10 +197,6 @@ def test_pytorch_refuses_non_positive_stride_or_dilation(kwargs, name):
         F.conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(4, 3, 3, 3), **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConvSpec.from_conv_args accepts non-positive stride/dilation (bug in src/lowerconv/spec.py)",
-)
 @pytest.mark.parametrize(
     "kwargs, name", [c[1:] for c in NON_POSITIVE_CASES], ids=[c[0] for c in NON_POSITIVE_CASES]
 )

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import LoweringError
 from .spec import ConvSpec
 from .strategies import STRATEGIES, choose_strategy
 
@@ -34,6 +35,9 @@ def conv2d(
     >>> torch.allclose(conv2d(x, w, padding=1), torch.nn.functional.conv2d(x, w, padding=1), atol=1e-5)
     True
     """
+    if strategy not in STRATEGIES and strategy != "auto":
+        valid = ", ".join(repr(s) for s in (*STRATEGIES, "auto"))
+        raise LoweringError(f"unknown strategy {strategy!r}; valid strategies: {valid}")
     spec = ConvSpec.from_conv_args(
         weight.shape,
         bias=bias is not None,

@@ -100,6 +100,9 @@ class ConvSpec:
             )
         stride_hw = pair(stride, "stride")
         dilation_hw = pair(dilation, "dilation")
+        for name, value in (("stride", stride_hw), ("dilation", dilation_hw), ("kernel", (kh, kw))):
+            if min(value) < 1:
+                raise ValueError(f"{name} must be positive, got {value} (PyTorch refuses it too)")
         if isinstance(padding, str):
             if padding == "valid":
                 pad = (0, 0, 0, 0)
