@@ -32,8 +32,9 @@ def is_plain_conv2d(module: nn.Module) -> bool:
     )
 
 
-def _holds_conv2d(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+def _holds_conv(module: nn.Module) -> bool:
+    # Any convolution, so that Conv3d inside torchvision.ops blocks is reported as left alone.
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
 
 
 class LoweringTracer(fx.Tracer):
@@ -62,7 +63,7 @@ class LoweringTracer(fx.Tracer):
             return True
         if isinstance(m, nn.Conv2d):
             return is_plain_conv2d(m)
-        if type(m).__module__.startswith("torchvision.ops") and not _holds_conv2d(m):
+        if type(m).__module__.startswith("torchvision.ops") and not _holds_conv(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
