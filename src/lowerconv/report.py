@@ -1,0 +1,514 @@
+"""What :func:`lowerconv.verify` found, as data, and how it reads: table, Markdown, JSON.
+
+A :class:`VerificationReport` holds one :class:`DeviceRun` per device verified; each has the
+end-to-end :class:`OutputCheck` of every output leaf, the :class:`LayerCheck` of every lowered
+convolution in graph order, and :class:`Timing`.  ``to_dict()`` follows the versioned schema
+``lowerconv.verification/1`` documented field by field in ``docs/verification.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from tabulate import tabulate
+
+from .metrics import Judgement, TensorDiff, Tolerance
+
+__all__ = [
+    "SCHEMA",
+    "DeviceRun",
+    "LayerCheck",
+    "OutputCheck",
+    "Timing",
+    "TimingStats",
+    "VerificationReport",
+]
+
+SCHEMA = "lowerconv.verification/1"
+
+
+@dataclass
+class OutputCheck:
+    """One output leaf of the model (``output``, ``output['out']``, ``output.aux1``, ...).
+
+    ``native``/``lowered`` are each model's diff against the float64 oracle; ``lowered_vs_native``
+    compares the two models directly (informational).  ``reason`` says why it failed.
+    """
+
+    path: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    ok: bool
+    reason: str | None = None
+    native: TensorDiff | None = None
+    lowered: TensorDiff | None = None
+    lowered_vs_native: TensorDiff | None = None
+    judgement: Judgement | None = None
+
+
+@dataclass
+class LayerCheck:
+    """One lowered convolution, named by its original qualified name (``layer2.0.conv1``).
+
+    ``status`` is ``"pass"``, ``"fail"`` or ``"unchecked"`` (``reason`` says why).  ``local_*``
+    are the lowered conv's and the native conv's outputs against the float64 oracle's, all three
+    fed the same input: the input the original model gives that conv.  ``accumulated_*`` are the
+    rel-L2 errors of each model's own run at that conv's output, errors of earlier layers
+    included.  ``im2col_bytes`` is the size of the conv's im2col buffer for the captured input.
+    """
+
+    name: str
+    node: str
+    target: str
+    strategy: str
+    config: str
+    graph_module: str
+    status: str
+    reason: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_shape: tuple[int, ...] | None = None
+    im2col_bytes: int | None = None
+    local_native: TensorDiff | None = None
+    local_lowered: TensorDiff | None = None
+    judgement: Judgement | None = None
+    accumulated_native: float | None = None
+    accumulated_lowered: float | None = None
+
+
+@dataclass
+class TimingStats:
+    """Forward-pass wall time over ``repeats`` runs, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    min_ms: float
+    max_ms: float
+
+
+@dataclass
+class Timing:
+    """Original vs lowered forward time, A/B interleaved in one process; ``ratio`` is
+    lowered/native median.  Peak memory (CUDA only) is ``max_memory_allocated`` above what was
+    allocated before the forward."""
+
+    repeats: int
+    warmup: int
+    native: TimingStats
+    lowered: TimingStats
+    ratio: float | None
+    peak_memory_native_bytes: int | None = None
+    peak_memory_lowered_bytes: int | None = None
+
+
+@dataclass
+class DeviceRun:
+    """Everything verified on one device."""
+
+    device: str
+    device_name: str
+    ok: bool
+    first_failure: str | None
+    outputs: list[OutputCheck] = field(default_factory=list)
+    layers: list[LayerCheck] = field(default_factory=list)
+    timing: Timing | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_im2col(self) -> LayerCheck | None:
+        sized = [layer for layer in self.layers if layer.im2col_bytes is not None]
+        return max(sized, key=lambda layer: layer.im2col_bytes) if sized else None
+
+
+@dataclass
+class VerificationReport:
+    """The verdict of :func:`lowerconv.verify` and everything behind it.
+
+    ``ok`` is True when no run on any device failed; ``first_failure`` is the original qualified
+    name of the first conv (in graph order, first device first) whose local error failed, else
+    the first failing output's path (``output['out']``), else None.  ``devices_skipped`` maps a
+    device that could not be used (CUDA absent) to the reason.
+    """
+
+    model: str
+    lowered_model: str
+    strategy: str
+    path: str
+    dtype: str
+    tolerance: Tolerance
+    seed: int
+    training: bool
+    inputs: list[dict]
+    precision_flags: dict[str, Any]
+    lowering: dict[str, Any]
+    runs: list[DeviceRun] = field(default_factory=list)
+    devices_skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    oracle_dtype: str = "float64"
+
+    @property
+    def ok(self) -> bool:
+        return all(run.ok for run in self.runs)
+
+    @property
+    def first_failure(self) -> str | None:
+        return next((run.first_failure for run in self.runs if run.first_failure), None)
+
+    @property
+    def layers(self) -> list[LayerCheck]:
+        """The per-layer checks of the first device verified."""
+        return self.runs[0].layers if self.runs else []
+
+    @property
+    def outputs(self) -> list[OutputCheck]:
+        """The output checks of the first device verified."""
+        return self.runs[0].outputs if self.runs else []
+
+    def layer(self, name: str) -> LayerCheck:
+        """The first device's check of the conv with original qualified name ``name``."""
+        for check in self.layers:
+            if check.name == name:
+                return check
+        known = ", ".join(c.name for c in self.layers[:8])
+        raise KeyError(f"no lowered conv named {name!r} in this report; first few: {known}")
+
+    # -- verdict -----------------------------------------------------------------------------
+
+    def failure_message(self) -> str | None:
+        """Why verification failed, naming the first failure and its numbers; None when ok."""
+        if self.ok:
+            return None
+        lines = [f"lowered {self.model} does not match the original ({self.dtype}):"]
+        for run in self.runs:
+            if run.ok:
+                continue
+            failing_layers = [c for c in run.layers if c.status == "fail"]
+            failing_outputs = [o for o in run.outputs if not o.ok]
+            if failing_layers:
+                first = failing_layers[0]
+                lines.append(
+                    f"  [{run.device}] first failing layer {first.name!r} "
+                    f"({first.target} {first.config}, strategy {first.strategy}): {first.reason}"
+                )
+                if len(failing_layers) > 1:
+                    others = ", ".join(c.name for c in failing_layers[1:6])
+                    more = (
+                        "" if len(failing_layers) <= 6 else f" and {len(failing_layers) - 6} more"
+                    )
+                    lines.append(f"  [{run.device}] also failing: {others}{more}")
+            for output in failing_outputs:
+                lines.append(f"  [{run.device}] {output.path}: {output.reason}")
+        lines.append(
+            f"  tolerance: lowered error <= {self.tolerance.factor:g} x native error + "
+            f"rtol {self.tolerance.rtol:g} + atol {self.tolerance.atol:g}/scale, against a float64 "
+            "oracle; per-layer numbers: print(report)"
+        )
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> VerificationReport:
+        """Raise :class:`VerificationError` if verification failed; return ``self`` otherwise."""
+        from .verify import VerificationError  # defined with verify(), which imports this module
+
+        message = self.failure_message()
+        if message is not None:
+            raise VerificationError(message)
+        return self
+
+    # -- data --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON data, schema ``lowerconv.verification/1``."""
+        out: dict[str, Any] = {"schema": SCHEMA, "ok": self.ok, "first_failure": self.first_failure}
+        for f in fields(self):
+            if f.name == "runs":
+                out["runs"] = [_run_dict(run) for run in self.runs]
+            else:
+                out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    # -- text --------------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        parts = [self._headline()]
+        for run in self.runs:
+            parts.append(f"\n[{run.device}] {run.device_name}")
+            if run.layers:
+                parts.append(
+                    tabulate(_layer_rows(run), headers=_LAYER_HEADERS, disable_numparse=True)
+                )
+            parts.append(
+                tabulate(_output_rows(run), headers=_OUTPUT_HEADERS, disable_numparse=True)
+            )
+        parts.append("\n" + tabulate(self._summary_rows(), tablefmt="plain"))
+        return "\n".join(parts)
+
+    def to_markdown(self) -> str:
+        """A CI job summary: verdict first, per-layer tables folded away."""
+        verdict = "PASS" if self.ok else "FAIL"
+        lines = [f"### lowerconv verification: {verdict}", "", self._context_line(), ""]
+        if self.first_failure:
+            lines += [f"**First failure:** `{self.first_failure}`", ""]
+        if not self.ok:
+            lines += ["```", self.failure_message() or "", "```", ""]
+        lines += [f"- **{key}**: {value}" for key, value in self._summary_rows()] + [""]
+        for run in self.runs:
+            lines += [f"#### {run.device}: {run.device_name}", ""]
+            lines += [
+                tabulate(
+                    _output_rows(run),
+                    headers=_OUTPUT_HEADERS,
+                    tablefmt="github",
+                    disable_numparse=True,
+                ),
+                "",
+            ]
+            if run.layers:
+                failing = sum(c.status == "fail" for c in run.layers)
+                lines += [
+                    f"<details><summary>Per-layer checks on {run.device}: {len(run.layers)} "
+                    f"convs, {failing} failing</summary>",
+                    "",
+                    tabulate(
+                        _layer_rows(run),
+                        headers=_LAYER_HEADERS,
+                        tablefmt="github",
+                        disable_numparse=True,
+                    ),
+                    "",
+                    "</details>",
+                    "",
+                ]
+        return "\n".join(lines)
+
+    def _context_line(self) -> str:
+        n = self.lowering.get("lowered", 0)
+        return (
+            f"{self.model} -> {self.lowered_model}: {n} conv(s) lowered with `{self.strategy}` on "
+            f"the {self.path} path; {self.dtype} vs a {self.oracle_dtype} oracle, "
+            f"{'train' if self.training else 'eval'} mode, seed {self.seed}"
+        )
+
+    def _headline(self) -> str:
+        verdict = "PASS" if self.ok else f"FAIL (first failure: {self.first_failure})"
+        if not self.runs:
+            verdict = "NOTHING VERIFIED (every device skipped)"
+        return f"lowerconv verification: {verdict}\n{self._context_line()}"
+
+    def _summary_rows(self) -> list[list[str]]:
+        tol = self.tolerance
+        rows = [
+            ["verdict", "PASS" if self.ok else "FAIL"],
+            ["first failure", self.first_failure or "-"],
+            [
+                "tolerance",
+                f"lowered error <= {tol.factor:g} x native error + rtol {tol.rtol:g} + "
+                f"atol {tol.atol:g}/scale ({self.dtype})",
+            ],
+        ]
+        for run in self.runs:
+            checked = [c for c in run.layers if c.status != "unchecked"]
+            failed = [c for c in run.layers if c.status == "fail"]
+            rows.append(
+                [
+                    f"{run.device}",
+                    f"{'PASS' if run.ok else 'FAIL'}: {len(run.outputs)} output(s), "
+                    f"{len(checked)}/{len(run.layers)} layer(s) checked, {len(failed)} failing",
+                ]
+            )
+            if run.timing is not None:
+                t = run.timing
+                ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"
+                rows.append(
+                    [
+                        f"{run.device} time",
+                        f"native {t.native.median_ms:.3g} ms (IQR {t.native.iqr_ms:.2g}), lowered "
+                        f"{t.lowered.median_ms:.3g} ms (IQR {t.lowered.iqr_ms:.2g}), ratio {ratio}, "
+                        f"median of {t.repeats}",
+                    ]
+                )
+                if t.peak_memory_native_bytes is not None:
+                    rows.append(
+                        [
+                            f"{run.device} peak memory",
+                            f"native {_bytes(t.peak_memory_native_bytes)}, lowered "
+                            f"{_bytes(t.peak_memory_lowered_bytes)}",
+                        ]
+                    )
+            largest = run.max_im2col
+            if largest is not None:
+                rows.append(
+                    [
+                        f"{run.device} largest im2col",
+                        f"{_bytes(largest.im2col_bytes)} ({largest.name})",
+                    ]
+                )
+            rows += [[f"{run.device} note", note] for note in run.notes]
+        flags = ", ".join(f"{_short_flag(k)}={v}" for k, v in self.precision_flags.items())
+        rows.append(["precision flags", flags or "-"])
+        rows += [[f"{device} skipped", reason] for device, reason in self.devices_skipped.items()]
+        skipped = self.lowering.get("skipped", [])
+        if skipped:
+            rows.append(["convs not lowered", ", ".join(s["name"] for s in skipped)])
+        rows += [["note", note] for note in self.notes]
+        return rows
+
+
+_LAYER_HEADERS = [
+    "layer",
+    "strategy",
+    "config",
+    "input",
+    "local err native",
+    "local err lowered",
+    "bound",
+    "accum native",
+    "accum lowered",
+    "im2col",
+    "verdict",
+]
+_OUTPUT_HEADERS = [
+    "output",
+    "shape",
+    "max abs(lowered-native)",
+    "err native",
+    "err lowered",
+    "bound",
+    "cosine",
+    "nan/inf",
+    "verdict",
+]
+
+
+def _layer_rows(run: DeviceRun) -> list[list[str]]:
+    rows = []
+    for c in run.layers:
+        j = c.judgement
+        rows.append(
+            [
+                c.name,
+                c.strategy,
+                c.config,
+                _shape(c.input_shape),
+                _num(j.native_error) if j else "-",
+                _num(j.error) if j else "-",
+                _num(j.bound) if j else "-",
+                _num(c.accumulated_native),
+                _num(c.accumulated_lowered),
+                _bytes(c.im2col_bytes),
+                c.status if c.status != "unchecked" else f"unchecked: {c.reason}",
+            ]
+        )
+    return rows
+
+
+def _output_rows(run: DeviceRun) -> list[list[str]]:
+    rows = []
+    for o in run.outputs:
+        j = o.judgement
+        nonfinite = "-"
+        if o.lowered is not None:
+            nonfinite = f"{o.lowered.nan}/{o.lowered.inf}"
+        rows.append(
+            [
+                o.path,
+                _shape(o.shape),
+                _num(o.lowered_vs_native.max_abs) if o.lowered_vs_native else "-",
+                _num(j.native_error) if j else "-",
+                _num(j.error) if j else "-",
+                _num(j.bound) if j else "-",
+                f"{o.lowered.cosine:.9f}" if o.lowered else "-",
+                nonfinite,
+                "pass" if o.ok else "FAIL",
+            ]
+        )
+    return rows
+
+
+def _run_dict(run: DeviceRun) -> dict:
+    largest = run.max_im2col
+    return {
+        "device": run.device,
+        "device_name": run.device_name,
+        "ok": run.ok,
+        "first_failure": run.first_failure,
+        "outputs": [_jsonable(o) for o in run.outputs],
+        "layers": [_layer_dict(c) for c in run.layers],
+        "timing": _jsonable(run.timing),
+        "max_im2col_bytes": largest.im2col_bytes if largest else None,
+        "max_im2col_layer": largest.name if largest else None,
+        "notes": list(run.notes),
+    }
+
+
+def _layer_dict(c: LayerCheck) -> dict:
+    return {
+        "name": c.name,
+        "node": c.node,
+        "target": c.target,
+        "strategy": c.strategy,
+        "config": c.config,
+        "graph_module": c.graph_module,
+        "status": c.status,
+        "reason": c.reason,
+        "input_shape": _jsonable(c.input_shape),
+        "output_shape": _jsonable(c.output_shape),
+        "im2col_bytes": c.im2col_bytes,
+        "local": None
+        if c.judgement is None
+        else {
+            "native": _jsonable(c.local_native),
+            "lowered": _jsonable(c.local_lowered),
+            "judgement": _jsonable(c.judgement),
+        },
+        "accumulated": {
+            "native_rel_l2": _jsonable(c.accumulated_native),
+            "lowered_rel_l2": _jsonable(c.accumulated_lowered),
+        },
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data: dataclasses to dicts, tuples to lists, non-finite floats to None."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def _short_flag(name: str) -> str:
+    """``torch.backends.cuda.matmul.allow_tf32`` -> ``matmul.allow_tf32``, for the summary."""
+    name = name.removeprefix("torch.backends.").removeprefix("torch.get_")
+    return name.replace("cuda.matmul.", "matmul.")
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "0" if value == 0 else f"{value:.2e}"
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape)) or "scalar"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
