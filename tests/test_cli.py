@@ -317,7 +317,7 @@ def test_models_lists_names_and_what_is_not_supported(capsys):
     code, out, _ = run(["models"], capsys)
     assert code == 0
     assert "resnet18" in out
-    assert "detection (not supported by the CLI yet)" in out
+    assert "detection: " in out and "fasterrcnn_resnet50_fpn" in out
 
 
 def test_python_dash_m_lowerconv_help():

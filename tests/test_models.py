@@ -110,9 +110,16 @@ def test_unknown_name_suggests_close_ones():
     assert suggest_model_names("mobilenetv2")[0] == "mobilenet_v2"
 
 
-def test_detection_models_are_refused_with_a_way_out():
-    with pytest.raises(LoweringError, match=r"detection model.*not support.*\.backbone"):
-        resolve_model("fasterrcnn_resnet50_fpn")
+def test_detection_models_take_a_list_of_images_and_keep_every_box():
+    resolved = resolve_model("ssdlite320_mobilenet_v3_large", batch_size=2, image_size=96)
+    (images,) = resolved.example_inputs
+    assert isinstance(images, list) and [tuple(i.shape) for i in images] == [(3, 96, 96)] * 2
+    assert all(float(i.min()) >= 0 and float(i.max()) <= 1 for i in images)
+    assert resolved.preferred_dtype == torch.float64
+    assert resolved.model.score_thresh == 0.0
+    rcnn = resolve_model("fasterrcnn_mobilenet_v3_large_320_fpn", image_size=128)
+    assert rcnn.model.roi_heads.score_thresh == 0.0
+    assert rcnn.model.transform.min_size == (128,) and rcnn.model.transform.max_size == 128
 
 
 def test_below_documented_minimum_size_gets_a_hint():

@@ -64,6 +64,15 @@ it became (M = out channels, K = in channels/groups * kh * kw, N = batch * OH * 
 its FLOPs (2*M*K*N), the size of its im2col buffer and the strategy used.
 Convs left alone are listed after it."""
 
+ZOO_EPILOG = """\
+examples:
+  lowerconv zoo --list
+  lowerconv zoo --category classification --filter resnet --no-timing
+  lowerconv zoo resnet18 fasterrcnn_mobilenet_v3_large_320_fpn raft_small
+  lowerconv zoo --markdown docs/zoo.md --json zoo.json
+
+Exit 0 when every model run passes, 1 when any fails or errors, 2 for a usage error."""
+
 MODELS_EPILOG = """\
 examples:
   lowerconv models
@@ -180,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
-        default="float32",
-        help="dtype to run in (default float32)",
+        help="dtype to run in (default float32; float64 for detection models, whose boxes "
+        "after NMS float32 rounding alone can change)",
     )
     check.add_argument(
         "--rtol", type=_non_negative_float, help="relative tolerance (default: per dtype)"
@@ -231,6 +240,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--category", help="list only this category")
     models.set_defaults(run=run_models)
+
+    zoo = commands.add_parser(
+        "zoo",
+        parents=[debug],
+        help="lower and verify every torchvision model, and write the table",
+        description=(
+            "Lower and verify torchvision's model builders one after another on the CPU (random\n"
+            "weights, no downloads), and print one row per model: convs lowered, path taken,\n"
+            "errors of the native and the lowered model against a float64 oracle, time ratio."
+        ),
+        epilog=ZOO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    zoo.add_argument("names", nargs="*", metavar="MODEL", help="only these models (default all)")
+    zoo.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this category (repeatable): classification, segmentation, detection, video, "
+        "optical_flow, quantization",
+    )
+    zoo.add_argument("--filter", metavar="TEXT", help="only models whose name contains TEXT")
+    zoo.add_argument(
+        "--include-large",
+        action="store_true",
+        help="also run the models over 300 M parameters (skipped by default for time)",
+    )
+    zoo.add_argument(
+        "--strategy", choices=STRATEGY_NAMES, default="unfold", help="(default unfold)"
+    )
+    zoo.add_argument("--batch-size", type=_positive_int, default=1, metavar="N")
+    zoo.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="PX",
+        help="input side for every model (default per category: 224, 112 for video, 128 for "
+        "optical flow)",
+    )
+    zoo.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="(default float32; detection models always run in float64)",
+    )
+    zoo.add_argument("--repeats", type=_positive_int, default=5, metavar="N")
+    zoo.add_argument("--no-timing", action="store_true", help="skip timing")
+    zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--list", action="store_true", help="list the models it would run, and stop")
+    zoo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    zoo.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    zoo.set_defaults(run=run_zoo_command)
     return parser
 
 
@@ -251,6 +312,9 @@ def run_verify(args: argparse.Namespace) -> int:
     lowered = _lower(resolved, args, progress)
     from .verify import verify  # only this command pays for importing the verifier
 
+    dtype = DTYPES[args.dtype] if args.dtype else resolved.preferred_dtype or torch.float32
+    if args.dtype is None and resolved.preferred_dtype is not None:
+        progress(f"note: verifying {resolved.spec} in {dtype} (pass --dtype to choose)")
     try:
         report = verify(
             resolved.model,
@@ -258,7 +322,7 @@ def run_verify(args: argparse.Namespace) -> int:
             lowered=lowered,
             strategy=args.strategy,
             device=args.device,
-            dtype=DTYPES[args.dtype],
+            dtype=dtype,
             rtol=args.rtol,
             atol=args.atol,
             timing=not args.no_timing,
@@ -309,10 +373,48 @@ def run_models(args: argparse.Namespace) -> int:
         if args.category is not None and category != args.category:
             continue
         names = sorted(by_category[category])
-        status = "" if category in SUPPORTED_CATEGORIES else " (not supported by the CLI yet)"
-        print(f"{category}{status}: {len(names)}")
+        print(f"{category}: {len(names)}")
         print(_wrap(names))
     return EXIT_OK
+
+
+def run_zoo_command(args: argparse.Namespace) -> int:
+    from .zoo import run_zoo, select_models
+
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:
+            _check_writable(option, path)
+    chosen = select_models(
+        args.names,
+        categories=args.category,
+        contains=args.filter,
+        include_large=args.include_large,
+    )
+    if not chosen:
+        raise LoweringError("no torchvision model matches those names, categories and --filter")
+    if args.list:
+        for name, category, skip in chosen:
+            print(f"{name:32} {category:15} {skip or ''}".rstrip())
+        return EXIT_OK
+    report = run_zoo(
+        chosen,
+        strategy=args.strategy,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        dtype=DTYPES[args.dtype],
+        timing=not args.no_timing,
+        repeats=args.repeats,
+        seed=args.seed,
+        progress=_progress,
+    )
+    print(report)
+    if args.json is not None:
+        Path(args.json).write_text(report.to_json(indent=2) + "\n")
+        _progress(f"wrote {args.json}")
+    if args.markdown is not None:
+        Path(args.markdown).write_text(report.to_markdown())
+        _progress(f"wrote {args.markdown}")
+    return EXIT_OK if report.ok else EXIT_MISMATCH
 
 
 # -- shared steps --------------------------------------------------------------------------------

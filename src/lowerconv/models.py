@@ -49,7 +49,14 @@ DEFAULT_IMAGE_SIZE = 224
 VIDEO_FRAMES = 16  # mvit needs exactly 16; the others accept it
 
 # Categories the command line can build inputs for, in the order `lowerconv models` lists them.
-SUPPORTED_CATEGORIES = ("classification", "quantization", "segmentation", "video", "optical_flow")
+SUPPORTED_CATEGORIES = (
+    "classification",
+    "quantization",
+    "segmentation",
+    "detection",
+    "video",
+    "optical_flow",
+)
 
 
 @dataclass
@@ -57,17 +64,23 @@ class ResolvedModel:
     """A model ready to lower: the module (eval mode), its example inputs, and where it came from.
 
     ``min_image_size`` is the smallest input the model's torchvision weights document, used to
-    explain a forward pass that fails on a small ``--image-size``.
+    explain a forward pass that fails on a small ``--image-size``.  ``preferred_dtype`` is the
+    dtype to verify in when none is asked for: float64 for detection models, whose outputs are
+    boxes after score thresholds and NMS, which float32 rounding alone can change.
     """
 
     spec: str
     model: nn.Module
-    example_inputs: tuple[torch.Tensor, ...]
+    example_inputs: tuple
     origin: str
     min_image_size: int | None = None
+    preferred_dtype: torch.dtype | None = None
 
     def describe(self) -> str:
-        shapes = ", ".join("x".join(map(str, t.shape)) for t in self.example_inputs)
+        leaves = torch.utils._pytree.tree_leaves(self.example_inputs)
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in leaves)
+        if self.example_inputs and isinstance(self.example_inputs[0], list):
+            shapes = f"a list of {len(leaves)} image(s) {shapes}"
         return f"{self.spec} ({self.origin}), input {shapes}"
 
     def failure_hint(self) -> str | None:
@@ -147,15 +160,6 @@ def _resolve_torchvision(
     if name not in models:
         raise LoweringError(_unknown_model_message(name))
     category = models[name]
-    if category == "detection":
-        raise LoweringError(
-            f"{name} is a torchvision detection model; the command line does not support "
-            "detection models yet: they take a list of images and return post-processed boxes "
-            "(after NMS), which cannot be compared element by element. Fix: verify its backbone "
-            "through a factory, e.g. a file det.py with `def backbone(): return "
-            f"torchvision.models.get_model('{name}', weights=None, weights_backbone=None)"
-            ".backbone` and `lowerconv verify det.py:backbone`"
-        )
     if category not in SUPPORTED_CATEGORIES:
         raise LoweringError(
             f"{name} is a torchvision {category} model, which the command line does not support "
@@ -165,8 +169,10 @@ def _resolve_torchvision(
 
     size = image_size if image_size is not None else default_image_size(name)
     kwargs: dict = {"weights": None}
-    if category in ("segmentation",):
+    if category in ("segmentation", "detection"):
         kwargs["weights_backbone"] = None  # its default is an ImageNet download
+    if category == "detection":
+        kwargs.update(_detection_kwargs(name, size))
     if name.startswith("vit_"):
         patch = int(name.rsplit("_", 1)[1])
         if size % patch:
@@ -199,6 +205,10 @@ def _resolve_torchvision(
         inputs: tuple[torch.Tensor, ...] = (
             torch.randn(batch_size, 3, VIDEO_FRAMES, size, size, generator=generator),
         )
+    elif category == "detection":
+        # A list of (C, H, W) images in [0, 1]; the model normalises and resizes them itself.
+        images = [torch.rand(3, size, size, generator=generator) for _ in range(batch_size)]
+        inputs = (images,)
     elif category == "optical_flow":
         inputs = (torch.randn(image, generator=generator), torch.randn(image, generator=generator))
     else:
@@ -209,7 +219,19 @@ def _resolve_torchvision(
         example_inputs=inputs,
         origin=f"torchvision {category}, random init, seed {seed}",
         min_image_size=_documented_min_size(name),
+        preferred_dtype=torch.float64 if category == "detection" else None,
     )
+
+
+def _detection_kwargs(name: str, size: int) -> dict:
+    """Keep every box (random weights rarely pass the default score threshold of 0.05, which
+    would leave nothing to compare), and work at the input's own size instead of resizing it to
+    800 pixels, which would make a CPU run take minutes."""
+    if name.startswith(("fasterrcnn", "maskrcnn", "keypointrcnn")):
+        return {"box_score_thresh": 0.0, "min_size": size, "max_size": size}
+    if name.startswith(("retinanet", "fcos")):
+        return {"score_thresh": 0.0, "min_size": size, "max_size": size}
+    return {"score_thresh": 0.0}  # SSD and SSDlite resize to their own fixed size
 
 
 def _unknown_model_message(name: str) -> str:
