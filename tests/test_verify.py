@@ -157,7 +157,32 @@ def test_strategies_and_conv_kinds_pass_in_train_mode(strategy):
     report = verify(model, torch.randn(2, 3, 12, 12), strategy=strategy, timing=False)
     assert report.ok, report.failure_message()
     assert [c.name for c in report.layers] == ["stem", "depthwise", "reflect", "pointwise"]
+    assert {c.status for c in report.layers} == {"pass"}
     assert report.strategy == strategy
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: nn.Conv2d(3, 4, 3), lambda: nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)), TinyNet],
+    ids=["bare-conv-F.conv2d-site", "module-site", "tinynet"],
+)
+def test_local_check_runs_the_lowered_arithmetic_bit_for_bit(make):
+    # The first conv sees the model's input, so its local and accumulated values are the same
+    # computation: equal errors mean the check ran exactly what the lowered model runs.
+    report = verify(_seeded(make)().eval(), torch.randn(2, 3, 8, 8), timing=False)
+    first = report.layers[0]
+    assert first.local_lowered.rel_l2 == first.accumulated_lowered
+    assert first.local_native.rel_l2 == first.accumulated_native
+
+
+def test_conv_fed_by_a_conv_gets_the_original_conv_output():
+    model = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3, padding=1)))()
+    x = torch.randn(1, 3, 9, 9)
+    lowered = lowerconv.lower(model)
+    lowered.get_submodule("0").weight.data[0, 0, 0, 0] += 0.1
+    report = verify(model, x, lowered=lowered, timing=False)
+    # "1" reads "0"'s lowered output in the lowered graph, and the original "0"'s when checked.
+    assert [(c.name, c.status) for c in report.layers] == [("0", "fail"), ("1", "pass")]
 
 
 def test_fallback_path_is_checked_with_hooks_and_sabotage_named():

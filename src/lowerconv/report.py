@@ -349,8 +349,7 @@ class VerificationReport:
                     ]
                 )
             rows += [[f"{run.device} note", note] for note in run.notes]
-        flags = ", ".join(f"{_short_flag(k)}={v}" for k, v in self.precision_flags.items())
-        rows.append(["precision flags", flags or "-"])
+        rows.append(["precision flags", _describe_flags(self.precision_flags)])
         rows += [[f"{device} skipped", reason] for device, reason in self.devices_skipped.items()]
         skipped = self.lowering.get("skipped", [])
         if skipped:
@@ -488,10 +487,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _short_flag(name: str) -> str:
-    """``torch.backends.cuda.matmul.allow_tf32`` -> ``matmul.allow_tf32``, for the summary."""
-    name = name.removeprefix("torch.backends.").removeprefix("torch.get_")
-    return name.replace("cuda.matmul.", "matmul.")
+def _describe_flags(flags: dict[str, Any]) -> str:
+    """The pinned precision settings in one line; every setting is in ``to_dict()``."""
+    if not flags:
+        return "-"
+    on_off = {True: "on", False: "off"}
+    parts = []
+    matmul = flags.get("torch.backends.cuda.matmul.allow_tf32")
+    cudnn = flags.get("torch.backends.cudnn.allow_tf32")
+    if matmul is not None or cudnn is not None:
+        parts.append(f"TF32 matmul {on_off.get(matmul, matmul)}, cuDNN {on_off.get(cudnn, cudnn)}")
+    precision = flags.get("torch.get_float32_matmul_precision")
+    if precision is not None:
+        parts.append(f"float32 matmul precision {precision}")
+    reductions = [v for k, v in flags.items() if k.endswith("reduced_precision_reduction")]
+    if reductions:
+        state = "on" if any(reductions) else "off"
+        parts.append(f"fp16/bf16 reduced-precision reductions {state}")
+    return ", ".join(parts)
 
 
 def _num(value: float | None) -> str:

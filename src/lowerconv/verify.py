@@ -198,7 +198,6 @@ class _Plan:
     warmup: int
     trace_options: dict[str, Any]
     say: Progress
-    notes: list[str] = field(default_factory=list)
 
 
 def _verify_on(
@@ -355,8 +354,7 @@ class _Capture(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         if n.name in self.wanted:
-            # Later in-place ops (ReLU(inplace=True), +=) must not change what was captured.
-            self.values[n.name] = pytree.tree_map_only(torch.Tensor, torch.clone, result)
+            self.values[n.name] = _snapshot(result)
         return result
 
 
@@ -411,12 +409,21 @@ def _check_graph_layers(
     original_data = _input_dependent(traced_native.graph)
     lowered_nodes = {n.name: n for n in low.graph.nodes}
     lowered_data = _input_dependent(low.graph)
+    # A conv fed by another conv reads that conv's lowered output; its original is the conv node.
+    outputs = {_lowered_output(low, conv): conv.node for conv in convs}
 
     wanted: dict[str, set[str]] = {"native": set(), "oracle": set(), "lowered": set()}
     plans = []
     for conv in convs:
         p = _plan_layer(
-            conv, checks[id(conv)], low, original_nodes, original_data, lowered_nodes, lowered_data
+            conv,
+            checks[id(conv)],
+            low,
+            original_nodes,
+            original_data,
+            lowered_nodes,
+            lowered_data,
+            outputs,
         )
         if p is None:
             continue
@@ -470,6 +477,7 @@ def _plan_layer(
     original_data: set[str],
     lowered_nodes: dict[str, fx.Node],
     lowered_data: set[str],
+    lowered_outputs: dict[str, str],
 ) -> _LayerPlan | None:
     """Map one conv's lowered nodes to the original graph's; None (and unchecked) if they don't."""
     original = original_nodes.get(conv.node)
@@ -489,29 +497,45 @@ def _plan_layer(
     for name in names:
         if name in lowered_data:
             # Data flowing into the conv: take the original model's value.
-            if name not in original_nodes:
+            original_name = lowered_outputs.get(name, name)
+            if original_name not in original_nodes:
                 _unchecked(
                     check,
                     f"the lowered conv reads node {name!r}, which the original graph does not have",
                 )
                 return None
-            p.sub_inputs.append(("native", name))
+            p.sub_inputs.append(("native", original_name))
         else:
             # A parameter, or a weight computed from one: the lowered model's own.
             p.sub_inputs.append(("lowered", name))
     for node in original.all_input_nodes:
         run = "native" if node.name in original_data else "oracle"
         p.oracle_inputs[node] = (run, node.name)
+    p.lowered_output = _lowered_output(low, conv)
+    if p.lowered_output not in lowered_nodes:
+        _unchecked(check, f"output node {p.lowered_output!r} is not in the lowered graph")
+        return None
+    return p
+
+
+def _lowered_output(low: fx.GraphModule, conv: LoweredConv) -> str:
+    """The node now producing ``conv``'s value: by provenance, so a user's edit is followed."""
     outputs = [
         n
         for n in low.graph.nodes
         if (prov := provenance(n)) is not None and prov.source == conv.name and prov.is_output
     ]
-    p.lowered_output = outputs[-1].name if outputs else conv.output_node
-    if p.lowered_output not in lowered_nodes:
-        _unchecked(check, f"output node {p.lowered_output!r} is not in the lowered graph")
-        return None
-    return p
+    return outputs[-1].name if outputs else conv.output_node
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of the tensors in ``value`` that later in-place ops (``ReLU(inplace=True)``,
+    ``+=``) cannot change.  Parameters are kept as they are: a copy would not require grad,
+    and ``torch.matmul`` picks another kernel for it, so the check would not run the
+    arithmetic the lowered model runs."""
+    return pytree.tree_map_only(
+        torch.Tensor, lambda t: t if isinstance(t, nn.Parameter) else t.clone(), value
+    )
 
 
 def _input_dependent(graph: fx.Graph) -> set[str]:
@@ -561,9 +585,9 @@ class _ModuleCapture:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if name in self.outputs[run]:
                 return
-            self.outputs[run][name] = pytree.tree_map_only(torch.Tensor, torch.clone, output)
+            self.outputs[run][name] = _snapshot(output)
             if run == "native":
-                self.inputs[name] = pytree.tree_map_only(torch.Tensor, torch.clone, args)
+                self.inputs[name] = _snapshot(args)
 
         return hook
 
