@@ -439,10 +439,16 @@ def _check_graph_layers(
         "oracle": _capture(traced_oracle, x64, wanted["oracle"], dev, plan.seed),
         "lowered": _capture(low, x, wanted["lowered"], dev, plan.seed),
     }
+    # The original conv node (of the native trace) runs on the oracle's modules and parameters:
+    # both traces have the same nodes, and run_node reads only its inputs from env.
     oracle_runner = fx.Interpreter(traced_oracle)
     for p in plans:
         args = [values[run][name] for run, name in p.sub_inputs]
-        lowered_local = p.subgraph(*args)
+        try:
+            lowered_local = p.subgraph(*args)
+        except Exception as exc:
+            _raised(p.check, exc)
+            continue
         oracle_runner.env = {
             node: _to_float64(values[run][name]) if run == "native" else values[run][name]
             for node, (run, name) in p.oracle_inputs.items()
@@ -613,7 +619,11 @@ def _check_fallback_layers(
             _unchecked(check, f"module {name!r} did not run in the forward pass")
             continue
         args = hooks.inputs[name]
-        lowered_local = low.get_submodule(name)(*args)
+        try:
+            lowered_local = low.get_submodule(name)(*args)
+        except Exception as exc:
+            _raised(check, exc)
+            continue
         oracle_local = oracle.get_submodule(name)(*_to_float64(args))
         _finish(
             check,
@@ -647,6 +657,13 @@ def _layer_check(conv: LoweredConv) -> LayerCheck:
 
 def _unchecked(check: LayerCheck, reason: str) -> None:
     check.status, check.reason = "unchecked", reason
+
+
+def _raised(check: LayerCheck, exc: Exception) -> None:
+    check.status = "fail"
+    check.reason = (
+        f"the lowered conv raised on the original's input: {type(exc).__name__}: {exc}".strip()
+    )
 
 
 def _finish(
