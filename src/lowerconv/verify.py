@@ -224,12 +224,17 @@ def _verify_on(
     say(f"[{dev}] end to end: native, float64 oracle, lowered")
     with torch.no_grad(), MatchedRandomness():
         out_native = _forward(native, x, dev, plan.seed, "the model", inputs)
-        out_oracle = _forward(oracle, x64, dev, plan.seed, "the float64 copy of the model", inputs)
+        out_oracle, promoted = _oracle_forward(oracle, x64, dev, plan.seed, inputs)
         out_lowered = _forward(low, x, dev, plan.seed, "the lowered model", inputs)
     if hooks is not None:
         hooks.remove()
     run.outputs, notes = _check_outputs(out_native, out_lowered, out_oracle, plan.tolerance)
     run.notes.extend(notes)
+    if promoted:
+        run.notes.append(
+            "the model creates float32 tensors of its own (e.g. coordinate grids), so its float64 "
+            "copy failed as is; the oracle ran with every float32 tensor promoted to float64"
+        )
     del out_native, out_oracle, out_lowered
 
     if convs:
@@ -1074,6 +1079,37 @@ _FIXES = {
     "the lowered model": "the lowered model fails where the original runs: print(lowered.code) "
     "and check the lowering (or your edit of it)",
 }
+
+
+def _oracle_forward(
+    oracle: nn.Module, x64: tuple, dev: torch.device, seed: int, original: tuple
+) -> tuple[Any, bool]:
+    """The float64 copy's outputs, and whether float32 tensors had to be promoted to get them."""
+    what = "the float64 copy of the model"
+    try:
+        return _forward(oracle, x64, dev, seed, what, original), False
+    except LoweringError:
+        with PromoteToFloat64():
+            try:
+                return _forward(oracle, x64, dev, seed, what, original), True
+            except LoweringError:
+                pass
+        raise
+
+
+class PromoteToFloat64(TorchFunctionMode):
+    """Every float32 tensor an op returns becomes float64.
+
+    Some models build float32 tensors themselves (RAFT's coordinate grids call ``.float()``),
+    so their float64 copy mixes dtypes and fails; under this mode it computes in float64
+    throughout and can serve as the oracle.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return pytree.tree_map_only(
+            torch.Tensor, lambda t: t.double() if t.dtype == torch.float32 else t, out
+        )
 
 
 def _forward(
