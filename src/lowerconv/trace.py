@@ -9,6 +9,7 @@ stay leaves, because several of them carry control flow that symbolic tracing ca
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Iterable
 from typing import Any
@@ -129,12 +130,10 @@ def describe_trace_failure(model: nn.Module, tracer: LoweringTracer, exc: BaseEx
 
 
 def _last_user_frame(exc: BaseException) -> str | None:
-    """The innermost frame outside torch, i.e. the user's line that broke tracing."""
+    """The innermost frame outside torch and lowerconv: the model's line that broke tracing."""
     frames = traceback.extract_tb(exc.__traceback__)
-    torch_dir = torch.__file__.rsplit("/", 1)[0]
-    user = [
-        f for f in frames if not f.filename.startswith(torch_dir) and "lowerconv" not in f.filename
-    ]
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+    user = [f for f in frames if not f.filename.startswith(skip)]
     if not user:
         return None
     f = user[-1]

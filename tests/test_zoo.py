@@ -1,0 +1,159 @@
+"""The torchvision zoo: a fast subset covering each category and each fallback reason, the
+``lowerconv zoo`` command, and (marked ``slow``) every model builder.
+
+Run the whole zoo with ``pytest -m slow tests/test_zoo.py`` (about an hour on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import lowerconv
+from lowerconv.cli import main
+from lowerconv.models import resolve_model
+from lowerconv.zoo import LARGE_MODELS, run_zoo, select_models
+
+# (model, category, path expected, why this one: the category or the fallback reason it covers)
+SUBSET = [
+    ("squeezenet1_1", "classification", "graph", "classification, plain Conv2d + concat"),
+    ("googlenet", "classification", "graph", "aux heads built but unused in eval mode"),
+    ("quantized_shufflenet_v2_x0_5", "quantization", "graph", "float build of a quantizable model"),
+    ("lraspp_mobilenet_v3_large", "segmentation", "graph", "dict output"),
+    (
+        "ssdlite320_mobilenet_v3_large",
+        "detection",
+        "fallback",
+        "list input; iterating a Proxy in the detection head",
+    ),
+    (
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "detection",
+        "fallback",
+        "list input; RPN and RoI heads with data-dependent shapes",
+    ),
+    ("r3d_18", "video", "graph", "Conv3d only: every conv left alone, reported"),
+    ("raft_small", "optical_flow", "fallback", "control flow on input shapes; float32 grids"),
+]
+X
+
+
+@pytest.mark.parametrize("name, category, path, why", SUBSET, ids=[row[0] for row in SUBSET])
+def test_zoo_subset_lowers_and_verifies(name: str, category: str, path: str, why: str) -> None:
+    report = run_zoo(select_models([name]), image_size=SIZES.get(name, 64), timing=False)
+    (row,) = report.rows
+    assert row.category == category
+    assert row.status == "pass", row.note
+    assert row.path == path, why
+    assert row.convs_lowered == len(_conv2d_calls(name))  # every Conv2d the forward runs
+    if category == "video":
+        assert row.convs_lowered == 0 and row.convs_left_alone > 0
+    if category == "detection":
+        assert row.dtype == "float64"
+    assert row.lowered_error is not None and row.lowered_error <= 1e-4
+
+
+def _conv2d_calls(name: str) -> set[str]:
+    resolved = resolve_model(name, image_size=SIZES.get(name, 64))
+    called: set[str] = set()
+    for qualname, module in resolved.model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(lambda *_, q=qualname: called.add(q))
+    with torch.no_grad():
+        resolved.model(*resolved.example_inputs)
+    return called
+
+
+def test_fallback_record_says_why_and_verifier_checks_each_layer() -> None:
+    # At 224 pixels no two proposals share a score exactly; on tiny images degenerate clipped
+    # proposals can, and then rounding decides their order (see docs/zoo.md).
+    resolved = resolve_model("fasterrcnn_mobilenet_v3_large_320_fpn", image_size=224)
+    lowered = lowerconv.lower(resolved.model)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback"
+    assert "could not trace FasterRCNN" in record.trace_error
+    assert "Proxy object cannot be iterated" in record.trace_error
+    report = lowerconv.verify(
+        resolved.model, resolved.example_inputs, lowered=lowered, dtype=torch.float64, timing=False
+    )
+    assert report.ok, report.failure_message()
+    assert len(report.layers) == record.num_lowered
+    assert all(layer.status == "pass" for layer in report.layers)
+    # Boxes survive: a score threshold of 0 keeps them, so outputs are not trivially empty.
+    boxes = next(o for o in report.outputs if o.path.endswith("['boxes']"))
+    assert boxes.shape[0] > 0
+
+
+def test_fallback_path_catches_a_wrong_conv_by_name() -> None:
+    resolved = resolve_model("raft_small", image_size=128)
+    lowered = lowerconv.lower(resolved.model)
+    with torch.no_grad():
+        lowered.get_submodule("feature_encoder.convnormrelu.0").weight.mul_(1.01)
+    report = lowerconv.verify(
+        resolved.model, resolved.example_inputs, lowered=lowered, timing=False
+    )
+    assert not report.ok
+    assert report.first_failure == "feature_encoder.convnormrelu.0"
+
+
+def test_select_models_filters_and_skips_large_ones() -> None:
+    everything = select_models()
+    names = [name for name, _, _ in everything]
+    assert len(names) > 100 and len(set(names)) == len(names)
+    categories = {category for _, category, _ in everything}
+    assert categories == {
+        "classification",
+        "quantization",
+        "segmentation",
+        "detection",
+        "video",
+        "optical_flow",
+    }
+    skipped = {name for name, _, skip in everything if skip}
+    assert skipped == set(LARGE_MODELS)
+    assert not any(skip for _, _, skip in select_models(["vit_h_14"]))  # asked for by name
+    resnets = select_models(categories=["classification"], contains="resnet")
+    assert resnets and all("resnet" in n and c == "classification" for n, c, _ in resnets)
+    with pytest.raises(lowerconv.LoweringError, match="unknown torchvision model"):
+        select_models(["resnet181"])
+    with pytest.raises(lowerconv.LoweringError, match="choose from"):
+        select_models(categories=["detector"])
+
+
+def test_zoo_command_writes_json_and_markdown(tmp_path, capsys) -> None:
+    json_path, md_path = tmp_path / "zoo.json", tmp_path / "zoo.md"
+    argv = ["zoo", "squeezenet1_1", "r3d_18", "--image-size", "32", "--no-timing"]
+    code = main([*argv, "--json", str(json_path), "--markdown", str(md_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "squeezenet1_1" in out and "2 pass" in out
+    data = json.loads(json_path.read_text())
+    assert data["schema"] == "lowerconv.zoo/1"
+    assert [row["model"] for row in data["rows"]] == ["squeezenet1_1", "r3d_18"]
+    assert data["rows"][1]["convs_left_alone"] == 20
+    markdown = md_path.read_text()
+    assert markdown.startswith("# The torchvision model zoo")
+    assert "| squeezenet1_1 " in markdown
+
+
+def test_zoo_command_lists_and_refuses(capsys) -> None:
+    assert main(["zoo", "--list", "--category", "optical_flow"]) == 0
+    assert capsys.readouterr().out.split()[0] == "raft_large"
+    assert main(["zoo", "resnet181"]) == 2
+    assert "unknown torchvision model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, category, skip",
+    select_models(),
+    ids=[name for name, _, _ in select_models()],
+)
+def test_whole_zoo(name: str, category: str, skip: str | None) -> None:
+    if skip:
+        pytest.skip(skip)
+    (row,) = run_zoo([(name, category, None)], timing=False).rows
+    assert row.status == "pass", f"{name}: {row.first_failure or row.note}"
