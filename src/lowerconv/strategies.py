@@ -1,14 +1,16 @@
 """Step 3 of the pass: the arithmetic each lowered convolution is replaced with, as eager code.
 
-Each strategy is a plain function ``(input, weight, bias, spec) -> output`` built only from
-unfold/view/reshape/matmul/add/pad: no convolution op anywhere.  The pass traces the chosen
-function with the conv's :class:`~lowerconv.spec.ConvSpec` fixed and splices the resulting nodes
-into the model's graph, so what runs in the lowered model is exactly the code below, and each
-strategy can be tested against ``F.conv2d`` on its own.
+Each strategy is a plain function ``(input, weight, bias, spec, options=None) -> output`` built
+only from unfold/view/reshape/matmul/add/pad: no convolution op anywhere.  The pass traces the
+chosen function with the conv's :class:`~lowerconv.spec.ConvSpec` (and :class:`StrategyOptions`)
+fixed and splices the resulting nodes into the model's graph, so what runs in the lowered model is
+exactly the code below, and each strategy can be tested against ``F.conv2d`` on its own.
 
 Every function indexes dimensions from the end, so one lowered graph serves batched ``(N, C, H,
 W)`` and unbatched ``(C, H, W)`` inputs, and any batch or spatial size: nothing about the
-input's shape is baked in.
+input's shape is baked in.  Every strategy computes every convolution; the specialised ones
+hand the configurations they are not for to a general one (named below).  Each returns a
+contiguous ``(N, C_out, OH, OW)`` tensor.
 
 Strategies:
 
@@ -18,27 +20,90 @@ Strategies:
 ``strided``
     The same product, with the im2col buffer gathered from strided views (``Tensor.unfold``)
     and one copy, in ``(N, OH, OW, C*kh*kw)`` order; the matmul is one large GEMM.
+``nhwc``
+    Channels-last im2col: the input is copied once to ``(N, H, W, C)`` order, so that each patch
+    is ``kh*kw`` contiguous runs of ``C`` values, gathered chunk by chunk (of images or output
+    rows, at most :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
+    :func:`~lowerconv.kernels.gemm` (oneDNN's matmul on CPU float32).  One graph node,
+    :func:`~lowerconv.kernels.im2col_gemm`, does the chunked part.  Grouped convs: ``strided``.
+``pointwise``
+    A 1x1 convolution is a matmul on a reshape: ``weight (C_out, C) @ input (N, C, H*W)``, no
+    copy, and the output is already ``(N, C_out, H*W)``; a strided one slices the input first.
+    Other kernels: ``nhwc``.
+``patchify``
+    Kernel equal to stride with no padding (a ViT patch embedding): the input is split into
+    patches by reshape + permute (one copy of the input, no overlap) and multiplied by
+    :func:`~lowerconv.kernels.gemm`.  Other configurations: ``nhwc``.
+``depthwise``
+    ``groups == in_channels`` (with any channel multiplier): the sum over the ``kh*kw`` kernel
+    taps of a shifted view of the input times a per-channel weight, with ``addcmul``, so there
+    is no ``kh*kw``-times buffer at all.  Other configurations: ``nhwc``.
+``auto`` (not a function here)
+    :func:`choose_strategy` picks one of the above per convolution, by rule.
+
+:class:`StrategyOptions` carries what is not part of the convolution itself:
+``max_workspace_bytes`` caps every im2col buffer (strategies that build one then compute in
+chunks with :func:`run_in_chunks`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 
+from .kernels import (
+    DEFAULT_WORKSPACE_BYTES,
+    depthwise_taps,
+    gemm,
+    im2col_gemm,
+    input_window,
+    output_tiles,
+    plan_chunks,
+    pointwise_gemm,
+)
 from .spec import ConvSpec, conv_output_size
 
 __all__ = [
     "STRATEGIES",
     "StrategyFn",
+    "StrategyOptions",
+    "choose_strategy",
     "conv_output_width",
+    "depthwise_conv2d",
+    "grouped_conv2d",
+    "nhwc_conv2d",
+    "patchify_conv2d",
+    "pointwise_conv2d",
+    "run_in_chunks",
     "strided_conv2d",
     "unfold_conv2d",
 ]
 
-StrategyFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", ConvSpec], torch.Tensor]
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Options of a lowering that change the emitted code but are not part of the conv.
+
+    ``max_workspace_bytes``: the largest im2col buffer one lowered conv may allocate; ``None``
+    lets ``unfold``, ``strided`` and ``patchify`` build theirs whole.  Frozen and hashable: it is
+    part of the key under which traced strategies are cached.
+    """
+
+    max_workspace_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        cap = self.max_workspace_bytes
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
+            raise ValueError(f"max_workspace_bytes must be a positive int or None, got {cap!r}")
+
+
+DEFAULT_OPTIONS = StrategyOptions()
+
+StrategyFn = Callable[..., torch.Tensor]
 
 
 def conv_output_width(input: torch.Tensor, kernel: int, stride: int, padding: int, dilation: int):
@@ -46,27 +111,70 @@ def conv_output_width(input: torch.Tensor, kernel: int, stride: int, padding: in
     return conv_output_size(input.shape[-1], kernel, stride, padding, dilation)
 
 
-# One readable node in the lowered graph instead of the shape arithmetic spelled out, printed
-# in generated code under its own name with an import rather than a mangled global.
-torch.fx.wrap("conv_output_width")
-try:
-    from torch.fx.graph import _register_custom_builtin
-
-    _register_custom_builtin(
-        "conv_output_width", "from lowerconv.strategies import conv_output_width", conv_output_width
-    )
-except ImportError:  # private API; without it the code still runs, under a longer name
-    pass
+def conv_output_height(input: torch.Tensor, kernel: int, stride: int, padding: int, dilation: int):
+    """The convolution's output height for this input, read from its shape at run time."""
+    return conv_output_size(input.shape[-2], kernel, stride, padding, dilation)
 
 
 def _pad_mode(spec: ConvSpec) -> str:
     return "constant" if spec.padding_mode == "zeros" else spec.padding_mode
 
 
+def _workspace_cap(options: StrategyOptions | None) -> int | None:
+    return None if options is None else options.max_workspace_bytes
+
+
+def run_in_chunks(
+    strategy: str,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    max_workspace_bytes: int,
+) -> torch.Tensor:
+    """The convolution by ``strategy``, computed chunk by chunk of images or output rows so that
+    no chunk's im2col buffer (``pixels * in_channels*kh*kw`` values) exceeds
+    ``max_workspace_bytes`` (see :func:`~lowerconv.kernels.plan_chunks`).
+
+    The input is padded once; each chunk of it (with the rows the kernel overlaps) runs through
+    the strategy's eager arithmetic with a spec that pads nothing, into its place in the output.
+    """
+    compute = _CHUNK_ARITHMETIC[strategy]
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if any(spec.pad):
+        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+    unpadded = replace(spec, pad=(0, 0, 0, 0), padding_mode="zeros")
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    n, _, hp, wp = input.shape
+    out_h, out_w = (hp - span_h) // sh + 1, (wp - span_w) // sw + 1
+    patch = spec.in_channels * kh * kw
+    plan = plan_chunks(n, out_h, out_w, patch, input.element_size(), max_workspace_bytes)
+    if plan.chunks <= 1:
+        result = compute(input, weight, bias, unpadded)
+    else:
+        # Autograd records the writes into this fresh tensor as copies into slices.
+        dtype = torch.result_type(input, weight)
+        result = input.new_empty((n, spec.out_channels, out_h, out_w), dtype=dtype)
+        for images, rows, cols in output_tiles(plan, n, out_h, out_w):
+            tile = input[images, :, input_window(rows, sh, span_h), input_window(cols, sw, span_w)]
+            result[images, :, rows, cols] = compute(tile, weight, bias, unpadded)
+    return result.squeeze(0) if unbatched else result
+
+
 def unfold_conv2d(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
 ) -> torch.Tensor:
     """Conv2d as ``F.unfold`` + matmul + reshape."""
+    cap = _workspace_cap(options)
+    if cap is not None:
+        return run_in_chunks("unfold", input, weight, bias, spec, cap)
     padding = spec.symmetric_padding
     if padding is None:
         # Reflect/replicate/circular modes and asymmetric 'same' padding need a real pad.
@@ -98,9 +206,16 @@ def unfold_conv2d(
 
 
 def strided_conv2d(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
 ) -> torch.Tensor:
     """Conv2d as strided-view im2col (``Tensor.unfold``) + one GEMM + a layout permute."""
+    cap = _workspace_cap(options)
+    if cap is not None:
+        return run_in_chunks("strided", input, weight, bias, spec, cap)
     if any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
@@ -121,12 +236,195 @@ def strided_conv2d(
     return reshape
 
 
+def nhwc_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """Conv2d as channels-last im2col + GEMM, in chunks of bounded size (one graph node)."""
+    if spec.groups > 1:
+        return grouped_conv2d(input, weight, bias, spec, options)
+    zero_pad = spec.pad
+    if spec.padding_mode != "zeros" and any(spec.pad):
+        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+        zero_pad = (0, 0, 0, 0)
+    cap = _chunk_bytes(options)
+    return im2col_gemm(
+        input, weight, bias, spec.kernel_size, spec.stride, spec.dilation, zero_pad, cap
+    )
+
+
+def _chunk_bytes(options: StrategyOptions | None) -> int:
+    cap = _workspace_cap(options)
+    return DEFAULT_WORKSPACE_BYTES if cap is None else min(cap, DEFAULT_WORKSPACE_BYTES)
+
+
+def grouped_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """Conv2d with groups as channel-major im2col + one batched matmul over the groups, in
+    chunks of bounded size; one group: ``nhwc``."""
+    if spec.groups == 1:
+        return nhwc_conv2d(input, weight, bias, spec, options)
+    return run_in_chunks("grouped", input, weight, bias, spec, _chunk_bytes(options))
+
+
+def _grouped_columns_matmul(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
+) -> torch.Tensor:
+    # Eager, on one chunk of an already padded input.
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    patches = input.unfold(-2, dh * (kh - 1) + 1, sh).unfold(-2, dw * (kw - 1) + 1, sw)
+    if (dh, dw) != (1, 1):
+        patches = patches[..., ::dh, ::dw]
+    out_h, out_w = patches.shape[-4], patches.shape[-3]
+    # (..., C, OH, OW, kh, kw) -> (..., g, C/g*kh*kw, OH*OW): each group's rows are one block,
+    # and the product of each group is its slice of the NCHW output.
+    columns = patches.movedim((-2, -1), (-4, -3)).flatten(-4, -3).flatten(-2)
+    columns = columns.unflatten(-3, (spec.groups, spec.in_per_group)).flatten(-3, -2)
+    weight_matrix = weight.reshape(spec.groups, spec.out_per_group, spec.patch_size)
+    out = torch.matmul(weight_matrix, columns).flatten(-3, -2)
+    if bias is not None:
+        out = out + bias.unsqueeze(-1)
+    return out.unflatten(-1, (out_h, out_w))
+
+
+def pointwise_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """A 1x1 conv as ``weight (C_out, C) @ input (..., C, H*W)``: no im2col at all."""
+    if spec.kernel_size != (1, 1):
+        return nhwc_conv2d(input, weight, bias, spec, options)
+    if any(spec.pad):
+        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+    if spec.stride != (1, 1):
+        input = input[..., :: spec.stride[0], :: spec.stride[1]]
+    g = spec.groups
+    if g == 1:
+        return pointwise_gemm(input, weight, bias)
+    flat = input.flatten(-2).unflatten(-2, (g, spec.in_per_group))
+    weight_matrix = weight.reshape(g, spec.out_per_group, spec.in_per_group)
+    matmul = torch.matmul(weight_matrix, flat).flatten(-3, -2)
+    if bias is not None:
+        matmul = matmul + bias.unsqueeze(-1)
+    return matmul.unflatten(-1, input.shape[-2:])
+
+
+def patchify_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """Kernel == stride, no padding: patches by reshape + permute, then one GEMM."""
+    if not spec.is_patchify or spec.groups > 1:
+        return nhwc_conv2d(input, weight, bias, spec, options)
+    cap = _workspace_cap(options)
+    if cap is not None:
+        return run_in_chunks("patchify", input, weight, bias, spec, cap)
+    kh, kw = spec.kernel_size
+    out_h, out_w = input.shape[-2] // kh, input.shape[-1] // kw
+    # Rows and columns that no patch covers are dropped, as the convolution drops them.
+    input = input[..., : out_h * kh, : out_w * kw]
+    # (..., C, OH, kh, OW, kw) -> (..., OH, OW, C, kh, kw): each patch is kh runs of kw values.
+    patches = input.unflatten(-1, (out_w, kw)).unflatten(-3, (out_h, kh))
+    patches = patches.movedim(-4, -5).movedim(-2, -4)
+    rows = patches.flatten(-3)
+    matmul = gemm(rows, weight.flatten(1), bias)
+    return matmul.movedim(-1, -3).contiguous()
+
+
+def depthwise_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """``groups == in_channels``: the sum over kernel taps of shifted input views times weights
+    (:func:`~lowerconv.kernels.depthwise_taps`): ``kh*kw`` multiply-adds over output-sized
+    tensors, and no im2col buffer at all."""
+    if not spec.is_depthwise:
+        return nhwc_conv2d(input, weight, bias, spec, options)
+    zero_pad = spec.pad
+    if spec.padding_mode != "zeros" and any(spec.pad):
+        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+        zero_pad = (0, 0, 0, 0)
+    return depthwise_taps(
+        input, weight, bias, spec.kernel_size, spec.stride, spec.dilation, zero_pad
+    )
+
+
 STRATEGIES: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
+    "nhwc": nhwc_conv2d,
+    "grouped": grouped_conv2d,
+    "pointwise": pointwise_conv2d,
+    "patchify": patchify_conv2d,
+    "depthwise": depthwise_conv2d,
+}
+
+
+# What run_in_chunks runs on each chunk (already padded, so the spec pads nothing).
+_CHUNK_ARITHMETIC: dict[str, StrategyFn] = {
+    "unfold": unfold_conv2d,
+    "strided": strided_conv2d,
+    "patchify": patchify_conv2d,
+    "grouped": _grouped_columns_matmul,
 }
 
 
 def choose_strategy(spec: ConvSpec) -> str:
-    """The concrete strategy ``"auto"`` uses for one conv."""
-    return "strided"
+    """The concrete strategy ``"auto"`` uses for one conv.
+
+    The rules, first match wins:
+
+    - a 1x1 kernel (any stride, groups or padding): ``pointwise``, a matmul with no copy;
+    - kernel == stride, no padding or dilation, one group: ``patchify``;
+    - ``groups == in_channels``: ``depthwise``, shifted multiply-adds with no im2col buffer;
+    - other grouped convs: ``grouped``, chunked channel-major im2col + a matmul per group;
+    - anything else: ``nhwc``, chunked channels-last im2col + GEMM.
+    """
+    if spec.kernel_size == (1, 1):
+        return "pointwise"
+    if spec.is_patchify and spec.groups == 1:
+        return "patchify"
+    if spec.is_depthwise:
+        return "depthwise"
+    if spec.groups > 1:
+        return "grouped"
+    return "nhwc"
+
+
+# Each is one readable node in the lowered graph (shape arithmetic, a GEMM, a chunked loop),
+# printed in generated code under its own name with an import rather than a mangled global.
+_LEAVES = {
+    "conv_output_width": "lowerconv.strategies",
+    "conv_output_height": "lowerconv.strategies",
+    "depthwise_taps": "lowerconv.kernels",
+    "gemm": "lowerconv.kernels",
+    "im2col_gemm": "lowerconv.kernels",
+    "pointwise_gemm": "lowerconv.kernels",
+    "run_in_chunks": "lowerconv.strategies",
+}
+for _name in _LEAVES:
+    torch.fx.wrap(_name)
+try:
+    from torch.fx.graph import _register_custom_builtin
+
+    for _name, _module in _LEAVES.items():
+        _register_custom_builtin(_name, f"from {_module} import {_name}", globals()[_name])
+except ImportError:  # private API; without it the code still runs, under a longer name
+    pass

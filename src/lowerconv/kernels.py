@@ -1,0 +1,364 @@
+"""Run-time kernels that the fast strategies call as single graph nodes.
+
+The strategies in :mod:`lowerconv.strategies` are traced into the model's graph op by op.  A few
+steps cannot be traced that way, because what they do depends on the tensors at run time; each
+is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
+
+:func:`gemm`
+    ``a @ b.T + bias``: the one matrix product of a lowered convolution.  On CPU in float32 it
+    runs oneDNN's matmul (the inner-product primitive PyTorch uses for ``mkldnn`` linear layers),
+    which on AMD CPUs is about twice as fast as MKL's ``sgemm`` behind ``torch.matmul``; every
+    other device, dtype, and any call that needs gradients, runs ``torch.addmm``/``matmul``.
+    Either way it is a GEMM: no convolution op runs.
+:func:`im2col_gemm`
+    A whole channels-last im2col convolution, computed in chunks of images or output rows so
+    that each chunk's im2col buffer stays under a byte limit (see :func:`plan_chunks`).
+:func:`pointwise_gemm`
+    A 1x1 convolution as one GEMM per image on the NCHW planes as they lie in memory.
+:func:`depthwise_taps`
+    A depthwise convolution as a sum of shifted views times per-channel weights, in blocks of
+    planes that fit the cache.
+
+Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_WORKSPACE_BYTES",
+    "ChunkPlan",
+    "depthwise_taps",
+    "gemm",
+    "im2col_gemm",
+    "input_window",
+    "output_tiles",
+    "plan_chunks",
+    "pointwise_gemm",
+]
+
+# The im2col chunk the fast strategies aim for when no limit is given: large enough that the
+# GEMM runs at full speed, small enough to stay in a 32 MiB L3 cache next to its output.
+DEFAULT_WORKSPACE_BYTES = 8 * 2**20
+
+
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_ONEDNN = _onednn_linear_available()
+
+
+def _use_onednn(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (
+        _ONEDNN
+        and a.device.type == "cpu"
+        and a.dtype == torch.float32
+        and b.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and a.numel() > 0
+        and b.numel() > 0
+    )
+
+
+class _OneDnnGemm(torch.autograd.Function):
+    """``a @ b.T + bias`` by oneDNN forward; the backward products are plain ``matmul``s."""
+
+    @staticmethod
+    def forward(a, b, bias):
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, b, bias = inputs
+        ctx.save_for_backward(a, b)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad_a = grad_b = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.matmul(grad, b)
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.matmul(grad.flatten(0, -2).mT, a.flatten(0, -2))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.flatten(0, -2).sum(0)
+        return grad_a, grad_b, grad_bias
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T (+ bias)`` for ``a`` of shape ``(..., K)`` and ``b`` of shape ``(N, K)``.
+
+    This is ``F.linear``'s contract, and its result, to float rounding; only the GEMM engine
+    differs (see the module docstring).
+    """
+    if _use_onednn(a, b, bias):
+        return _OneDnnGemm.apply(a, b, bias)
+    return F.linear(a, b, bias)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How :func:`im2col_gemm` splits one convolution: ``images`` whole images per chunk, or, when
+    one image is too much, ``rows`` output rows of one image (``images == 1``), or ``columns``
+    output columns of one row (``rows == 1``).  ``workspace_bytes`` is the largest chunk's im2col
+    buffer."""
+
+    images: int
+    rows: int
+    columns: int
+    workspace_bytes: int
+    chunks: int
+
+
+def plan_chunks(
+    batch: int, out_h: int, out_w: int, patch_size: int, itemsize: int, max_bytes: int
+) -> ChunkPlan:
+    """Split ``batch`` images of ``out_h x out_w`` outputs into the fewest chunks whose im2col
+    buffer (``pixels * patch_size * itemsize`` bytes) fits ``max_bytes``.
+
+    >>> plan_chunks(8, 56, 56, 576, 4, 8 * 2**20)
+    ChunkPlan(images=1, rows=56, columns=56, workspace_bytes=7225344, chunks=8)
+    >>> plan_chunks(1, 56, 56, 576, 4, 2**20).rows
+    8
+
+    Raises ``ValueError`` when not even one output pixel's patch fits.
+    """
+    pixel = patch_size * itemsize
+    if pixel > max_bytes:
+        raise ValueError(
+            f"max_workspace_bytes={max_bytes} is smaller than one output pixel's im2col column "
+            f"({patch_size} values x {itemsize} bytes = {pixel} bytes); raise it to at least {pixel}"
+        )
+    row, image = out_w * pixel, out_h * out_w * pixel
+    if image <= max_bytes or out_h * out_w == 0:
+        images = max(1, min(batch, max_bytes // max(image, 1)))
+        chunks = math.ceil(batch / images) if batch else 0
+        return ChunkPlan(images, out_h, out_w, images * image, chunks)
+    if row <= max_bytes:
+        rows = max_bytes // row
+        return ChunkPlan(1, rows, out_w, rows * row, batch * math.ceil(out_h / rows))
+    columns = max_bytes // pixel
+    return ChunkPlan(1, 1, columns, columns * pixel, batch * out_h * math.ceil(out_w / columns))
+
+
+def output_tiles(plan: ChunkPlan, batch: int, out_h: int, out_w: int):
+    """``(images, rows, columns)`` slices of the output, one per chunk of ``plan``."""
+    for n0 in range(0, batch, plan.images):
+        images = slice(n0, min(batch, n0 + plan.images))
+        for r0 in range(0, out_h, plan.rows):
+            rows = slice(r0, min(out_h, r0 + plan.rows))
+            for c0 in range(0, out_w, plan.columns):
+                yield images, rows, slice(c0, min(out_w, c0 + plan.columns))
+
+
+def input_window(out: slice, stride: int, span: int) -> slice:
+    """The input rows (or columns) that the outputs ``out`` read."""
+    return slice(out.start * stride, (out.stop - 1) * stride + span)
+
+
+def im2col_gemm(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    zero_pad: tuple[int, int, int, int],
+    max_workspace_bytes: int,
+) -> torch.Tensor:
+    """A one-group convolution as channels-last im2col + :func:`gemm`, chunk by chunk.
+
+    ``input`` is ``(N, C, H, W)`` or ``(C, H, W)``, ``weight`` the conv's ``(C_out, C, kh,
+    kw)``, ``zero_pad`` the ``(left, right, top, bottom)`` zero padding still to apply.  The
+    input is copied once to padded channels-last order (free when it is channels-last already),
+    so that a patch is ``kh*kw`` contiguous runs of ``C`` values; each chunk of images or output
+    rows is gathered into an im2col buffer of at most ``max_workspace_bytes`` (see
+    :func:`plan_chunks`), multiplied by the weight as ``(C_out, kh*kw*C)``, and written to its
+    place in the contiguous ``(N, C_out, OH, OW)`` output.
+    """
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = zero_pad
+    nhwc = input.movedim(1, -1)
+    nhwc = F.pad(nhwc, (0, 0, left, right, top, bottom)) if any(zero_pad) else nhwc.contiguous()
+    n, hp, wp, _ = nhwc.shape
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    out_h, out_w = (hp - span_h) // sh + 1, (wp - span_w) // sw + 1
+    weight_matrix = weight.permute(0, 2, 3, 1).flatten(1)
+    c_out, patch = weight_matrix.shape
+    plan = plan_chunks(n, out_h, out_w, patch, nhwc.element_size(), max_workspace_bytes)
+
+    def columns(x: torch.Tensor) -> torch.Tensor:
+        # (n, h, w, C) -> (n, oh, ow, kh*kw*C): the one copy of each chunk.
+        patches = x.unfold(1, span_h, sh).unfold(2, span_w, sw)
+        if (dh, dw) != (1, 1):
+            patches = patches[..., ::dh, ::dw]
+        return patches.movedim(3, -1).flatten(3)
+
+    if plan.chunks <= 1:
+        result = gemm(columns(nhwc), weight_matrix, bias).movedim(-1, 1).contiguous()
+    else:
+        # Autograd records the writes into this fresh tensor as copies into slices.
+        result = nhwc.new_empty((n, c_out, out_h, out_w))
+        for images, rows, cols in output_tiles(plan, n, out_h, out_w):
+            tile = nhwc[images, input_window(rows, sh, span_h), input_window(cols, sw, span_w)]
+            result[images, :, rows, cols] = gemm(columns(tile), weight_matrix, bias).movedim(-1, 1)
+    return result.squeeze(0) if unbatched else result
+
+
+def pointwise_gemm(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """A one-group 1x1 convolution, ``weight (C_out, C) @ input (..., C, H*W)``.
+
+    On the oneDNN path each image's ``(C, H*W)`` plane is the GEMM's second operand as it lies
+    in memory (oneDNN reorders it while packing, so no transposed copy is made), and the
+    product ``(C_out, H*W)`` is already the image's NCHW output.  Elsewhere: ``torch.matmul``.
+    """
+    weight_matrix = weight.flatten(1)
+    flat = input.flatten(-2)
+    if not _use_onednn(flat, weight_matrix, bias) or _needs_grad(flat, weight_matrix, bias):
+        out = torch.matmul(weight_matrix, flat)
+        if bias is not None:
+            out = out + bias.unsqueeze(-1)
+        return out.unflatten(-1, input.shape[-2:])
+    linear = torch.ops.mkldnn._linear_pointwise
+    if flat.dim() == 2:
+        out = linear(weight_matrix, flat.mT, None, "none", [], "")
+    elif flat.shape[0] == 1:
+        out = linear(weight_matrix, flat[0].mT, None, "none", [], "").unsqueeze(0)
+    else:
+        out = flat.new_empty((*flat.shape[:-2], weight_matrix.shape[0], flat.shape[-1]))
+        for image in range(flat.shape[0]):
+            out[image] = linear(weight_matrix, flat[image].mT, None, "none", [], "")
+    if bias is not None:
+        out += bias.unsqueeze(-1)
+    return out.unflatten(-1, input.shape[-2:])
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def depthwise_taps(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    zero_pad: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """A depthwise convolution (``groups == C``, ``C_out = m*C``) as a sum over kernel taps.
+
+    Each tap ``(i, j)`` multiplies the view of the padded input that the kernel's ``(i, j)``
+    element visits by a per-channel weight and adds it into the output.  Small images are done
+    channels-last (the weights then scale the contiguous innermost dimension); large ones plane
+    by plane in blocks that fit the L2 cache, writing straight into the output, with a strided
+    input split once into its ``sh x sw`` phases so that every tap reads contiguous rows.
+    Half-precision inputs are summed in float32, as a native convolution does.
+    """
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    n, channels, height, width = input.shape
+    multiplier = weight.shape[0] // channels
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = zero_pad
+    hp, wp = height + top + bottom, width + left + right
+    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+    # (kh*kw, C, m): one per-channel scale per tap.
+    taps = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).to(acc_dtype)
+    planar = (
+        input.dtype == acc_dtype
+        and out_h * out_w >= _PLANAR_MIN_PIXELS
+        and not _needs_grad(input, weight, bias)
+    )
+    if planar:
+        result = _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad)
+    else:
+        result = _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pad)
+    result = result.reshape(n, channels * multiplier, out_h, out_w)
+    if bias is not None and _needs_grad(result, bias):
+        result = result + bias.reshape(-1, 1, 1)
+    elif bias is not None:
+        result += bias.reshape(-1, 1, 1)
+    result = result.to(input.dtype)
+    return result.squeeze(0) if unbatched else result
+
+
+# Outputs of at least this many pixels per plane are computed plane by plane, smaller ones
+# channels-last: measured on resnet/mobilenet-sized layers (2 cores, AVX-512).
+_PLANAR_MIN_PIXELS = 48 * 48
+# Bytes of input and output planes per block of the planar path: about half an L2 cache.
+_PLANAR_BLOCK_BYTES = 2 * 2**20
+
+
+def _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pad):
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = zero_pad
+    # (N, Hp, Wp, C, 1): every tap scales the contiguous channel dimension.
+    x = F.pad(input.movedim(1, -1), (0, 0, left, right, top, bottom)).unsqueeze(-1)
+    hp, wp = x.shape[1], x.shape[2]
+    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    acc = None
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
+            view, tap = x[:, rows, cols], taps[i * kw + j]
+            acc = view * tap if acc is None else acc.addcmul_(view, tap)
+    # (N, OH, OW, C, m) -> (N, C, m, OH, OW)
+    return acc.permute(0, 3, 4, 1, 2).contiguous()
+
+
+def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = zero_pad
+    n, channels, height, width = input.shape
+    multiplier = taps.shape[-1]
+    hp, wp = height + top + bottom, width + left + right
+    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    # Phase planes: row r of phase (a, b) is padded row r*sh + a; pad up to whole phases.
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    planes = input.reshape(n * channels, height, width)
+    out = input.new_empty((n * channels, multiplier, out_h, out_w))
+    # (kh*kw, N*C, m, 1, 1): the scale of each plane, for each tap.
+    plane_taps = taps.repeat(1, n, 1)[..., None, None]
+    plane_bytes = (hq * wq * sh * sw + multiplier * out_h * out_w) * input.element_size()
+    block = max(1, _PLANAR_BLOCK_BYTES // plane_bytes)
+    for p0 in range(0, n * channels, block):
+        p1 = min(n * channels, p0 + block)
+        padded = F.pad(
+            planes[p0:p1], (left, right + wq * sw - wp, top, bottom + hq * sh - hp)
+        ).unsqueeze(1)
+        if (sh, sw) != (1, 1):
+            # (b, 1, hq*sh, wq*sw) -> (b, 1, sh, sw, hq, wq): one copy, then every tap's view
+            # is a slice of one phase with contiguous rows.
+            padded = padded.unflatten(-1, (wq, sw)).unflatten(-3, (hq, sh))
+            padded = padded.permute(0, 1, 3, 5, 2, 4).contiguous()
+        acc = out[p0:p1]
+        for i in range(kh):
+            for j in range(kw):
+                a, b = i * dh, j * dw
+                if (sh, sw) == (1, 1):
+                    view = padded[..., a : a + out_h, b : b + out_w]
+                else:
+                    rows, cols = slice(a // sh, a // sh + out_h), slice(b // sw, b // sw + out_w)
+                    view = padded[:, :, a % sh, b % sw, rows, cols]
+                tap = plane_taps[i * kw + j, p0:p1]
+                if i == 0 and j == 0:
+                    torch.mul(view, tap, out=acc)
+                else:
+                    acc.addcmul_(view, tap)
+    return out
