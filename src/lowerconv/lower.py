@@ -286,9 +286,16 @@ def _lower_conv_modules(work: nn.Module, strategy: str) -> dict[int, _ConvHolder
 def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHolder:
     tracer = LoweringTracer()
     try:
+        if conv._forward_pre_hooks or conv._forward_hooks:
+            # Hooks may compute the weight (torch.nn.utils.weight_norm): they must keep running.
+            raise _HasHooks("it has forward hooks, which must keep running")
         graph = tracer.trace(conv)
     except Exception as exc:
-        reason = describe_trace_failure(conv, tracer, exc).splitlines()[0]
+        reason = (
+            str(exc)
+            if isinstance(exc, _HasHooks)
+            else describe_trace_failure(conv, tracer, exc).splitlines()[0]
+        )
         lowered = LoweredConv(
             name=qualname,
             node="",
@@ -299,7 +306,7 @@ def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHo
             output_node="",
             nodes=[],
             graph_module=qualname,
-            note=f"forward not traceable ({reason}); its F.conv2d calls are lowered at run time",
+            note=f"lowered at run time: {reason}; its F.conv2d calls run as im2col + matmul",
         )
         return _ConvHolder(conv, RuntimeLoweredConv2d(conv, strategy), [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
@@ -313,6 +320,10 @@ def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHo
     for attr in _CONV_CONFIG_ATTRS:
         object.__setattr__(gm, attr, getattr(conv, attr))
     return _ConvHolder(conv, gm, lowered, skipped)
+
+
+class _HasHooks(Exception):
+    pass
 
 
 def _swap_conv_modules(work: nn.Module, holders: dict[int, _ConvHolder]) -> None:

@@ -267,7 +267,11 @@ class _StaticEvaluator:
                 if node.op == "call_method":
                     self_obj, *rest = args
                     return getattr(self_obj, str(node.target))(*rest, **kwargs)
-                return None  # a module call on a parameter: rare; treat as dynamic
+                module = self.gm.get_submodule(str(node.target))
+                if any(True for _ in module.buffers()):
+                    return None  # it may update its buffers (spectral norm): do not call it
+                # A parametrization (weight norm) computing the weight from parameters.
+                return _to_meta(module(*args, **kwargs))
         except Exception:
             return None
 

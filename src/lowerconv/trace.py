@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from .errors import LoweringError
 
@@ -23,13 +24,21 @@ __all__ = ["LoweringTracer", "is_plain_conv2d", "trace"]
 
 
 def is_plain_conv2d(module: nn.Module) -> bool:
-    """An ``nn.Conv2d`` whose output is exactly ``F.conv2d`` of its own parameters."""
+    """An ``nn.Conv2d`` whose output is exactly ``F.conv2d`` of its own parameters.
+
+    Subclasses with their own ``forward``, and convs whose weight is computed
+    (``torch.nn.utils.parametrize``: weight or spectral norm) are not: they are traced into.
+    Nor are convs with forward hooks, which may compute the weight (the old
+    ``torch.nn.utils.weight_norm``): the pass keeps them as leaves, lowered at run time.
+    """
     cls = type(module)
     return (
         isinstance(module, nn.Conv2d)
         and not isinstance(module, nn.modules.lazy.LazyModuleMixin)
         and cls.forward is nn.Conv2d.forward
         and cls._conv_forward is nn.Conv2d._conv_forward
+        and not parametrize.is_parametrized(module)
+        and not (module._forward_pre_hooks or module._forward_hooks)
     )
 
 
