@@ -104,23 +104,9 @@ def lower(
         setattr(work, RECORD_ATTR, record)
         return work
 
-    lowered, leaf_convs, skipped = lower_graph(traced, strategy)
-    record.lowered.extend(lowered)
+    lowered, skipped = lower_graph(traced, strategy)
+    record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
     record.skipped.extend(skipped)
-    for node in leaf_convs:
-        holder = holders.get(id(traced.get_submodule(str(node.target))))
-        if holder is not None and holder.lowered:
-            conv = copy.copy(holder.lowered[0])
-            conv.node, conv.input_node, conv.output_node = node.name, node.args[0].name, node.name
-            conv.nodes = [node.name]
-            record.lowered.append(conv)
-        else:
-            record.skipped.append(
-                SkippedConv(str(node.target), node.name, type(holder).__name__, "not lowered")
-            )
-    inside_leaves = _convs_inside_leaves(traced.graph, holders, record)
-    record.lowered.extend(inside_leaves.values())
-    record.lowered.sort(key=_graph_order(traced.graph, inside_leaves))
     _swap_conv_modules(work, holders)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
@@ -128,41 +114,51 @@ def lower(
     return gm
 
 
-def _convs_inside_leaves(
-    graph: fx.Graph, holders: dict[int, _ConvHolder], record: LoweringRecord
-) -> dict[str, LoweredConv]:
-    """Convs inside leaf modules the graph calls, by the leaf's node name.
+def _leaf_records(
+    traced: fx.GraphModule, holders: dict[int, _ConvHolder]
+) -> list[tuple[fx.Node, LoweredConv]]:
+    """Records of the convs that leaf modules compute, with the ``call_module`` node of each.
 
-    Their own lowered modules compute them; their records name that module's graph.
+    A ``Conv2d`` leaf (lowered at run time) is recorded at its own node; a conv inside another
+    leaf (``leaf_modules=``) keeps its own module's record, placed at that leaf's node.
     """
-    leaves = {str(n.target): n.name for n in graph.nodes if n.op == "call_module"}
-    recorded = {c.name.split("#")[0] for c in record.lowered}
-    found: dict[str, LoweredConv] = {}
-    for holder in holders.values():
-        for conv in holder.lowered:
-            owner = next((t for t in leaves if conv.name.startswith(t + ".")), None)
-            if owner is not None and conv.name not in recorded:
-                found[leaves[owner] + "/" + conv.name] = conv
+    found = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = traced.get_submodule(str(node.target))
+        if id(module) in holders:
+            conv = copy.copy(holders[id(module)].lowered[0])
+            conv.node, conv.input_node, conv.output_node = node.name, node.args[0].name, node.name
+            conv.nodes = [node.name]
+            found.append((node, conv))
+            continue
+        for inner in module.modules():
+            if id(inner) in holders:
+                found.extend((node, conv) for conv in holders[id(inner)].lowered)
     return found
 
 
-def _graph_order(graph: fx.Graph, inside_leaves: dict[str, LoweredConv]):
+def _in_graph_order(
+    graph: fx.Graph, lowered: list[LoweredConv], at_leaves: list[tuple[fx.Node, LoweredConv]]
+) -> list[LoweredConv]:
     position = {node.name: i for i, node in enumerate(graph.nodes)}
-    leaf_of = {id(conv): key.split("/")[0] for key, conv in inside_leaves.items()}
-    return lambda conv: position.get(leaf_of.get(id(conv), conv.output_node), len(position))
+    placed = [(position[conv.output_node], i, conv) for i, conv in enumerate(lowered)]
+    placed += [
+        (position[node.name], len(placed) + i, conv) for i, (node, conv) in enumerate(at_leaves)
+    ]
+    return [conv for *_, conv in sorted(placed, key=lambda item: item[:2])]
 
 
 def lower_graph(
     gm: fx.GraphModule, strategy: str, *, name_prefix: str = ""
-) -> tuple[list[LoweredConv], list[fx.Node], list[SkippedConv]]:
-    """Lower every 2-D convolution in ``gm.graph`` in place.
+) -> tuple[list[LoweredConv], list[SkippedConv]]:
+    """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
 
-    Returns what was lowered, the ``call_module`` nodes of ``Conv2d`` subclasses kept as leaves
-    (their modules lower them at run time), and what was left alone.  ``name_prefix`` is the
-    qualified name of ``gm`` inside a larger model, so that the names in the record are the
-    larger model's.
+    ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
+    in the record are the larger model's.
     """
-    sites, leaf_convs, skipped = find_conv_sites(gm)
+    sites, skipped = find_conv_sites(gm)
     graph = gm.graph
     lowered: list[LoweredConv] = []
     seen: dict[str, int] = {}
@@ -176,7 +172,7 @@ def lower_graph(
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
     graph.lint()
     gm.recompile()
-    return lowered, leaf_convs, skipped
+    return lowered, skipped
 
 
 def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> LoweredConv:
@@ -310,7 +306,7 @@ def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHo
         )
         return _ConvHolder(conv, RuntimeLoweredConv2d(conv, strategy), [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
-    lowered, _, skipped = lower_graph(gm, strategy, name_prefix=qualname)
+    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname)
     for conv_record in lowered:
         conv_record.graph_module = qualname
         if conv_record.name == qualname:

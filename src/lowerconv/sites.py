@@ -113,16 +113,13 @@ def source_name(node: fx.Node) -> str:
     return node.name
 
 
-def find_conv_sites(
-    gm: fx.GraphModule,
-) -> tuple[list[ConvSite], list[fx.Node], list[SkippedConv]]:
-    """Every 2-D convolution in ``gm``'s graph, in graph order.
+def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedConv]]:
+    """Every 2-D convolution in ``gm``'s graph to lower, in graph order, and those left alone.
 
-    Returns the sites to lower in the graph, the ``call_module`` nodes of ``Conv2d`` subclasses
-    kept as leaves (lowered at run time by their module), and the conv-like nodes left alone.
+    ``Conv2d`` modules that are leaves but not plain (hooks, untraceable subclasses) are neither:
+    the pass replaces the module itself, which lowers them at run time.
     """
     sites: list[ConvSite] = []
-    leaf_subclasses: list[fx.Node] = []
     skipped: list[SkippedConv] = []
     modules = dict(gm.named_modules())
     static = _StaticEvaluator(gm)
@@ -131,8 +128,6 @@ def find_conv_sites(
             module = modules.get(str(node.target))
             if isinstance(module, nn.Conv2d) and is_plain_conv2d(module):
                 sites.append(_module_site(node, module))
-            elif isinstance(module, nn.Conv2d):
-                leaf_subclasses.append(node)
             elif isinstance(module, _OTHER_CONV_MODULES):
                 skipped.append(_skip(node, type(module).__name__, "not a 2-D convolution"))
             elif type(module).__name__ == "DeformConv2d":
@@ -151,7 +146,7 @@ def find_conv_sites(
                 skipped.append(_skip(node, kind, "not a 2-D convolution"))
             elif getattr(node.target, "__name__", "") == "deform_conv2d":
                 skipped.append(_skip(node, "deform_conv2d", "deformable offsets are not an im2col"))
-    return sites, leaf_subclasses, skipped
+    return sites, skipped
 
 
 def _skip(node: fx.Node, kind: str, reason: str) -> SkippedConv:
