@@ -32,23 +32,27 @@ CATEGORIES = (
     "quantization",
 )
 
-# Skipped by default for time and memory on a 2-core, 24 GB machine: each has over 300 M
-# parameters, so its float64 oracle alone needs several GB and minutes per forward.
+# Skipped by default for time and memory on a 2-core, 24 GB machine. The first four have over
+# 300 M parameters, so their float64 oracle alone needs several GB and minutes per forward; the
+# MViTs accept only 16x224x224 clips (64-71 GFLOPs) and hold no Conv2d (only Conv3d).
 LARGE_MODELS = {
     "vit_h_14": "632 M parameters",
     "regnet_y_128gf": "645 M parameters",
     "vit_l_16": "304 M parameters",
     "vit_l_32": "306 M parameters",
+    "mvit_v1_b": "only 16x224x224 clips, 71 GFLOPs, no Conv2d",
+    "mvit_v2_s": "only 16x224x224 clips, 64 GFLOPs, no Conv2d",
 }
 
-# Image side used per category: small enough to keep a full run near an hour on 2 cores, large
-# enough for every model's own minimum (RAFT needs 128; the others accept 224 or less).
+# Image side per category: small enough to keep a full run near an hour on 2 cores (a float64
+# forward of convnext_base at 224 alone takes a minute there), large enough for every model's
+# own minimum (RAFT needs 128, inception_v3 75; detection at 224, where no two proposals tie).
 ZOO_IMAGE_SIZE = {
-    "classification": 224,
-    "quantization": 224,
-    "segmentation": 224,
+    "classification": 128,
+    "quantization": 128,
+    "segmentation": 128,
     "detection": 224,
-    "video": 112,
+    "video": 64,
     "optical_flow": 128,
 }
 
@@ -149,7 +153,9 @@ class ZooReport:
             "hand. Every torchvision model builder, random weights (seed "
             f"{settings.get('seed', 0)}), batch {settings.get('batch_size', 1)}, lowered with "
             f"strategy `{settings.get('strategy', 'unfold')}` and verified by `lowerconv.verify` "
-            "against a float64 copy of the original.",
+            "against a float64 copy of the original. Image sides: "
+            + _sizes_text(settings.get("image_size"))
+            + ".",
             "",
             "- **native err** / **lowered err**: the largest error of the native model / the "
             "lowered model against the float64 oracle, over all output tensors, as "
@@ -173,6 +179,12 @@ class ZooReport:
             "",
         ]
         return "\n".join(lines)
+
+
+def _sizes_text(image_size: object) -> str:
+    if isinstance(image_size, int):
+        return f"{image_size} for every model"
+    return ", ".join(f"{size} for {category}" for category, size in ZOO_IMAGE_SIZE.items())
 
 
 def _sci(value: float | None) -> str:
