@@ -139,6 +139,16 @@ def test_zoo_command_writes_json_and_markdown(tmp_path, capsys) -> None:
     assert markdown.startswith("# The torchvision model zoo")
     assert "| squeezenet1_1 " in markdown
 
+    # Rerun one model into the same report: its row is replaced, the others kept, in order.
+    merged = tmp_path / "merged.json"
+    argv = ["zoo", "r3d_18", "--image-size", "32", "--no-timing", "--seed", "1"]
+    assert main([*argv, "--merge", str(json_path), "--json", str(merged)]) == 0
+    merged_data = json.loads(merged.read_text())
+    rows = merged_data["rows"]
+    assert [row["model"] for row in rows] == ["squeezenet1_1", "r3d_18"]
+    assert rows[0] == data["rows"][0] and merged_data["settings"]["rerun"] == ["r3d_18"]
+    assert main(["zoo", "r3d_18", "--merge", str(md_path)]) == 2
+
 
 def test_zoo_command_lists_and_refuses(capsys) -> None:
     assert main(["zoo", "--list", "--category", "optical_flow"]) == 0

@@ -10,6 +10,7 @@ goes to stderr so stdout holds only the report.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--no-timing", action="store_true", help="skip timing")
     zoo.add_argument("--seed", type=int, default=0)
     zoo.add_argument("--list", action="store_true", help="list the models it would run, and stop")
+    zoo.add_argument(
+        "--merge",
+        metavar="PATH",
+        help="a JSON report of an earlier run: keep its rows, replacing those of the models run "
+        "now (rerun a few models, then write the whole table again)",
+    )
     zoo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     zoo.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     zoo.set_defaults(run=run_zoo_command)
@@ -379,11 +386,17 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
-    from .zoo import run_zoo, select_models
+    from .zoo import ZooReport, run_zoo, select_models
 
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None:
             _check_writable(option, path)
+    earlier = None
+    if args.merge is not None:
+        try:
+            earlier = ZooReport.from_dict(json.loads(Path(args.merge).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise LoweringError(f"--merge {args.merge}: cannot read it: {err}") from err
     chosen = select_models(
         args.names,
         categories=args.category,
@@ -407,6 +420,8 @@ def run_zoo_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=_progress,
     )
+    if earlier is not None:
+        report = report.merged_into(earlier)
     print(report)
     if args.json is not None:
         Path(args.json).write_text(report.to_json(indent=2) + "\n")

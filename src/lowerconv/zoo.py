@@ -57,6 +57,10 @@ ZOO_IMAGE_SIZE = {
 }
 
 
+# Models that need more than their category's side.
+ZOO_IMAGE_SIZE_OVERRIDES = {"maxvit_t": 224}  # its 7x7 partitions need a 224 input
+
+
 @dataclass
 class ZooRow:
     """One model's result. ``status`` is ``pass``, ``FAIL``, ``error`` or ``skipped``."""
@@ -106,6 +110,28 @@ class ZooReport:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ZooReport:
+        if data.get("schema") != "lowerconv.zoo/1":
+            raise LoweringError(
+                f"not a lowerconv zoo report (schema {data.get('schema')!r}, expected "
+                "'lowerconv.zoo/1'); pass a file written by `lowerconv zoo --json`"
+            )
+        return cls(
+            rows=[ZooRow(**row) for row in data["rows"]],
+            environment=dict(data.get("environment", {})),
+            settings=dict(data.get("settings", {})),
+        )
+
+    def merged_into(self, earlier: ZooReport) -> ZooReport:
+        """``earlier``'s rows with this run's rows in place of the same models' (new ones
+        appended), in ``earlier``'s order: rerun a few models without rerunning the zoo."""
+        fresh = {row.model: row for row in self.rows}
+        rows = [fresh.pop(row.model, row) for row in earlier.rows] + list(fresh.values())
+        settings = dict(earlier.settings)
+        settings["rerun"] = sorted({row.model for row in self.rows})
+        return ZooReport(rows=rows, environment=self.environment, settings=settings)
 
     def table_rows(self) -> list[list[str]]:
         return [
@@ -171,7 +197,9 @@ class ZooReport:
             "",
             f"Machine: {env.get('machine', '?')}, {env.get('threads', '?')} threads, torch "
             f"{env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}; "
-            f"run took {settings.get('wall_minutes', '?')} min.",
+            f"run took {settings.get('wall_minutes', '?')} min"
+            + (f" (then reran {', '.join(settings['rerun'])})" if settings.get("rerun") else "")
+            + ".",
             "",
             "Summary: " + ", ".join(f"{n} {status}" for status, n in self.counts().items()) + ".",
             "",
@@ -284,7 +312,8 @@ def run_zoo(
             resolved = resolve_model(
                 name,
                 batch_size=batch_size,
-                image_size=image_size or ZOO_IMAGE_SIZE[category],
+                image_size=image_size
+                or ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category]),
                 seed=seed,
             )
             lowered = lower(resolved.model, strategy=strategy)
