@@ -23,7 +23,7 @@ from lowerconv.kernels import gemm, plan_chunks
 from lowerconv.strategies import STRATEGIES, StrategyOptions, choose_strategy
 
 RTOL, ATOL = 1e-9, 1e-10
-FAST = ["nhwc", "grouped", "pointwise", "patchify", "depthwise"]
+FAST = ["nhwc", "nchw", "pointwise", "patchify", "depthwise"]
 
 # (id, nn.Conv2d keyword arguments, input shape): the configurations the fast strategies treat
 # specially, each next to its awkward relatives.
@@ -110,6 +110,7 @@ FLOAT32_CASES = [
     ("depthwise_planar_dilated", dict(in_channels=4, out_channels=4, kernel_size=3, groups=4, dilation=(2, 3), padding=(3, 1)), (1, 4, 60, 55)),
     ("depthwise_small", dict(in_channels=32, out_channels=32, kernel_size=7, groups=32, padding=3), (2, 32, 7, 7)),
     ("grouped", dict(in_channels=16, out_channels=16, kernel_size=3, groups=4, stride=2, padding=1), (2, 16, 15, 16)),
+    ("stem_3x3_s2", dict(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1), (2, 3, 17, 16)),
 ]  # fmt: skip
 
 
@@ -219,7 +220,7 @@ def test_strategy_options_refuse_a_non_positive_or_non_int_cap(bad):
         StrategyOptions(max_workspace_bytes=bad)
 
 
-CAPPED_STRATEGIES = ["unfold", "strided", "nhwc", "grouped", "patchify"]
+CAPPED_STRATEGIES = ["unfold", "strided", "nhwc", "nchw", "patchify"]
 # (id, conv kwargs, input shape): each with a full im2col buffer several times larger than its
 # (padded) input and its output, so that a cap in between is what bounds the largest tensor.
 CAPPED_CASES = [
@@ -297,6 +298,7 @@ def test_auto_rules():
     assert choose_strategy(spec(shape=(64, 256, 1, 1), stride=2)) == "pointwise"
     assert choose_strategy(spec(shape=(768, 3, 16, 16), stride=16)) == "patchify"
     assert choose_strategy(spec(shape=(96, 1, 7, 7), padding=3, groups=96)) == "depthwise"
-    assert choose_strategy(spec(shape=(48, 8, 3, 3), padding=1, groups=6)) == "grouped"
+    assert choose_strategy(spec(shape=(48, 8, 3, 3), padding=1, groups=6)) == "nchw"
+    assert choose_strategy(spec(shape=(32, 3, 3, 3), stride=2, padding=1)) == "nchw"
     assert choose_strategy(spec(shape=(64, 64, 3, 3), padding=1)) == "nhwc"
     assert choose_strategy(spec(shape=(64, 3, 7, 7), stride=2, padding=3)) == "nhwc"

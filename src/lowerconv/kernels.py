@@ -278,7 +278,9 @@ def depthwise_taps(
     out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     acc_dtype = torch.promote_types(weight.dtype, torch.float32)
     # (kh*kw, C, m): one per-channel scale per tap.
+    # Contiguous, so that each tap's scales are a contiguous vector over the channels.
     taps = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).to(acc_dtype)
+    taps = taps.contiguous()
     planar = (
         input.dtype == acc_dtype
         and out_h * out_w >= _PLANAR_MIN_PIXELS

@@ -21,23 +21,30 @@ Strategies:
     The same product, with the im2col buffer gathered from strided views (``Tensor.unfold``)
     and one copy, in ``(N, OH, OW, C*kh*kw)`` order; the matmul is one large GEMM.
 ``nhwc``
-    Channels-last im2col: the input is copied once to ``(N, H, W, C)`` order, so that each patch
-    is ``kh*kw`` contiguous runs of ``C`` values, gathered chunk by chunk (of images or output
-    rows, at most :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
-    :func:`~lowerconv.kernels.gemm` (oneDNN's matmul on CPU float32).  One graph node,
-    :func:`~lowerconv.kernels.im2col_gemm`, does the chunked part.  Grouped convs: ``strided``.
+    Channels-last im2col: the input is copied once to ``(N, H, W, C)`` order (free if it is
+    channels-last already), so that each patch is ``kh*kw`` contiguous runs of ``C`` values,
+    gathered chunk by chunk (of images or output rows, at most
+    :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
+    :func:`~lowerconv.kernels.gemm`, oneDNN's matmul on CPU float32.  One graph node,
+    :func:`~lowerconv.kernels.im2col_gemm`, does the chunked part.  Grouped convs: ``nchw``.
+``nchw``
+    Channel-major im2col from strided views of the NCHW input, chunk by chunk, each chunk's
+    columns in ``(g, C/g*kh*kw, OH*OW)`` order so that one matmul per group writes the NCHW
+    output directly (no transposes).  For grouped convs and patches of few values.
 ``pointwise``
-    A 1x1 convolution is a matmul on a reshape: ``weight (C_out, C) @ input (N, C, H*W)``, no
-    copy, and the output is already ``(N, C_out, H*W)``; a strided one slices the input first.
-    Other kernels: ``nhwc``.
+    A 1x1 convolution is a matmul on a reshape: ``weight (C_out, C) @ input (N, C, H*W)``, one
+    GEMM per image on the planes as they lie (:func:`~lowerconv.kernels.pointwise_gemm`), and
+    the output is already ``(N, C_out, H*W)``; a strided one slices the input first.  Other
+    kernels: ``nhwc``.
 ``patchify``
     Kernel equal to stride with no padding (a ViT patch embedding): the input is split into
     patches by reshape + permute (one copy of the input, no overlap) and multiplied by
     :func:`~lowerconv.kernels.gemm`.  Other configurations: ``nhwc``.
 ``depthwise``
     ``groups == in_channels`` (with any channel multiplier): the sum over the ``kh*kw`` kernel
-    taps of a shifted view of the input times a per-channel weight, with ``addcmul``, so there
-    is no ``kh*kw``-times buffer at all.  Other configurations: ``nhwc``.
+    taps of a shifted view of the input times a per-channel weight
+    (:func:`~lowerconv.kernels.depthwise_taps`), so there is no ``kh*kw``-times buffer at all.
+    Other configurations: ``nhwc``.
 ``auto`` (not a function here)
     :func:`choose_strategy` picks one of the above per convolution, by rule.
 
@@ -74,7 +81,7 @@ __all__ = [
     "choose_strategy",
     "conv_output_width",
     "depthwise_conv2d",
-    "grouped_conv2d",
+    "nchw_conv2d",
     "nhwc_conv2d",
     "patchify_conv2d",
     "pointwise_conv2d",
@@ -245,7 +252,7 @@ def nhwc_conv2d(
 ) -> torch.Tensor:
     """Conv2d as channels-last im2col + GEMM, in chunks of bounded size (one graph node)."""
     if spec.groups > 1:
-        return grouped_conv2d(input, weight, bias, spec, options)
+        return nchw_conv2d(input, weight, bias, spec, options)
     zero_pad = spec.pad
     if spec.padding_mode != "zeros" and any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
@@ -261,21 +268,24 @@ def _chunk_bytes(options: StrategyOptions | None) -> int:
     return DEFAULT_WORKSPACE_BYTES if cap is None else min(cap, DEFAULT_WORKSPACE_BYTES)
 
 
-def grouped_conv2d(
+def nchw_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     spec: ConvSpec,
     options: StrategyOptions | None = None,
 ) -> torch.Tensor:
-    """Conv2d with groups as channel-major im2col + one batched matmul over the groups, in
-    chunks of bounded size; one group: ``nhwc``."""
-    if spec.groups == 1:
-        return nhwc_conv2d(input, weight, bias, spec, options)
-    return run_in_chunks("grouped", input, weight, bias, spec, _chunk_bytes(options))
+    """Conv2d as channel-major im2col + one matmul per group, in chunks of bounded size.
+
+    Each chunk's columns are gathered from strided views of the NCHW input into ``(g,
+    C/g*kh*kw, OH*OW)`` order, so ``weight (g, C_out/g, C/g*kh*kw) @ columns`` is already the
+    chunk's NCHW output: no transposes, which is what pays for grouped convs and for patches of
+    few values (a 3-channel stem).
+    """
+    return run_in_chunks("nchw", input, weight, bias, spec, _chunk_bytes(options))
 
 
-def _grouped_columns_matmul(
+def _nchw_columns_matmul(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
 ) -> torch.Tensor:
     # Eager, on one chunk of an already padded input.
@@ -370,7 +380,7 @@ STRATEGIES: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
     "nhwc": nhwc_conv2d,
-    "grouped": grouped_conv2d,
+    "nchw": nchw_conv2d,
     "pointwise": pointwise_conv2d,
     "patchify": patchify_conv2d,
     "depthwise": depthwise_conv2d,
@@ -382,7 +392,7 @@ _CHUNK_ARITHMETIC: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
     "patchify": patchify_conv2d,
-    "grouped": _grouped_columns_matmul,
+    "nchw": _nchw_columns_matmul,
 }
 
 
@@ -394,7 +404,8 @@ def choose_strategy(spec: ConvSpec) -> str:
     - a 1x1 kernel (any stride, groups or padding): ``pointwise``, a matmul with no copy;
     - kernel == stride, no padding or dilation, one group: ``patchify``;
     - ``groups == in_channels``: ``depthwise``, shifted multiply-adds with no im2col buffer;
-    - other grouped convs: ``grouped``, chunked channel-major im2col + a matmul per group;
+    - other grouped convs, and patches of at most 64 values (3-channel 3x3 stems): ``nchw``,
+      chunked channel-major im2col + a matmul per group, which writes NCHW directly;
     - anything else: ``nhwc``, chunked channels-last im2col + GEMM.
     """
     if spec.kernel_size == (1, 1):
@@ -403,9 +414,14 @@ def choose_strategy(spec: ConvSpec) -> str:
         return "patchify"
     if spec.is_depthwise:
         return "depthwise"
-    if spec.groups > 1:
-        return "grouped"
+    if spec.groups > 1 or spec.patch_size <= _FEW_VALUES_PER_PATCH:
+        return "nchw"
     return "nhwc"
+
+
+# Patches of at most this many values (a 3x3 stem over 3 channels has 27) go to ``nchw``: they
+# make a GEMM too thin for oneDNN to pay for ``nhwc``'s transposes (measured on 3-channel stems).
+_FEW_VALUES_PER_PATCH = 64
 
 
 # Each is one readable node in the lowered graph (shape arithmetic, a GEMM, a chunked loop),

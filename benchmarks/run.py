@@ -1,0 +1,281 @@
+"""Native convolution against its lowerings, on torchvision models: time, memory, lower() itself.
+
+    python benchmarks/run.py                      # the full table: 10 models, batch 1 and 8
+    python benchmarks/run.py --models resnet18 --batches 8 --repeats 5 --no-docs
+
+For each model and batch size, the native model and each lowering (``--strategies``, default
+``unfold`` and ``auto``) run interleaved in one process, one forward of each per round, and the
+ratio lowered/native is a ratio of medians.  Also measured: the geometric mean of the ratios per
+strategy and batch, each model's slowest lowered layers (the conv against its own lowering, on
+the input it really gets), the time ``lower()`` itself takes, the peak memory of a forward at the
+largest batch, and a resnet18 training step (forward + backward) at batch 8.
+
+Writes ``benchmarks/results.json`` and ``docs/performance.md`` (plus ``docs/performance.png`` when
+matplotlib, the ``plot`` extra, is installed).  Runs on CPU, and also on CUDA when one is present
+(``--devices``).  Nothing here asserts a timing: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+import lowerconv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import layer_times, peak_memory_bytes, time_interleaved
+from report import write_markdown, write_plot
+
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "regnet_y_400mf",
+    "vit_b_16",
+    "densenet121",
+    "shufflenet_v2_x1_0",
+    "mnasnet1_0",
+]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--strategies", default="unfold,auto", help="comma-separated")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per comparison")
+    parser.add_argument("--layer-repeats", type=int, default=5, help="rounds per layer, 0: skip")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, +cuda if any)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
+    return parser.parse_args(argv)
+
+
+def make_model(name: str, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)().eval().to(device)
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def measure_model(name, device, batches, strategies, args) -> dict:
+    model = make_model(name, device)
+    lower_seconds = {}
+    lowered = {}
+    for strategy in strategies:
+        start = time.perf_counter()
+        lowered[strategy] = lowerconv.lower(model, strategy=strategy)
+        lower_seconds[strategy] = time.perf_counter() - start
+    entry: dict = {"model": name, "device": device.type, "lower_seconds": lower_seconds}
+    entry["chosen"] = _chosen_strategies(lowered.get("auto"))
+    entry["batches"] = {}
+    for batch in batches:
+        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+        with torch.no_grad():
+            reference = model(x)
+            errors = {s: (m(x) - reference).abs().max().item() for s, m in lowered.items()}
+            candidates = {"native": lambda x=x: model(x)}
+            candidates.update({s: (lambda m=m, x=x: m(x)) for s, m in lowered.items()})
+            timings = time_interleaved(candidates, repeats=args.repeats, device=device)
+        native = timings["native"]
+        result = {"native": native.to_dict(), "strategies": {}}
+        for strategy in strategies:
+            t = timings[strategy]
+            result["strategies"][strategy] = {
+                **t.to_dict(),
+                "ratio": t.median / native.median,
+                "max_abs_error": errors[strategy],
+            }
+        if args.layer_repeats and "auto" in strategies:
+            layers = layer_times(model, x, "auto", repeats=args.layer_repeats, device=device)
+            layers.sort(key=lambda layer: layer.excess_ms, reverse=True)
+            result["slowest_layers"] = [layer.to_dict() for layer in layers[:3]]
+            result["layer_totals_ms"] = {
+                "native": sum(layer.native.median for layer in layers) * 1e3,
+                "lowered": sum(layer.lowered.median for layer in layers) * 1e3,
+            }
+        entry["batches"][str(batch)] = result
+        line = " ".join(f"{s}={result['strategies'][s]['ratio']:.2f}x" for s in strategies)
+        print(
+            f"  {name:20s} batch {batch}: native {native.median * 1e3:8.1f} ms  {line}", flush=True
+        )
+    peak_batch = max(batches)
+    x = torch.randn(peak_batch, 3, args.image_size, args.image_size, device=device)
+    with torch.no_grad():
+        for m in [model, *lowered.values()]:
+            m(x)  # warm: oneDNN's primitive caches, the allocator's pools
+        peaks = {"native": peak_memory_bytes(lambda: model(x), device)}
+        peaks.update({s: peak_memory_bytes(lambda m=m: m(x), device) for s, m in lowered.items()})
+    entry["peak_memory"] = {
+        "batch": peak_batch,
+        "bytes": peaks,
+        "ratio": {s: peaks[s] / peaks["native"] for s in lowered},
+    }
+    return entry
+
+
+def _chosen_strategies(lowered: nn.Module | None) -> dict[str, int]:
+    if lowered is None:
+        return {}
+    counts: dict[str, int] = {}
+    for conv in lowerconv.lowering_record(lowered).lowered:
+        counts[conv.strategy] = counts.get(conv.strategy, 0) + 1
+    return counts
+
+
+def measure_training(device, strategies, args, batch: int = 8) -> dict:
+    """A resnet18 SGD step (forward, loss, backward) at ``batch``, native against lowered."""
+    model = make_model("resnet18", device).train()
+    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+    models = {"native": model}
+    models.update({s: lowerconv.lower(model, strategy=s) for s in strategies})
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        loss_fn(m(x), target).backward()
+
+    timings = time_interleaved(
+        {name: (lambda m=m: step(m)) for name, m in models.items()},
+        repeats=max(3, args.repeats // 2),
+        device=device,
+        warmup=1,
+    )
+    native = timings["native"].median
+    return {
+        "model": "resnet18",
+        "batch": batch,
+        "native": timings["native"].to_dict(),
+        "strategies": {
+            s: {**timings[s].to_dict(), "ratio": timings[s].median / native} for s in strategies
+        },
+    }
+
+
+def summarize(entries: list[dict], strategies: list[str], batches: list[int]) -> dict:
+    summary: dict = {}
+    for device in sorted({e["device"] for e in entries}):
+        per_device = [e for e in entries if e["device"] == device]
+        summary[device] = {}
+        for strategy in strategies:
+            ratios = {
+                str(b): [e["batches"][str(b)]["strategies"][strategy]["ratio"] for e in per_device]
+                for b in batches
+            }
+            everything = [r for rs in ratios.values() for r in rs]
+            summary[device][strategy] = {
+                "geomean": geomean(everything),
+                "geomean_by_batch": {b: geomean(rs) for b, rs in ratios.items()},
+                "peak_memory_ratio_max": max(
+                    e["peak_memory"]["ratio"][strategy] for e in per_device
+                ),
+                "lower_seconds_max": max(e["lower_seconds"][strategy] for e in per_device),
+            }
+    return summary
+
+
+def environment(threads: int) -> dict:
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lowerconv": lowerconv.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = [m for m in args.models.split(",") if m]
+    batches = [int(b) for b in args.batches.split(",")]
+    strategies = [s for s in args.strategies.split(",") if s]
+    unknown = [s for s in strategies if s not in lowerconv.STRATEGY_NAMES]
+    if unknown:
+        print(f"unknown strategies {unknown}; valid: {lowerconv.STRATEGY_NAMES}", file=sys.stderr)
+        return 2
+    if args.devices:
+        devices = [torch.device(d) for d in args.devices.split(",")]
+    else:
+        devices = [torch.device("cpu")] + (
+            [torch.device("cuda")] if torch.cuda.is_available() else []
+        )
+    env = environment(torch.get_num_threads())
+    print(f"torch {env['torch']}, {env['processor']}, {env['threads']} threads", flush=True)
+    entries, training = [], {}
+    for device in devices:
+        print(f"{device.type}:", flush=True)
+        for name in models:
+            entries.append(measure_model(name, device, batches, strategies, args))
+        if "resnet18" in models:
+            training[device.type] = measure_training(device, strategies, args)
+            ratios = " ".join(
+                f"{s}={v['ratio']:.2f}x" for s, v in training[device.type]["strategies"].items()
+            )
+            print(f"  resnet18 training step, batch 8: {ratios}", flush=True)
+    results = {
+        "environment": env,
+        "config": {
+            "models": models,
+            "batches": batches,
+            "strategies": strategies,
+            "image_size": args.image_size,
+            "repeats": args.repeats,
+        },
+        "models": entries,
+        "training": training,
+        "summary": summarize(entries, strategies, batches),
+    }
+    for device, per_strategy in results["summary"].items():
+        for strategy, s in per_strategy.items():
+            print(
+                f"{device} {strategy}: geomean {s['geomean']:.2f}x, peak memory <= "
+                f"{s['peak_memory_ratio_max']:.2f}x native, lower() <= {s['lower_seconds_max']:.2f} s"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    if not args.no_docs:
+        plot = write_plot(results, args.markdown.with_suffix(".png"))
+        write_markdown(results, args.markdown, plot)
+        print(f"wrote {args.markdown}" + (f" and {plot}" if plot else " (no plot: no matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
