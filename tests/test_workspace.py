@@ -98,6 +98,9 @@ def test_auto_rule_matches_conv2d_with_a_small_workspace(kwargs, shape):
 
 FLOAT32_CASES = [
     ("dense_3x3", dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), (2, 16, 20, 18)),
+    # Outputs of 28x28 and more, stride 1 in height: the kernel-row GEMMs of ``nhwc``.
+    ("dense_rows", dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), (2, 16, 30, 29)),
+    ("dense_rows_dilated_sw2", dict(in_channels=8, out_channels=8, kernel_size=(3, 2), dilation=(2, 3), stride=(1, 2), padding=(2, 3)), (1, 8, 40, 60)),
     ("dense_7x7_s2", dict(in_channels=3, out_channels=8, kernel_size=7, stride=2, padding=3), (2, 3, 33, 30)),
     ("pointwise", dict(in_channels=32, out_channels=16, kernel_size=1), (3, 32, 9, 7)),
     ("pointwise_one_image", dict(in_channels=32, out_channels=16, kernel_size=1), (1, 32, 9, 7)),
@@ -263,6 +266,24 @@ def test_max_workspace_bytes_bounds_every_buffer(kwargs, shape, strategy):
     assert plan.chunks > 1 and plan.workspace_bytes <= cap
     # The control: without a cap, each of these builds the whole im2col buffer at once.
     assert uncapped.largest >= full > cap
+
+
+@pytest.mark.parametrize("divisor", [4, 16, 256], ids=["images", "row_blocks", "columns"])
+def test_max_workspace_bytes_bounds_the_float32_fast_path(divisor):
+    # float32 without autograd: oneDNN's GEMM, and for this size the kernel-row buffers.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.randn(2, 16, 32, 32)
+    spec = ConvSpec.from_module(conv)
+    cap = spec.im2col_bytes(2, 32, 32, torch.float32) // divisor
+    bound = max(cap, tensor_bytes((2, 16, 34, 34), 4), tensor_bytes((2, 8, 32, 32), 4))
+    with torch.no_grad():
+        with OpRecorder() as recorder:
+            out = STRATEGIES["nhwc"](x, conv.weight, conv.bias, spec, StrategyOptions(cap))
+        ref = conv(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert recorder.largest <= bound
+    assert recorder.conv_ops() == []
 
 
 def test_max_workspace_bytes_too_small_for_one_pixel_says_so():

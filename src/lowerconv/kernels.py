@@ -193,6 +193,18 @@ def im2col_gemm(
     n, hp, wp, _ = nhwc.shape
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     out_h, out_w = (hp - span_h) // sh + 1, (wp - span_w) // sw + 1
+    if (
+        sh == 1
+        and kh > 1
+        and out_h * out_w >= _ROW_GEMMS_MIN_PIXELS
+        and _use_onednn(nhwc, weight, bias)
+        and not _needs_grad(nhwc, weight, bias)
+    ):
+        result = _kernel_row_gemms(
+            nhwc, weight, bias, kernel_size, dilation, sw, max_workspace_bytes
+        )
+        if result is not None:
+            return result.squeeze(0) if unbatched else result
     weight_matrix = weight.permute(0, 2, 3, 1).flatten(1)
     c_out, patch = weight_matrix.shape
     plan = plan_chunks(n, out_h, out_w, patch, nhwc.element_size(), max_workspace_bytes)
@@ -213,6 +225,60 @@ def im2col_gemm(
             tile = nhwc[images, input_window(rows, sh, span_h), input_window(cols, sw, span_w)]
             result[images, :, rows, cols] = gemm(columns(tile), weight_matrix, bias).movedim(-1, 1)
     return result.squeeze(0) if unbatched else result
+
+
+# Outputs of at least this many pixels use the kernel-row GEMMs below (measured: below it, the
+# thin GEMMs cost more than the smaller buffer saves).
+_ROW_GEMMS_MIN_PIXELS = 28 * 28
+
+
+def _kernel_row_gemms(
+    nhwc: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    stride_w: int,
+    max_workspace_bytes: int,
+) -> torch.Tensor | None:
+    """A stride-1-in-height conv as ``kh`` accumulated GEMMs over a ``kw``-wide im2col.
+
+    The buffer holds, for every input row, the ``kw*C`` values each output column reads from
+    it: ``kh`` times smaller than the full im2col.  Kernel row ``i`` then reads the rows
+    ``i*dh ..`` of it as one contiguous matrix, and oneDNN's GEMM adds its product into the
+    previous rows' sum.  One image, or a block of output rows, at a time; None when not one
+    output row fits ``max_workspace_bytes`` (the caller then splits columns too).
+    """
+    n, hp, wp, channels = nhwc.shape
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    span_w = dw * (kw - 1) + 1
+    out_h, out_w = hp - dh * (kh - 1), (wp - span_w) // stride_w + 1
+    row_bytes = out_w * kw * channels * nhwc.element_size()
+    rows = min(out_h, max_workspace_bytes // row_bytes - dh * (kh - 1))
+    if rows < 1:
+        return None
+    c_out = weight.shape[0]
+    # (C_out, C, kh, kw) -> (kh, C_out, kw*C), each kernel row in the buffer's (kw, C) order.
+    row_weights = weight.permute(2, 0, 3, 1).reshape(kh, c_out, kw * channels)
+    linear = torch.ops.mkldnn._linear_pointwise
+    result = nhwc.new_empty((n, c_out, out_h, out_w))
+    for image in range(n):
+        for r0 in range(0, out_h, rows):
+            r1 = min(out_h, r0 + rows)
+            windows = nhwc[image, r0 : r1 + dh * (kh - 1)].unfold(1, span_w, stride_w)
+            if dw != 1:
+                windows = windows[..., ::dw]
+            # (h, OW, C, kw) -> (h*OW, kw*C): the one copy.
+            buffer = windows.movedim(-1, -2).reshape(-1, kw * channels)
+            pixels = (r1 - r0) * out_w
+            acc = linear(buffer[:pixels], row_weights[0], bias, "none", [], "")
+            for i in range(1, kh):
+                start = i * dh * out_w
+                acc = linear.binary(
+                    buffer[start : start + pixels], acc, row_weights[i], None, "add"
+                )
+            result[image, :, r0:r1] = acc.view(r1 - r0, out_w, c_out).movedim(-1, 0)
+    return result
 
 
 def pointwise_gemm(
