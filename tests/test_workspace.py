@@ -8,6 +8,7 @@ the workspace cap, checked against the size of every tensor the arithmetic alloc
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import lowerconv
 from lowerconv import ConvSpec
 from lowerconv.kernels import gemm, plan_chunks
 from lowerconv.strategies import STRATEGIES, StrategyOptions, choose_strategy
@@ -323,3 +325,42 @@ def test_auto_rules():
     assert choose_strategy(spec(shape=(32, 3, 3, 3), stride=2, padding=1)) == "nchw"
     assert choose_strategy(spec(shape=(64, 64, 3, 3), padding=1)) == "nhwc"
     assert choose_strategy(spec(shape=(64, 3, 7, 7), stride=2, padding=3)) == "nhwc"
+
+
+# -- through lower(): active once lower() takes max_workspace_bytes --------------------------------
+
+LOWER_TAKES_CAP = "max_workspace_bytes" in inspect.signature(lowerconv.lower).parameters
+
+
+@pytest.mark.skipif(not LOWER_TAKES_CAP, reason="lower() has no max_workspace_bytes keyword yet")
+@pytest.mark.parametrize("strategy", ["unfold", "strided", "auto"])
+def test_lower_honours_max_workspace_bytes(strategy):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 8, 3, padding=1, groups=2, padding_mode="reflect"),
+    ).double()
+    x = torch.randn(3, 16, 12, 11, dtype=torch.float64)
+    spec = ConvSpec.from_module(model[0])
+    cap = spec.im2col_bytes(3, 12, 11, torch.float64) // 8
+    uncapped = lowerconv.lower(model, strategy=strategy)
+    capped = lowerconv.lower(model, strategy=strategy, max_workspace_bytes=cap)
+    bound = max(cap, tensor_bytes((3, 32, 14, 13)))  # the padded input of the second conv
+    with torch.no_grad():
+        with OpRecorder() as big:
+            uncapped(x)
+        with OpRecorder() as small:
+            out = capped(x)
+        torch.testing.assert_close(out, model(x), rtol=RTOL, atol=ATOL)
+        # The lowered graph serves other sizes under the same cap.
+        y = torch.randn(2, 16, 17, 9, dtype=torch.float64)
+        torch.testing.assert_close(capped(y), model(y), rtol=RTOL, atol=ATOL)
+    assert big.largest > bound >= small.largest
+    assert small.conv_ops() == []
+
+
+@pytest.mark.skipif(not LOWER_TAKES_CAP, reason="lower() has no max_workspace_bytes keyword yet")
+def test_lower_refuses_a_bad_max_workspace_bytes():
+    with pytest.raises(lowerconv.LoweringError, match="max_workspace_bytes"):
+        lowerconv.lower(nn.Conv2d(3, 4, 3), max_workspace_bytes=0)

@@ -75,6 +75,7 @@ from .kernels import (
 from .spec import ConvSpec, conv_output_size
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "STRATEGIES",
     "StrategyFn",
     "StrategyOptions",
