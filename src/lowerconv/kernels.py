@@ -25,6 +25,7 @@ Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
     "ChunkPlan",
+    "chunk_limit",
     "depthwise_taps",
     "gemm",
     "im2col_gemm",
@@ -42,9 +44,16 @@ __all__ = [
     "pointwise_gemm",
 ]
 
-# The im2col chunk the fast strategies aim for when no limit is given: large enough that the
-# GEMM runs at full speed, small enough to stay in a 32 MiB L3 cache next to its output.
+# The im2col chunk the fast strategies aim for on CPU: large enough that the GEMM runs at full
+# speed, small enough to stay in a 32 MiB L3 cache next to its output.
 DEFAULT_WORKSPACE_BYTES = 8 * 2**20
+
+
+def chunk_limit(device: torch.device, max_workspace_bytes: int | None) -> int:
+    """The im2col bytes per chunk: the cap, and on CPU at most :data:`DEFAULT_WORKSPACE_BYTES`
+    (a GPU has no cache to fit, so it chunks only under a cap)."""
+    limit = max_workspace_bytes if max_workspace_bytes is not None else sys.maxsize
+    return min(limit, DEFAULT_WORKSPACE_BYTES) if device.type == "cpu" else limit
 
 
 def _onednn_linear_available() -> bool:
@@ -171,7 +180,7 @@ def im2col_gemm(
     stride: tuple[int, int],
     dilation: tuple[int, int],
     zero_pad: tuple[int, int, int, int],
-    max_workspace_bytes: int,
+    max_workspace_bytes: int | None,
 ) -> torch.Tensor:
     """A one-group convolution as channels-last im2col + :func:`gemm`, chunk by chunk.
 
@@ -179,13 +188,14 @@ def im2col_gemm(
     kw)``, ``zero_pad`` the ``(left, right, top, bottom)`` zero padding still to apply.  The
     input is copied once to padded channels-last order (free when it is channels-last already),
     so that a patch is ``kh*kw`` contiguous runs of ``C`` values; each chunk of images or output
-    rows is gathered into an im2col buffer of at most ``max_workspace_bytes`` (see
+    rows is gathered into an im2col buffer of at most :func:`chunk_limit` bytes (see
     :func:`plan_chunks`), multiplied by the weight as ``(C_out, kh*kw*C)``, and written to its
     place in the contiguous ``(N, C_out, OH, OW)`` output.
     """
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    limit = chunk_limit(input.device, max_workspace_bytes)
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
     left, right, top, bottom = zero_pad
     nhwc = input.movedim(1, -1)
@@ -200,14 +210,12 @@ def im2col_gemm(
         and _use_onednn(nhwc, weight, bias)
         and not _needs_grad(nhwc, weight, bias)
     ):
-        result = _kernel_row_gemms(
-            nhwc, weight, bias, kernel_size, dilation, sw, max_workspace_bytes
-        )
+        result = _kernel_row_gemms(nhwc, weight, bias, kernel_size, dilation, sw, limit)
         if result is not None:
             return result.squeeze(0) if unbatched else result
     weight_matrix = weight.permute(0, 2, 3, 1).flatten(1)
     c_out, patch = weight_matrix.shape
-    plan = plan_chunks(n, out_h, out_w, patch, nhwc.element_size(), max_workspace_bytes)
+    plan = plan_chunks(n, out_h, out_w, patch, nhwc.element_size(), limit)
 
     def columns(x: torch.Tensor) -> torch.Tensor:
         # (n, h, w, C) -> (n, oh, ow, kh*kw*C): the one copy of each chunk.
@@ -348,7 +356,8 @@ def depthwise_taps(
     taps = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).to(acc_dtype)
     taps = taps.contiguous()
     planar = (
-        input.dtype == acc_dtype
+        input.device.type == "cpu"
+        and input.dtype == acc_dtype
         and out_h * out_w >= _PLANAR_MIN_PIXELS
         and not _needs_grad(input, weight, bias)
     )

@@ -55,6 +55,7 @@ chunks with :func:`run_in_chunks`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -63,7 +64,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from .kernels import (
-    DEFAULT_WORKSPACE_BYTES,
+    chunk_limit,
     depthwise_taps,
     gemm,
     im2col_gemm,
@@ -138,11 +139,13 @@ def run_in_chunks(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     spec: ConvSpec,
-    max_workspace_bytes: int,
+    max_workspace_bytes: int | None,
+    cache_chunks: bool = False,
 ) -> torch.Tensor:
     """The convolution by ``strategy``, computed chunk by chunk of images or output rows so that
     no chunk's im2col buffer (``pixels * in_channels*kh*kw`` values) exceeds
-    ``max_workspace_bytes`` (see :func:`~lowerconv.kernels.plan_chunks`).
+    ``max_workspace_bytes`` (see :func:`~lowerconv.kernels.plan_chunks`); with
+    ``cache_chunks``, on CPU, not :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` either.
 
     The input is padded once; each chunk of it (with the rows the kernel overlaps) runs through
     the strategy's eager arithmetic with a spec that pads nothing, into its place in the output.
@@ -159,7 +162,10 @@ def run_in_chunks(
     n, _, hp, wp = input.shape
     out_h, out_w = (hp - span_h) // sh + 1, (wp - span_w) // sw + 1
     patch = spec.in_channels * kh * kw
-    plan = plan_chunks(n, out_h, out_w, patch, input.element_size(), max_workspace_bytes)
+    limit = max_workspace_bytes if max_workspace_bytes is not None else sys.maxsize
+    if cache_chunks:
+        limit = chunk_limit(input.device, max_workspace_bytes)
+    plan = plan_chunks(n, out_h, out_w, patch, input.element_size(), limit)
     if plan.chunks <= 1:
         result = compute(input, weight, bias, unpadded)
     else:
@@ -258,15 +264,10 @@ def nhwc_conv2d(
     if spec.padding_mode != "zeros" and any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
         zero_pad = (0, 0, 0, 0)
-    cap = _chunk_bytes(options)
+    cap = _workspace_cap(options)
     return im2col_gemm(
         input, weight, bias, spec.kernel_size, spec.stride, spec.dilation, zero_pad, cap
     )
-
-
-def _chunk_bytes(options: StrategyOptions | None) -> int:
-    cap = _workspace_cap(options)
-    return DEFAULT_WORKSPACE_BYTES if cap is None else min(cap, DEFAULT_WORKSPACE_BYTES)
 
 
 def nchw_conv2d(
@@ -283,7 +284,7 @@ def nchw_conv2d(
     chunk's NCHW output: no transposes, which is what pays for grouped convs and for patches of
     few values (a 3-channel stem).
     """
-    return run_in_chunks("nchw", input, weight, bias, spec, _chunk_bytes(options))
+    return run_in_chunks("nchw", input, weight, bias, spec, _workspace_cap(options), True)
 
 
 def _nchw_columns_matmul(
