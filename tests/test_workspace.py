@@ -111,6 +111,7 @@ FLOAT32_CASES = [
     ("patchify", dict(in_channels=3, out_channels=32, kernel_size=8, stride=8), (2, 3, 32, 40)),
     # Large planes take the planar depthwise path: blocks of planes, phases for strides.
     ("depthwise_planar", dict(in_channels=8, out_channels=8, kernel_size=3, groups=8, padding=1), (2, 8, 50, 52)),
+    ("depthwise_planar_multiplier", dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, padding=1, bias=False), (1, 4, 30, 31)),
     ("depthwise_planar_s2", dict(in_channels=6, out_channels=12, kernel_size=5, groups=6, stride=2, padding=2), (2, 6, 101, 99)),
     ("depthwise_planar_dilated", dict(in_channels=4, out_channels=4, kernel_size=3, groups=4, dilation=(2, 3), padding=(3, 1)), (1, 4, 60, 55)),
     ("depthwise_small", dict(in_channels=32, out_channels=32, kernel_size=7, groups=32, padding=3), (2, 32, 7, 7)),

@@ -355,10 +355,11 @@ def depthwise_taps(
     # Contiguous, so that each tap's scales are a contiguous vector over the channels.
     taps = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).to(acc_dtype)
     taps = taps.contiguous()
+    small_kernel = (sh, sw) == (1, 1) and kh * kw <= 9
     planar = (
         input.device.type == "cpu"
         and input.dtype == acc_dtype
-        and out_h * out_w >= _PLANAR_MIN_PIXELS
+        and out_h * out_w >= (_SMALL_KERNEL_MIN_PIXELS if small_kernel else _PLANAR_MIN_PIXELS)
         and not _needs_grad(input, weight, bias)
     )
     if planar:
@@ -374,8 +375,10 @@ def depthwise_taps(
     return result.squeeze(0) if unbatched else result
 
 
-# Outputs of at least this many pixels per plane are computed plane by plane, smaller ones
-# channels-last: measured on resnet/mobilenet-sized layers (2 cores, AVX-512).
+# Outputs of at least this many pixels per plane are computed plane by plane (unstrided
+# kernels of at most 3x3: the first number), smaller ones channels-last: measured on
+# mobilenet/efficientnet/convnext layers (AVX-512).
+_SMALL_KERNEL_MIN_PIXELS = 28 * 28
 _PLANAR_MIN_PIXELS = 48 * 48
 # Bytes of input and output planes per block of the planar path: about half an L2 cache.
 _PLANAR_BLOCK_BYTES = 2 * 2**20
@@ -406,30 +409,39 @@ def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
     multiplier = taps.shape[-1]
     hp, wp = height + top + bottom, width + left + right
     out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    # Phase planes: row r of phase (a, b) is padded row r*sh + a; pad up to whole phases.
-    hq, wq = -(-hp // sh), -(-wp // sw)
     planes = input.reshape(n * channels, height, width)
     out = input.new_empty((n * channels, multiplier, out_h, out_w))
-    # (kh*kw, N*C, m, 1, 1): the scale of each plane, for each tap.
-    plane_taps = taps.repeat(1, n, 1)[..., None, None]
-    plane_bytes = (hq * wq * sh * sw + multiplier * out_h * out_w) * input.element_size()
+    # (kh*kw, N*C, m, 1): the scale of each plane, for each tap.
+    plane_taps = taps.repeat(1, n, 1)[..., None]
+    if (sh, sw) == (1, 1):
+        # Each padded plane flattened: tap (i, j) reads one contiguous run starting at
+        # i*dh*Wp + j*dw and sums into "wide" rows of Wp values, of which the first OW are
+        # outputs.  One spare zero row at the bottom covers the last tap's overhang.
+        wide = out_h * wp
+        plane_bytes = ((hp + 1) * wp + multiplier * wide) * input.element_size()
+    else:
+        # Phase planes: row r of phase (a, b) is padded row r*sh + a; pad to whole phases.
+        hq, wq = -(-hp // sh), -(-wp // sw)
+        plane_bytes = (hq * wq * sh * sw + multiplier * out_h * out_w) * input.element_size()
+        plane_taps = plane_taps.unsqueeze(-1)
     block = max(1, _PLANAR_BLOCK_BYTES // plane_bytes)
     for p0 in range(0, n * channels, block):
         p1 = min(n * channels, p0 + block)
-        padded = F.pad(
-            planes[p0:p1], (left, right + wq * sw - wp, top, bottom + hq * sh - hp)
-        ).unsqueeze(1)
-        if (sh, sw) != (1, 1):
-            # (b, 1, hq*sh, wq*sw) -> (b, 1, sh, sw, hq, wq): one copy, then every tap's view
-            # is a slice of one phase with contiguous rows.
+        if (sh, sw) == (1, 1):
+            flat = F.pad(planes[p0:p1], (left, right, top, bottom + 1)).flatten(-2).unsqueeze(1)
+            acc = flat.new_empty((p1 - p0, multiplier, wide))
+        else:
+            padded = F.pad(planes[p0:p1], (left, right + wq * sw - wp, top, bottom + hq * sh - hp))
+            # (b, hq*sh, wq*sw) -> (b, 1, sh, sw, hq, wq): one copy, then every tap's view is
+            # a slice of one phase with contiguous rows.
             padded = padded.unflatten(-1, (wq, sw)).unflatten(-3, (hq, sh))
-            padded = padded.permute(0, 1, 3, 5, 2, 4).contiguous()
-        acc = out[p0:p1]
+            padded = padded.permute(0, 2, 4, 1, 3).contiguous().unsqueeze(1)
+            acc = out[p0:p1]
         for i in range(kh):
             for j in range(kw):
                 a, b = i * dh, j * dw
                 if (sh, sw) == (1, 1):
-                    view = padded[..., a : a + out_h, b : b + out_w]
+                    view = flat[..., a * wp + b : a * wp + b + wide]
                 else:
                     rows, cols = slice(a // sh, a // sh + out_h), slice(b // sw, b // sw + out_w)
                     view = padded[:, :, a % sh, b % sw, rows, cols]
@@ -438,4 +450,6 @@ def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
                     torch.mul(view, tap, out=acc)
                 else:
                     acc.addcmul_(view, tap)
+        if (sh, sw) == (1, 1):
+            out[p0:p1] = acc.unflatten(-1, (out_h, wp))[..., :out_w]
     return out
