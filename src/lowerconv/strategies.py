@@ -444,5 +444,7 @@ try:
 
     for _name, _module in _LEAVES.items():
         _register_custom_builtin(_name, f"from {_module} import {_name}", globals()[_name])
+    # run_in_chunks takes the spec itself, which generated code then builds as ``ConvSpec(...)``.
+    _register_custom_builtin("ConvSpec", "from lowerconv.spec import ConvSpec", ConvSpec)
 except ImportError:  # private API; without it the code still runs, under a longer name
     pass
