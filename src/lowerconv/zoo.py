@@ -58,7 +58,10 @@ ZOO_IMAGE_SIZE = {
 
 
 # Models that need more than their category's side.
-ZOO_IMAGE_SIZE_OVERRIDES = {"maxvit_t": 224}  # its 7x7 partitions need a 224 input
+ZOO_IMAGE_SIZE_OVERRIDES = {
+    "maxvit_t": 224,  # its 7x7 partitions need a 224 input
+    "s3d": 224,  # its final 7x7 average pool needs a 224 input
+}
 
 
 @dataclass
