@@ -34,6 +34,11 @@ and `nhwc` for the rest (channels-last im2col in chunks of at most
 (`torch.ops.mkldnn._linear_pointwise`, the matmul PyTorch's own mkldnn linear layers use): on this
 AMD CPU, MKL's `sgemm` behind `torch.matmul` runs at about half its speed. No convolution op runs
 in any lowered model.
+
+Where `auto` still loses time (see the slowest layers below): depthwise convs, whose `kh*kw`
+elementwise passes cannot match one fused native kernel (2-5x per layer, more for 5x5 and 7x7
+kernels on small images); 3-channel stems, whose GEMM is too thin to hide the im2col copy; and
+grouped convs with small groups (regnet's), which become many small batched matmuls.
 """
 
 
