@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from torch import fx
 
 from .spec import ConvSpec
-from .strategies import STRATEGIES
+from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions
 
 __all__ = [
     "META_KEY",
@@ -54,18 +54,23 @@ class Provenance:
 
 
 @functools.lru_cache(maxsize=512)
-def strategy_graph(strategy: str, spec: ConvSpec, has_bias: bool) -> fx.Graph:
-    """The graph of ``STRATEGIES[strategy]`` for one conv, inputs ``input, weight[, bias]``."""
+def strategy_graph(
+    strategy: str, spec: ConvSpec, has_bias: bool, options: StrategyOptions = DEFAULT_OPTIONS
+) -> fx.Graph:
+    """The graph of ``STRATEGIES[strategy]`` for one conv, inputs ``input, weight[, bias]``.
+
+    ``options`` (frozen, hashable) is part of the cache key: a workspace cap changes the code.
+    """
     fn = STRATEGIES[strategy]
     if has_bias:
 
         def conv(input, weight, bias):
-            return fn(input, weight, bias, spec)
+            return fn(input, weight, bias, spec, options)
 
     else:
 
         def conv(input, weight):
-            return fn(input, weight, None, spec)
+            return fn(input, weight, None, spec, options)
 
     return fx.symbolic_trace(conv).graph
 
@@ -82,9 +87,10 @@ def emit_lowered_conv(
     strategy: str,
     source: str,
     source_target: str,
+    options: StrategyOptions = DEFAULT_OPTIONS,
 ) -> tuple[fx.Node, list[fx.Node]]:
     """Insert the lowered conv before ``anchor``; return its output node and all new nodes."""
-    template = strategy_graph(strategy, spec, bias is not None)
+    template = strategy_graph(strategy, spec, bias is not None, options)
     inputs = {"input": input, "weight": weight, "bias": bias}
     env: dict[fx.Node, fx.Node] = {}
     new_nodes: list[fx.Node] = []
@@ -166,12 +172,15 @@ def emit_dynamic_conv(
     strategy: str,
     source: str,
     source_target: str,
+    options: StrategyOptions = DEFAULT_OPTIONS,
 ) -> fx.Node:
     """One call to :func:`lowerconv.functional.conv2d` for a weight whose shape is only known at
     run time (computed from the input); it lowers with ``strategy`` when it runs."""
     from .functional import conv2d
 
     kwargs = dict(conv_args, strategy=strategy)
+    if options.max_workspace_bytes is not None:
+        kwargs["max_workspace_bytes"] = options.max_workspace_bytes
     with graph.inserting_before(anchor):
         node = graph.call_function(conv2d, (input, weight, bias), kwargs)
     node._rename(f"{base_name}_im2col_conv2d")

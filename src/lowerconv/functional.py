@@ -12,7 +12,7 @@ import torch
 
 from .errors import LoweringError
 from .spec import ConvSpec
-from .strategies import STRATEGIES, choose_strategy
+from .strategies import STRATEGIES, StrategyOptions, choose_strategy
 
 __all__ = ["conv2d"]
 
@@ -28,6 +28,7 @@ def conv2d(
     *,
     padding_mode: str = "zeros",
     strategy: str = "unfold",
+    max_workspace_bytes: int | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(input, weight, bias, stride, padding, dilation, groups)`` by im2col + matmul.
 
@@ -49,4 +50,5 @@ def conv2d(
     )
     if strategy == "auto":
         strategy = choose_strategy(spec)
-    return STRATEGIES[strategy](input, weight, bias, spec)
+    options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
+    return STRATEGIES[strategy](input, weight, bias, spec, options)

@@ -27,7 +27,7 @@ from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .runtime import RuntimeLoweredConv2d
 from .sites import ConvSite, SkippedConv, find_conv_sites
-from .strategies import STRATEGIES, choose_strategy
+from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions, choose_strategy
 from .trace import LoweringTracer, describe_trace_failure, trace
 
 __all__ = ["STRATEGY_NAMES", "lower"]
@@ -43,6 +43,7 @@ def lower(
     strict: bool = False,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
+    max_workspace_bytes: int | None = None,
 ) -> nn.Module:
     """Return ``model`` with every 2-D convolution computed by Unfold + matmul + reshape.
 
@@ -51,8 +52,11 @@ def lower(
     its ``Conv2d`` submodules are swapped for their lowered versions.
 
     ``strategy`` picks the arithmetic (see :mod:`lowerconv.strategies`): ``"unfold"`` (default,
-    ``F.unfold`` + matmul + reshape), ``"strided"`` (strided-view im2col, one large GEMM) or
-    ``"auto"`` (chosen per convolution).  ``leaf_modules`` (types or qualified names) are not
+    the faithful ``F.unfold`` + matmul + reshape), ``"auto"`` (the fastest, chosen per conv among
+    ``pointwise``, ``patchify``, ``depthwise``, ``nchw`` and ``nhwc``), or any one of
+    :data:`STRATEGY_NAMES` for every conv.  ``max_workspace_bytes`` caps every im2col buffer a
+    lowered conv allocates: convs that need a larger one compute it in chunks of images or output
+    rows (:func:`lowerconv.strategies.run_in_chunks`).  ``leaf_modules`` (types or qualified names) are not
     traced into; ``concrete_args`` is passed to the tracer.
 
     Returns an ``fx.GraphModule`` (the *graph path*).  Where ``torch.fx`` cannot trace the whole
@@ -83,9 +87,13 @@ def lower(
             return _1
     """
     _check_arguments(model, strategy, leaf_modules)
+    try:
+        options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
+    except ValueError as err:
+        raise LoweringError(f"{err}; e.g. max_workspace_bytes=64 * 2**20 for 64 MiB") from err
     work = model if inplace else _copy_model(model)
     record = LoweringRecord(model=type(model).__name__, strategy=strategy)
-    holders = _lower_conv_modules(work, strategy)
+    holders = _lower_conv_modules(work, strategy, options)
     run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv2d)]
     try:
         traced = trace(
@@ -104,7 +112,7 @@ def lower(
         setattr(work, RECORD_ATTR, record)
         return work
 
-    lowered, skipped = lower_graph(traced, strategy)
+    lowered, skipped = lower_graph(traced, strategy, options=options)
     record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
     record.skipped.extend(skipped)
     _swap_conv_modules(work, holders)
@@ -151,7 +159,11 @@ def _in_graph_order(
 
 
 def lower_graph(
-    gm: fx.GraphModule, strategy: str, *, name_prefix: str = ""
+    gm: fx.GraphModule,
+    strategy: str,
+    *,
+    name_prefix: str = "",
+    options: StrategyOptions = DEFAULT_OPTIONS,
 ) -> tuple[list[LoweredConv], list[SkippedConv]]:
     """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
 
@@ -167,7 +179,7 @@ def lower_graph(
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"  # one module called more than once
-        lowered.append(_lower_site(graph, site, name, strategy))
+        lowered.append(_lower_site(graph, site, name, strategy, options))
     for skip in skipped:
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
     graph.lint()
@@ -175,7 +187,9 @@ def lower_graph(
     return lowered, skipped
 
 
-def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> LoweredConv:
+def _lower_site(
+    graph: fx.Graph, site: ConvSite, name: str, strategy: str, options: StrategyOptions
+) -> LoweredConv:
     node = site.node
     base = name.replace(".", "_").replace("#", "_call")
     target = site.module_type
@@ -208,6 +222,7 @@ def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> Lo
             strategy=concrete,
             source=name,
             source_target=target,
+            options=options,
         )
         nodes = [output]
         concrete = f"{concrete} (dynamic)"
@@ -223,6 +238,7 @@ def _lower_site(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> Lo
             strategy=concrete,
             source=name,
             source_target=target,
+            options=options,
         )
     input_name = site.input.name
     node.replace_all_uses_with(output)
@@ -263,7 +279,9 @@ class _ConvHolder:
     skipped: list[SkippedConv]
 
 
-def _lower_conv_modules(work: nn.Module, strategy: str) -> dict[int, _ConvHolder]:
+def _lower_conv_modules(
+    work: nn.Module, strategy: str, options: StrategyOptions = DEFAULT_OPTIONS
+) -> dict[int, _ConvHolder]:
     """Lower every ``nn.Conv2d`` of ``work`` on its own, keyed by ``id`` of the conv.
 
     A conv that traces on its own becomes a small lowered ``GraphModule``; a subclass whose
@@ -275,11 +293,13 @@ def _lower_conv_modules(work: nn.Module, strategy: str) -> dict[int, _ConvHolder
     holders: dict[int, _ConvHolder] = {}
     for qualname, module in work.named_modules():
         if isinstance(module, nn.Conv2d) and id(module) not in holders and qualname:
-            holders[id(module)] = _lower_conv_module(module, qualname, strategy)
+            holders[id(module)] = _lower_conv_module(module, qualname, strategy, options)
     return holders
 
 
-def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHolder:
+def _lower_conv_module(
+    conv: nn.Conv2d, qualname: str, strategy: str, options: StrategyOptions = DEFAULT_OPTIONS
+) -> _ConvHolder:
     tracer = LoweringTracer()
     try:
         if conv._forward_pre_hooks or conv._forward_hooks:
@@ -304,9 +324,10 @@ def _lower_conv_module(conv: nn.Conv2d, qualname: str, strategy: str) -> _ConvHo
             graph_module=qualname,
             note=f"lowered at run time: {reason}; its F.conv2d calls run as im2col + matmul",
         )
-        return _ConvHolder(conv, RuntimeLoweredConv2d(conv, strategy), [lowered], [])
+        runtime = RuntimeLoweredConv2d(conv, strategy, options.max_workspace_bytes)
+        return _ConvHolder(conv, runtime, [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
-    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname)
+    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname, options=options)
     for conv_record in lowered:
         conv_record.graph_module = qualname
         if conv_record.name == qualname:

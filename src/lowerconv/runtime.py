@@ -23,14 +23,20 @@ __all__ = ["Im2colMode", "RuntimeLoweredConv2d"]
 class Im2colMode(TorchFunctionMode):
     """Within this mode, ``F.conv2d``/``torch.conv2d`` calls run as im2col + matmul."""
 
-    def __init__(self, strategy: str = "unfold") -> None:
+    def __init__(self, strategy: str = "unfold", max_workspace_bytes: int | None = None) -> None:
         super().__init__()
         self.strategy = strategy
+        self.max_workspace_bytes = max_workspace_bytes
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d:
-            return conv2d(*args, strategy=self.strategy, **kwargs)
+            return conv2d(
+                *args,
+                strategy=self.strategy,
+                max_workspace_bytes=self.max_workspace_bytes,
+                **kwargs,
+            )
         return func(*args, **kwargs)
 
 
@@ -42,7 +48,9 @@ class RuntimeLoweredConv2d(nn.Module):
     ``.modules()`` (no ``nn.Conv2d`` instance is reachable from the model).
     """
 
-    def __init__(self, conv: nn.Conv2d, strategy: str) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, strategy: str, max_workspace_bytes: int | None = None
+    ) -> None:
         super().__init__()
         self._parameters = conv._parameters
         self._buffers = conv._buffers
@@ -51,11 +59,12 @@ class RuntimeLoweredConv2d(nn.Module):
         self.training = conv.training
         object.__setattr__(self, "_wrapped_conv", conv)
         self.strategy = strategy
+        self.max_workspace_bytes = max_workspace_bytes
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         conv = self._wrapped_conv
         conv.training = self.training
-        with Im2colMode(self.strategy):
+        with Im2colMode(self.strategy, self.max_workspace_bytes):
             return conv(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
