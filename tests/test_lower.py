@@ -1070,3 +1070,27 @@ def test_lowered_model_converts_dtype_and_deepcopies_like_the_original():
     assert lowering_record(clone).num_lowered == lowering_record(lowered).num_lowered
     with torch.no_grad():
         torch.testing.assert_close(clone(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+GLOBAL_SCALE = torch.tensor([1.0, 2.0, 3.0])
+
+
+class UsesATensorConstant(nn.Module):
+    """Reads a module-level tensor: the tracer keeps it as a root attribute ``_tensor_constant0``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * GLOBAL_SCALE.view(1, 3, 1, 1)
+
+
+def test_deepcopy_keeps_tensor_constants_and_state_dict() -> None:
+    model = UsesATensorConstant()
+    lowered = lowerconv.lower(model)
+    copied = copy.deepcopy(lowered)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(copied(x), model(x))
+    assert list(copied.state_dict()) == list(model.state_dict()) == ["conv.weight", "conv.bias"]
+    assert lowerconv.lowering_record(copied).num_lowered == 1

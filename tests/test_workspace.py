@@ -8,7 +8,6 @@ the workspace cap, checked against the size of every tensor the arithmetic alloc
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -328,12 +327,9 @@ def test_auto_rules():
     assert choose_strategy(spec(shape=(64, 3, 7, 7), stride=2, padding=3)) == "nhwc"
 
 
-# -- through lower(): active once lower() takes max_workspace_bytes --------------------------------
-
-LOWER_TAKES_CAP = "max_workspace_bytes" in inspect.signature(lowerconv.lower).parameters
+# -- through lower() --------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not LOWER_TAKES_CAP, reason="lower() has no max_workspace_bytes keyword yet")
 @pytest.mark.parametrize("strategy", ["unfold", "strided", "auto"])
 def test_lower_honours_max_workspace_bytes(strategy):
     torch.manual_seed(0)
@@ -361,7 +357,6 @@ def test_lower_honours_max_workspace_bytes(strategy):
     assert small.conv_ops() == []
 
 
-@pytest.mark.skipif(not LOWER_TAKES_CAP, reason="lower() has no max_workspace_bytes keyword yet")
 def test_lower_refuses_a_bad_max_workspace_bytes():
     with pytest.raises(lowerconv.LoweringError, match="max_workspace_bytes"):
         lowerconv.lower(nn.Conv2d(3, 4, 3), max_workspace_bytes=0)

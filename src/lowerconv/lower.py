@@ -378,12 +378,20 @@ def _preserve_on_deepcopy(gm: fx.GraphModule) -> None:
     not use and reordering the rest), then sets the attributes listed in this ``meta`` entry on
     the copy; they are deep-copied with the same memo, so they are the copy's own objects.
     """
+    # Plain tensors the graph reads at the root (the tracer's ``_tensor_constant0``) come last:
+    # set after ``_buffers`` is restored, they stay plain attributes.
+    constants = {
+        str(node.target): getattr(gm, str(node.target))
+        for node in gm.graph.nodes
+        if node.op == "get_attr" and "." not in str(node.target)
+    }
     gm.meta["_user_preserved_attributes"] = {
         RECORD_ATTR: getattr(gm, RECORD_ATTR),
         "_modules": gm._modules,
         "_parameters": gm._parameters,
         "_buffers": gm._buffers,
         "_non_persistent_buffers_set": gm._non_persistent_buffers_set,
+        **{k: v for k, v in constants.items() if k not in gm._parameters and k not in gm._buffers},
     }
 
 
