@@ -217,7 +217,9 @@ class ZooReport:
 def _sizes_text(image_size: object) -> str:
     if isinstance(image_size, int):
         return f"{image_size} for every model"
-    return ", ".join(f"{size} for {category}" for category, size in ZOO_IMAGE_SIZE.items())
+    sizes = [f"{size} for {category}" for category, size in ZOO_IMAGE_SIZE.items()]
+    sizes += [f"{size} for {name}" for name, size in ZOO_IMAGE_SIZE_OVERRIDES.items()]
+    return ", ".join(sizes)
 
 
 def _sci(value: float | None) -> str:
