@@ -21,7 +21,7 @@ sizes. Peak memory is the most bytes a forward had allocated at once (CPU: the a
 PyTorch's allocator reports to the profiler), lowered/native, at batch {peak_batch}.
 
 Machine: {processor}, {threads} intra-op thread(s), torch {torch}, {date}. It is a small shared
-machine: other jobs ran beside this one, so single timings swing by tens of percent; the
+machine: when other jobs run beside it, single timings swing by tens of percent; the
 interleaving and the medians keep the *ratios* steadier than the times.{thread_note}
 
 The strategies (see `lowerconv.strategies`): `unfold` is the textbook `F.unfold` + matmul +
