@@ -144,21 +144,7 @@ def test_strategy_matches_conv2d(kwargs, shape, strategy):
 @pytest.mark.parametrize("strategy", FUNCTIONAL_STRATEGIES)
 @pytest.mark.parametrize("kwargs, shape", CASE_ARGS, ids=CASE_IDS)
 def test_functional_conv2d_matches_conv2d(kwargs, shape, strategy):
-    conv, x = _conv_and_input(kwargs, shape)
-    expected, inputs, cotangent = _reference(conv, x)
-    out = conv2d(
-        x,
-        conv.weight,
-        conv.bias,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        padding_mode=conv.padding_mode,
-        strategy=strategy,
-    )
-    names = ["input", "weight", "bias"][: len(inputs)]
-    _assert_matches(_output_and_grads(out, inputs, cotangent), expected, names)
+    _check_functional_conv2d(kwargs, shape, strategy)
 
 
 def test_functional_conv2d_defaults_match_f_conv2d():
@@ -225,6 +211,11 @@ def conv_configs(draw):
 @given(config=conv_configs(), strategy=st.sampled_from(FUNCTIONAL_STRATEGIES))
 def test_functional_conv2d_sweep(config, strategy):
     kwargs, shape = config
+    _check_functional_conv2d(kwargs, shape, strategy)
+
+
+def _check_functional_conv2d(kwargs, shape, strategy):
+    """``lowerconv.functional.conv2d`` with a conv's arguments equals the conv, with gradients."""
     conv, x = _conv_and_input(kwargs, shape)
     expected, inputs, cotangent = _reference(conv, x)
     out = conv2d(
