@@ -72,7 +72,10 @@ class RuntimeLoweredConv2d(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_wrapped_conv"], name)
+            conv = self.__dict__.get("_wrapped_conv")  # absent while being unpickled
+            if conv is None:
+                raise
+            return getattr(conv, name)
 
     def extra_repr(self) -> str:
         conv = self._wrapped_conv
