@@ -19,6 +19,7 @@ from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
+from conv_space import conv_configs
 from lowerconv import STRATEGY_NAMES, ConvSpec, LoweringError, lowering_record
 from lowerconv.emit import Provenance
 from lowerconv.strategies import choose_strategy
@@ -194,42 +195,6 @@ def test_lowered_conv_matches_nn_conv2d(case: Case, wrapper: str, strategy: str)
 
 
 # -- the whole configuration space -------------------------------------------------------------
-
-
-@st.composite
-def conv_configs(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    in_channels = groups * draw(st.integers(1, 3))
-    out_channels = groups * draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    if draw(st.booleans()):
-        stride = (1, 1)  # 'same' needs stride 1
-        padding = draw(st.sampled_from(["same", "valid", 0, 1, 2, (0, 1), (2, 1)]))
-    else:
-        stride = draw(st.sampled_from([1, 2, 3, (1, 2), (3, 1)]))
-        padding = draw(st.sampled_from(["valid", 0, 1, 2, (0, 2), (2, 1)]))
-    kwargs = dict(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        kernel_size=draw(st.sampled_from([(kh, kw), kh])),
-        stride=stride,
-        padding=padding,
-        dilation=draw(st.sampled_from([(dh, dw), dh])),
-        groups=groups,
-        bias=draw(st.booleans()),
-        padding_mode=draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"])),
-    )
-    # Large enough for the kernel's span and for reflect padding (pad < size) on every side.
-    conv = nn.Conv2d(**kwargs)
-    h = conv.dilation[0] * (conv.kernel_size[0] - 1) + 3 + draw(st.integers(0, 4))
-    w = conv.dilation[1] * (conv.kernel_size[1] - 1) + 3 + draw(st.integers(0, 4))
-    batch = draw(st.sampled_from([None, 0, 1, 2, 3]))
-    shape = (in_channels, h, w) if batch is None else (batch, in_channels, h, w)
-    layout = draw(st.sampled_from(["contiguous", "transposed", "sliced", "channels_last"]))
-    if batch is None and layout == "channels_last":
-        layout = "contiguous"  # channels_last is a 4-D layout
-    return kwargs, shape, layout
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
