@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .errors import LoweringError
 from .lower import STRATEGY_NAMES, lower
-from .models import SUPPORTED_CATEGORIES, ResolvedModel, resolve_model, torchvision_models
+from .models import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 from .record import lowering_record
 
 __all__ = ["main"]
@@ -376,7 +376,7 @@ def run_models(args: argparse.Namespace) -> int:
         raise LoweringError(
             f"unknown category {args.category!r}; categories: {', '.join(sorted(by_category))}"
         )
-    for category in sorted(by_category, key=_category_order):
+    for category in sorted(by_category, key=CATEGORIES.index):
         if args.category is not None and category != args.category:
             continue
         names = sorted(by_category[category])
@@ -518,11 +518,6 @@ class _VersionAction(argparse.Action):
             f"{torchvision.__version__}, Python {sys.version.split()[0]})"
         )
         parser.exit()
-
-
-def _category_order(category: str) -> tuple[int, str]:
-    order = (*SUPPORTED_CATEGORIES, "detection")
-    return (order.index(category) if category in order else len(order), category)
 
 
 def _wrap(names: list[str], width: int = 100) -> str:

@@ -35,6 +35,7 @@ from torch import nn
 from .errors import LoweringError
 
 __all__ = [
+    "CATEGORIES",
     "DEFAULT_IMAGE_SIZE",
     "VIDEO_FRAMES",
     "ResolvedModel",
@@ -48,8 +49,9 @@ __all__ = [
 DEFAULT_IMAGE_SIZE = 224
 VIDEO_FRAMES = 16  # mvit needs exactly 16; the others accept it
 
-# Categories the command line can build inputs for, in the order `lowerconv models` lists them.
-SUPPORTED_CATEGORIES = (
+# torchvision's model categories, each with its own example inputs, in the order `lowerconv models`
+# and `lowerconv zoo` list them.
+CATEGORIES = (
     "classification",
     "quantization",
     "segmentation",
@@ -160,11 +162,6 @@ def _resolve_torchvision(
     if name not in models:
         raise LoweringError(_unknown_model_message(name))
     category = models[name]
-    if category not in SUPPORTED_CATEGORIES:
-        raise LoweringError(
-            f"{name} is a torchvision {category} model, which the command line does not support "
-            "yet. Fix: wrap it in a factory returning an nn.Module that takes one image batch"
-        )
     import torchvision.models as tvm
 
     size = image_size if image_size is not None else default_image_size(name)

@@ -19,18 +19,10 @@ import torch
 from tabulate import tabulate
 
 from .errors import LoweringError
-from .models import resolve_model, torchvision_models
+from .models import CATEGORIES, resolve_model, torchvision_models
 
 __all__ = ["CATEGORIES", "LARGE_MODELS", "ZooReport", "ZooRow", "run_zoo", "select_models"]
 
-CATEGORIES = (
-    "classification",
-    "segmentation",
-    "detection",
-    "video",
-    "optical_flow",
-    "quantization",
-)
 
 # Skipped by default for time and memory on a 2-core, 24 GB machine. The first four have over
 # 300 M parameters, so their float64 oracle alone needs several GB and minutes per forward; the
