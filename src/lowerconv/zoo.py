@@ -331,7 +331,7 @@ def run_zoo(
         except Exception as exc:  # one broken model must not stop the run
             row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         row.seconds = round(time.perf_counter() - t0, 1)
-        say(f"    {row.status} in {row.seconds:.0f} s {row.first_failure or row.note}")
+        say(f"    {row.status} in {row.seconds:.0f} s {row.first_failure or row.note}".rstrip())
         report.rows.append(row)
         del row
         gc.collect()
