@@ -20,13 +20,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
 from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
-from .runtime import RuntimeLoweredConv2d
-from .sites import ConvSite, SkippedConv, find_conv_sites
+from .runtime import (
+    RuntimeLoweredConv2d,
+    RuntimeLowering,
+    describe_call_site,
+    trace_conv_calls,
+)
+from .sites import ConvSite, SkippedConv, find_conv_sites, skipped_conv_modules
 from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions, choose_strategy
 from .trace import LoweringTracer, describe_trace_failure, trace
 
@@ -44,6 +50,7 @@ def lower(
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
     max_workspace_bytes: int | None = None,
+    example_inputs: Any = None,
 ) -> nn.Module:
     """Return ``model`` with every 2-D convolution computed by Unfold + matmul + reshape.
 
@@ -61,8 +68,12 @@ def lower(
 
     Returns an ``fx.GraphModule`` (the *graph path*).  Where ``torch.fx`` cannot trace the whole
     model, it returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their
-    own (the *fallback path*); ``strict=True`` raises :class:`LoweringError` instead.  Either way
-    :func:`lowerconv.lowering_record` tells what was done, and why.
+    own and whose forward runs under run-time lowering, so every other ``F.conv2d`` call it makes
+    (a kernel built in ``forward``) runs as im2col + matmul too (the *fallback path*);
+    ``strict=True`` raises :class:`LoweringError` instead.  ``leaf_modules`` are lowered at run
+    time the same way.  Either way :func:`lowerconv.lowering_record` tells what was done, and why;
+    run-time convs are listed there when ``example_inputs`` (a tensor or a tuple of the
+    model's positional arguments) are given to run the model on once.
 
     Example, for ``nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())``, ``code`` before::
 
@@ -87,6 +98,7 @@ def lower(
             return _1
     """
     _check_arguments(model, strategy, leaf_modules)
+    inputs = _example_tuple(model, example_inputs)
     try:
         options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
     except ValueError as err:
@@ -102,24 +114,104 @@ def lower(
     except LoweringError as err:
         if strict:
             raise
-        # The fallback path: each conv module's own lowering is the lowering.
+        # The fallback path: each conv module's own lowering, and the rest at run time.
         record.path = "fallback"
         record.trace_error = str(err)
         for holder in holders.values():
             record.lowered.extend(holder.lowered)
             record.skipped.extend(holder.skipped)
+        record.skipped.extend(skipped_conv_modules(work))
         _swap_conv_modules(work, holders)
+        RuntimeLowering(strategy, options.max_workspace_bytes).attach(work)
+        record.runtime.append("")
         setattr(work, RECORD_ATTR, record)
+        _list_runtime_convs(work, record, inputs)
         return work
 
     lowered, skipped = lower_graph(traced, strategy, options=options)
     record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
     record.skipped.extend(skipped)
+    record.skipped.extend(skipped_conv_modules(work, {s.name for s in record.skipped}))
     _swap_conv_modules(work, holders)
+    for name in _user_leaves(traced, holders, leaf_modules):
+        RuntimeLowering(strategy, options.max_workspace_bytes).attach(work.get_submodule(name))
+        record.runtime.append(name)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
     _preserve_on_deepcopy(gm)
+    if record.runtime:
+        _list_runtime_convs(gm, record, inputs)
     return gm
+
+
+def _user_leaves(
+    traced: fx.GraphModule, holders: dict[int, _ConvHolder], leaf_modules: Iterable[type | str]
+) -> list[str]:
+    """The ``leaf_modules=`` modules the graph calls, which the pass cannot see into."""
+    leaves = tuple(leaf_modules)
+    types = tuple(t for t in leaves if isinstance(t, type))
+    names = {t for t in leaves if isinstance(t, str)}
+    found = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or str(node.target) in found:
+            continue
+        module = traced.get_submodule(str(node.target))
+        if id(module) not in holders and (node.target in names or isinstance(module, types)):
+            found.append(str(node.target))
+    return found
+
+
+def _list_runtime_convs(lowered: nn.Module, record: LoweringRecord, inputs: tuple | None) -> None:
+    """Run a copy of ``lowered`` once on ``inputs`` to list the convs lowered at run time.
+
+    A copy, under ``no_grad`` with the RNG forked: running must not change the lowered model's
+    buffers (batch-norm statistics in train mode) or the caller's random stream.
+    """
+    where = " and ".join(repr(name) if name else "the model's forward" for name in record.runtime)
+    if inputs is None:
+        record.notes.append(
+            f"F.conv2d calls made in {where} are lowered at run time, as they happen; pass "
+            "example_inputs= to lower() to list them here"
+        )
+        return
+    probe = copy.deepcopy(lowered)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), trace_conv_calls(probe) as calls:
+            probe(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(
+            f"{tuple(t.shape)}" if isinstance(t, torch.Tensor) else repr(t) for t in inputs
+        )
+        raise LoweringError(
+            f"lowered {record.model} failed on example_inputs ({shapes}) while listing the "
+            f"convolutions lowered at run time: {type(exc).__name__}: {exc}. Fix: pass "
+            "example_inputs the model accepts (a tensor or a tuple of its positional arguments)"
+        ) from exc
+    record.runtime_calls_listed = True
+    known = {s.name for s in record.skipped}
+    for call in calls:
+        site = describe_call_site(call)
+        if call.lowered:
+            concrete = record.strategy
+            if concrete == "auto":
+                concrete = choose_strategy(call.spec) if call.spec is not None else "unfold"
+            record.lowered.append(
+                LoweredConv(
+                    name=call.name,
+                    node="",
+                    target="F.conv2d",
+                    spec=call.spec,
+                    strategy=f"{concrete} (run time)",
+                    input_node="",
+                    output_node="",
+                    nodes=[],
+                    note=f"lowered at run time: called from {site}",
+                    mechanism="run time",
+                )
+            )
+        elif call.called_from not in known:
+            reason = f"not lowered: {call.kind} (not a 2-D convolution), called from {site}"
+            record.skipped.append(SkippedConv(call.name, "", call.kind, reason))
 
 
 def _leaf_records(
@@ -432,6 +524,20 @@ def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> 
                 f"leaf_modules entries must be nn.Module subclasses or qualified names, "
                 f"got {leaf!r}"
             )
+
+
+def _example_tuple(model: nn.Module, example_inputs: Any) -> tuple | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list | tuple):
+        return tuple(example_inputs)
+    raise LoweringError(
+        f"example_inputs for {type(model).__name__} must be a tensor or a tuple of the model's "
+        f"positional arguments, got {type(example_inputs).__name__}; e.g. "
+        "example_inputs=(torch.randn(1, 3, 224, 224),)"
+    )
 
 
 def _copy_model(model: nn.Module) -> nn.Module:

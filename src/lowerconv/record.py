@@ -30,6 +30,10 @@ class LoweredConv:
     feeding the conv and of the node now producing its output, ``nodes`` all nodes emitted, and
     ``graph_module`` the qualified name of the submodule whose graph holds them ('' for the
     returned module itself; the fallback path lowers each conv in its own small graph).
+
+    ``mechanism`` is ``"graph"`` when nodes replace the conv, ``"run time"`` when its call is
+    lowered as the model runs (an untraceable ``Conv2d`` subclass, or an ``F.conv2d`` call in a
+    forward ``torch.fx`` could not trace); ``note`` then says where it is called from.
     """
 
     name: str
@@ -42,6 +46,7 @@ class LoweredConv:
     nodes: list[str]
     graph_module: str = ""
     note: str = ""
+    mechanism: str = "graph"
 
     def to_dict(self) -> dict:
         return {
@@ -55,6 +60,7 @@ class LoweredConv:
             "nodes": list(self.nodes),
             "graph_module": self.graph_module,
             "note": self.note,
+            "mechanism": self.mechanism,
         }
 
 
@@ -63,7 +69,14 @@ class LoweringRecord:
     """The pass's account of one call to :func:`lowerconv.lower`.
 
     ``path`` is ``"graph"`` when the whole model was traced into one graph, ``"fallback"`` when
-    tracing failed (``trace_error`` says why) and each conv was lowered on its own.
+    tracing failed (``trace_error`` says why): then each ``Conv2d`` module is lowered on its own
+    and every other ``F.conv2d`` call of the forward is lowered at run time.
+
+    ``runtime`` names the modules whose whole forward runs under run-time lowering (``""`` is
+    the model itself, on the fallback path; on the graph path, ``leaf_modules=`` modules).  The
+    convs they call are in ``lowered`` (``mechanism="run time"``) when ``lower`` was given
+    ``example_inputs`` to run them on; ``runtime_calls_listed`` says whether it was.  ``skipped``
+    lists every convolution of another kind the pass met, on every path.
     """
 
     model: str
@@ -72,6 +85,9 @@ class LoweringRecord:
     trace_error: str | None = None
     lowered: list[LoweredConv] = field(default_factory=list)
     skipped: list[SkippedConv] = field(default_factory=list)
+    runtime: list[str] = field(default_factory=list)
+    runtime_calls_listed: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_lowered(self) -> int:
@@ -91,6 +107,9 @@ class LoweringRecord:
             "trace_error": self.trace_error,
             "lowered": [c.to_dict() for c in self.lowered],
             "skipped": [s.to_dict() for s in self.skipped],
+            "runtime": list(self.runtime),
+            "runtime_calls_listed": self.runtime_calls_listed,
+            "notes": list(self.notes),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -101,6 +120,8 @@ class LoweringRecord:
         text = f"{self.model}: lowered {self.num_lowered} conv(s) ({used}) on the {self.path} path"
         if self.skipped:
             text += f"; left {len(self.skipped)} alone"
+        if self.runtime and not self.runtime_calls_listed:
+            text += "; F.conv2d calls lowered at run time (listed once the model runs)"
         return text
 
     def __str__(self) -> str:
@@ -110,7 +131,8 @@ class LoweringRecord:
         ]
         rows += [[s.name, s.kind, "", "", s.reason] for s in self.skipped]
         table = tabulate(rows, headers=["conv", "was", "config", "strategy", "result"])
-        return f"{table}\n{self.summary()}"
+        notes = "".join(f"\nnote: {note}" for note in self.notes)
+        return f"{table}\n{self.summary()}{notes}"
 
 
 def lowering_record(module: nn.Module) -> LoweringRecord:

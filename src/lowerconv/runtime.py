@@ -1,43 +1,176 @@
-"""Lowering at run time, for ``Conv2d`` subclasses whose ``forward`` ``torch.fx`` cannot trace.
+"""Lowering at run time, for the convolutions a graph cannot reach.
 
-Some subclasses compute their padding from the input with plain Python (``math.ceil`` of a
-size, ``max(pad, 0)``: timm's ``Conv2dSame``), which symbolic tracing cannot follow.  Their
-``forward`` must keep running as written, so it runs unchanged under a ``TorchFunctionMode`` that
-sends every ``F.conv2d`` call to :func:`lowerconv.functional.conv2d`: the arithmetic is the
-same strategy as in a lowered graph, and no convolution op runs.
+Two things defeat a graph: ``Conv2d`` subclasses whose ``forward`` computes its padding with
+plain Python (timm's ``Conv2dSame``), and whole models that ``torch.fx`` cannot trace at all
+(type checks, data-dependent branches: most Hugging Face models, kornia's filters).  Both keep
+running their ``forward`` as written, under :class:`Im2colMode`, a ``TorchFunctionMode`` that
+sends every ``F.conv2d``/``torch.conv2d`` call to :func:`lowerconv.functional.conv2d`: the same
+strategies as in a lowered graph, plain differentiable tensor ops (gradients reach whatever
+parameters built the kernel), and no convolution op.
+
+- :class:`RuntimeLoweredConv2d` wraps one ``Conv2d`` subclass;
+- :class:`RuntimeLowering` is a pair of forward hooks that runs a whole module's forward (the
+  model on the fallback path, a ``leaf_modules=`` module on the graph path) under the mode.
+
+Which convolutions ran this way is only known once the model runs: :func:`observe_conv_calls`
+reports each call, with the module it came from (:func:`trace_conv_calls` collects them), for the
+record, ``lowerconv graph`` and the verifier.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .functional import conv2d
+from .spec import ConvSpec
 
-__all__ = ["Im2colMode", "RuntimeLoweredConv2d"]
+__all__ = [
+    "CONV_FUNCTIONS",
+    "ConvCall",
+    "ConvCallRecorder",
+    "Im2colMode",
+    "RuntimeLoweredConv2d",
+    "RuntimeLowering",
+    "observe_conv_calls",
+    "runtime_lowering",
+    "trace_conv_calls",
+]
+
+# The functional convolutions a forward can call, by kind.  Only "conv2d" is lowered at run time;
+# the others are reported so that the record can list them as left alone.
+CONV_FUNCTIONS: dict[Any, str] = {
+    F.conv1d: "conv1d",
+    F.conv2d: "conv2d",
+    F.conv3d: "conv3d",
+    F.conv_transpose1d: "conv_transpose1d",
+    F.conv_transpose2d: "conv_transpose2d",
+    F.conv_transpose3d: "conv_transpose3d",
+}
+
+_CONV2D_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+@dataclass
+class ConvCall:
+    """One functional convolution call seen while a module ran.
+
+    ``scope`` is ``"model"`` for a call made under a whole-module :class:`RuntimeLowering`, or
+    ``"module"`` under a :class:`RuntimeLoweredConv2d` (recorded by that module's own entry), or
+    ``"native"`` for a call that ran as the convolution op (under :class:`ConvCallRecorder`).
+    ``arguments`` are the call's arguments by name (input, weight, bias, stride, ...).
+    """
+
+    kind: str
+    scope: str
+    lowered: bool
+    strategy: str | None
+    arguments: dict[str, Any]
+    output: Any
+    spec: ConvSpec | None = None
+    called_from: str | None = None  # the innermost module of the model on the stack
+    location: str | None = None  # the model's own source line that made the call
+    name: str = ""  # ``called_from``, numbered when one module makes several calls
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        x = self.arguments.get("input")
+        return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        return tuple(self.output.shape) if isinstance(self.output, torch.Tensor) else None
+
+
+_OBSERVER: ContextVar[Callable[[ConvCall], None] | None] = ContextVar(
+    "lowerconv_conv_observer", default=None
+)
+
+
+@contextlib.contextmanager
+def observe_conv_calls(callback: Callable[[ConvCall], None]) -> Iterator[None]:
+    """Within this block, every convolution call that lowerconv's modes see goes to ``callback``.
+
+    Costs nothing outside it: the modes read one context variable per convolution call.
+    """
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
+def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    bound = dict(zip(_CONV2D_ARG_NAMES, args, strict=False))
+    bound.update(kwargs)
+    return bound
+
+
+def _report(func: Any, args: tuple, kwargs: dict, output: Any, **how: Any) -> None:
+    observer = _OBSERVER.get()
+    if observer is not None:
+        observer(
+            ConvCall(
+                CONV_FUNCTIONS[func], arguments=_bind(func, args, kwargs), output=output, **how
+            )
+        )
 
 
 class Im2colMode(TorchFunctionMode):
-    """Within this mode, ``F.conv2d``/``torch.conv2d`` calls run as im2col + matmul."""
+    """Within this mode, ``F.conv2d``/``torch.conv2d`` calls run as im2col + matmul.
 
-    def __init__(self, strategy: str = "unfold", max_workspace_bytes: int | None = None) -> None:
+    ``scope`` says who pushed the mode (``"model"`` or ``"module"``), for observers.
+    """
+
+    def __init__(
+        self, strategy: str = "unfold", max_workspace_bytes: int | None = None, scope: str = "model"
+    ) -> None:
         super().__init__()
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
+        self.scope = scope
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d:
-            return conv2d(
+            out = conv2d(
                 *args,
                 strategy=self.strategy,
                 max_workspace_bytes=self.max_workspace_bytes,
                 **kwargs,
             )
-        return func(*args, **kwargs)
+            _report(func, args, kwargs, out, scope=self.scope, lowered=True, strategy=self.strategy)
+            return out
+        out = func(*args, **kwargs)
+        if func in CONV_FUNCTIONS:
+            _report(func, args, kwargs, out, scope=self.scope, lowered=False, strategy=None)
+        return out
+
+
+class ConvCallRecorder(TorchFunctionMode):
+    """Reports every functional convolution call to the observer and runs it unchanged.
+
+    The verifier runs the original model (and its float64 oracle) under it, to get each
+    convolution's arguments and output where the lowered model lowered it at run time.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in CONV_FUNCTIONS:
+            _report(func, args, kwargs, out, scope="native", lowered=False, strategy=None)
+        return out
 
 
 class RuntimeLoweredConv2d(nn.Module):
@@ -64,7 +197,7 @@ class RuntimeLoweredConv2d(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         conv = self._wrapped_conv
         conv.training = self.training
-        with Im2colMode(self.strategy, self.max_workspace_bytes):
+        with Im2colMode(self.strategy, self.max_workspace_bytes, scope="module"):
             return conv(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -80,3 +213,171 @@ class RuntimeLoweredConv2d(nn.Module):
     def extra_repr(self) -> str:
         conv = self._wrapped_conv
         return f"{type(conv).__name__}({conv.extra_repr()}), strategy={self.strategy!r}"
+
+
+# -- whole modules ---------------------------------------------------------------------------------
+
+RUNTIME_ATTR = "_lowerconv_runtime_lowering"
+
+# The modes a RuntimeLowering has entered and not yet left, per thread (a forward runs on one).
+_ACTIVE = threading.local()
+
+
+class RuntimeLowering:
+    """Runs a module's whole ``forward`` under :class:`Im2colMode`, by a pair of forward hooks.
+
+    Hooks keep the module itself (its class, ``state_dict()``, ``isinstance``) unchanged, and
+    they survive ``copy.deepcopy`` and pickling.  The exit hook is registered with
+    ``always_call=True``, so a forward that raises still leaves the mode.  Calling
+    ``module.forward(x)`` directly bypasses hooks, as it bypasses every hook in PyTorch.
+    """
+
+    def __init__(self, strategy: str, max_workspace_bytes: int | None = None) -> None:
+        self.strategy = strategy
+        self.max_workspace_bytes = max_workspace_bytes
+
+    def attach(self, module: nn.Module) -> None:
+        module.register_forward_pre_hook(self.enter, prepend=True)
+        module.register_forward_hook(self.exit, always_call=True)
+        object.__setattr__(module, RUNTIME_ATTR, self)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        mode = Im2colMode(self.strategy, self.max_workspace_bytes, scope="model")
+        mode.__enter__()
+        _stack().append((self, mode))
+
+    def exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        stack = _stack()
+        if stack and stack[-1][0] is self:  # not entered when an earlier pre-hook raised
+            _, mode = stack.pop()
+            mode.__exit__(None, None, None)
+
+
+def _stack() -> list[tuple[RuntimeLowering, Im2colMode]]:
+    if not hasattr(_ACTIVE, "stack"):
+        _ACTIVE.stack = []
+    return _ACTIVE.stack
+
+
+def runtime_lowering(module: nn.Module) -> RuntimeLowering | None:
+    """The :class:`RuntimeLowering` attached to ``module`` by :func:`lowerconv.lower`, if any."""
+    return module.__dict__.get(RUNTIME_ATTR)
+
+
+# -- who called -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _CallTracer:
+    """Collects :class:`ConvCall` s, naming each by the innermost module of ``root`` on the stack."""
+
+    root: nn.Module
+    keep_tensors: bool = False
+    scopes: tuple[str, ...] = ("model", "native")
+    calls: list[ConvCall] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.names = {id(m): name for name, m in self.root.named_modules(remove_duplicate=False)}
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, call: ConvCall) -> None:
+        if call.scope not in self.scopes:
+            return
+        call.called_from, call.location = self._caller()
+        base = call.called_from or "forward"
+        self.counts[base] = self.counts.get(base, 0) + 1
+        call.name = base if self.counts[base] == 1 else f"{base}#{self.counts[base]}"
+        if call.kind == "conv2d":
+            call.spec = _spec_of(call.arguments)
+        if self.keep_tensors:
+            call.arguments = _snapshot(call.arguments)
+            call.output = _snapshot(call.output)
+        else:
+            call.arguments = {
+                k: _Shape(v) if isinstance(v, torch.Tensor) else v
+                for k, v in call.arguments.items()
+            }
+            call.output = _Shape(call.output) if isinstance(call.output, torch.Tensor) else None
+        self.calls.append(call)
+
+    def _caller(self) -> tuple[str | None, str | None]:
+        module_name = location = None
+        frame = sys._getframe(2)
+        skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if location is None and not filename.startswith(skip):
+                location = f"{filename}:{frame.f_lineno}"
+            owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+            if owner is not None and id(owner) in self.names:
+                module_name = self.names[id(owner)]
+                break
+            frame = frame.f_back
+        return module_name, location
+
+
+class _Shape:
+    """Stands in for a tensor whose shape and dtype is all an observer keeps."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.shape = tensor.shape
+        self.dtype = tensor.dtype
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+def _snapshot(value: Any) -> Any:
+    # Detached copies: later in-place ops on the model's tensors cannot change what was seen.
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+def _spec_of(arguments: dict[str, Any]) -> ConvSpec | None:
+    weight = arguments.get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        return None
+    try:
+        return ConvSpec.from_conv_args(
+            weight.shape,
+            bias=arguments.get("bias") is not None,
+            **{
+                k: arguments[k]
+                for k in ("stride", "padding", "dilation", "groups")
+                if k in arguments
+            },
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def trace_conv_calls(
+    root: nn.Module, *, keep_tensors: bool = False, record_native: bool = False
+) -> Iterator[list[ConvCall]]:
+    """Collect the convolution calls made while the block runs ``root``, named by module path.
+
+    Yields the list that fills as the block runs.  Calls lowered at run time by a whole-module
+    :class:`RuntimeLowering` are reported (those inside a :class:`RuntimeLoweredConv2d` are that
+    module's own, and left out).  ``record_native=True`` also runs the block under
+    :class:`ConvCallRecorder`, for a model that runs its convolutions natively (the original).
+    ``keep_tensors=True`` keeps detached copies of every argument and output; otherwise only
+    their shapes and dtypes.
+    """
+    tracer = _CallTracer(root, keep_tensors=keep_tensors)
+    with observe_conv_calls(tracer), ConvCallRecorder() if record_native else _nothing():
+        yield tracer.calls
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def describe_call_site(call: ConvCall) -> str:
+    """``module 'blur' (kornia/filters/filter.py:118)``, as far as it is known."""
+    where = f"module {call.called_from!r}" if call.called_from else "the model's own forward"
+    return f"{where} ({call.location})" if call.location else where

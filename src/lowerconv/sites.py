@@ -19,7 +19,7 @@ from torch import fx, nn
 from .spec import ConvSpec
 from .trace import is_plain_conv2d
 
-__all__ = ["ConvSite", "SkippedConv", "find_conv_sites"]
+__all__ = ["ConvSite", "SkippedConv", "find_conv_sites", "other_conv_kind", "skipped_conv_modules"]
 
 # Convolution-like modules that are not a 2-D convolution; reported as "not lowered: <kind>".
 _OTHER_CONV_MODULES: tuple[type, ...] = (
@@ -128,10 +128,8 @@ def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedCon
             module = modules.get(str(node.target))
             if isinstance(module, nn.Conv2d) and is_plain_conv2d(module):
                 sites.append(_module_site(node, module))
-            elif isinstance(module, _OTHER_CONV_MODULES):
-                skipped.append(_skip(node, type(module).__name__, "not a 2-D convolution"))
-            elif type(module).__name__ == "DeformConv2d":
-                skipped.append(_skip(node, "DeformConv2d", "deformable offsets are not an im2col"))
+            elif (kind := other_conv_kind(module)) is not None:
+                skipped.append(_skip(node, kind, _WHY_NOT[kind]))
         elif node.op == "call_function":
             if node.target in _CONV2D_FUNCTIONS:
                 sites.append(_function_site(node, static, aten=node.target is not F.conv2d))
@@ -147,6 +145,36 @@ def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedCon
             elif getattr(node.target, "__name__", "") == "deform_conv2d":
                 skipped.append(_skip(node, "deform_conv2d", "deformable offsets are not an im2col"))
     return sites, skipped
+
+
+_WHY_NOT = {
+    **{cls.__name__: "not a 2-D convolution" for cls in _OTHER_CONV_MODULES},
+    "DeformConv2d": "deformable offsets are not an im2col",
+}
+
+
+def other_conv_kind(module: nn.Module) -> str | None:
+    """``"ConvTranspose2d"``, ``"Conv3d"``, ...: the kind of a convolution module the pass does not
+    lower (its class name, or its nearest ``torch.nn``/torchvision base's); None for any other."""
+    for cls in _OTHER_CONV_MODULES:
+        if isinstance(module, cls):
+            return cls.__name__
+    if any(base.__name__ == "DeformConv2d" for base in type(module).__mro__):
+        return "DeformConv2d"
+    return None
+
+
+def skipped_conv_modules(root: nn.Module, already: set[str] = frozenset()) -> list[SkippedConv]:
+    """Every convolution module of ``root`` the pass does not lower, by qualified name.
+
+    ``already`` are names recorded elsewhere (a graph's ``call_module`` node of that module).
+    """
+    found = []
+    for name, module in root.named_modules():
+        kind = other_conv_kind(module)
+        if kind is not None and name not in already:
+            found.append(SkippedConv(name, "", kind, f"not lowered: {kind} ({_WHY_NOT[kind]})"))
+    return found
 
 
 def _skip(node: fx.Node, kind: str, reason: str) -> SkippedConv:

@@ -132,8 +132,9 @@ def describe_trace_failure(model: nn.Module, tracer: LoweringTracer, exc: BaseEx
         lines.append(f"  last node traced: {last}")
     lines.append(
         "  fix: pass concrete_args= to fix the inputs that drive control flow, name the module "
-        "that cannot be traced in leaf_modules= (its convolutions are then not lowered), or leave "
-        "strict=False (the default) to lower each Conv2d module on its own."
+        "that cannot be traced in leaf_modules= (its convolutions are then lowered at run time), "
+        "or leave strict=False (the default) to lower each Conv2d module on its own and every "
+        "other F.conv2d call at run time."
     )
     return "\n".join(lines)
 
