@@ -41,6 +41,7 @@ __all__ = [
     "ConvCall",
     "ConvCallRecorder",
     "Im2colMode",
+    "ModuleLocator",
     "RuntimeLoweredConv2d",
     "RuntimeLowering",
     "observe_conv_calls",
@@ -267,6 +268,31 @@ def runtime_lowering(module: nn.Module) -> RuntimeLowering | None:
 # -- who called -------------------------------------------------------------------------------------
 
 
+class ModuleLocator:
+    """Names the innermost module of ``root`` whose code is on the Python stack, and the model's
+    own source line (outside torch and lowerconv) nearest the top: where a call came from."""
+
+    _SKIP = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+
+    def __init__(self, root: nn.Module) -> None:
+        self.names = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
+
+    def locate(self) -> tuple[str | None, str | None]:
+        module_name = location = None
+        frame = sys._getframe(1)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if location is None and not filename.startswith(self._SKIP):
+                location = f"{filename}:{frame.f_lineno}"
+            if "self" in frame.f_code.co_varnames:
+                owner = frame.f_locals.get("self")
+                if owner is not None and id(owner) in self.names:
+                    module_name = self.names[id(owner)]
+                    break
+            frame = frame.f_back
+        return module_name, location
+
+
 @dataclass
 class _CallTracer:
     """Collects :class:`ConvCall` s, naming each by the innermost module of ``root`` on the stack."""
@@ -277,13 +303,13 @@ class _CallTracer:
     calls: list[ConvCall] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.names = {id(m): name for name, m in self.root.named_modules(remove_duplicate=False)}
+        self.locator = ModuleLocator(self.root)
         self.counts: dict[str, int] = {}
 
     def __call__(self, call: ConvCall) -> None:
         if call.scope not in self.scopes:
             return
-        call.called_from, call.location = self._caller()
+        call.called_from, call.location = self.locator.locate()
         base = call.called_from or "forward"
         self.counts[base] = self.counts.get(base, 0) + 1
         call.name = base if self.counts[base] == 1 else f"{base}#{self.counts[base]}"
@@ -299,21 +325,6 @@ class _CallTracer:
             }
             call.output = _Shape(call.output) if isinstance(call.output, torch.Tensor) else None
         self.calls.append(call)
-
-    def _caller(self) -> tuple[str | None, str | None]:
-        module_name = location = None
-        frame = sys._getframe(2)
-        skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            if location is None and not filename.startswith(skip):
-                location = f"{filename}:{frame.f_lineno}"
-            owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
-            if owner is not None and id(owner) in self.names:
-                module_name = self.names[id(owner)]
-                break
-            frame = frame.f_back
-        return module_name, location
 
 
 class _Shape:

@@ -1,0 +1,288 @@
+"""Nothing slips through: every convolution is lowered or accounted for, on every path.
+
+Each failure class that once let a user be told something untrue has a small synthetic model
+here: a functional conv with a kernel built in ``forward`` inside an untraceable model, an
+untraceable model holding a ``ConvTranspose2d``, a user leaf module calling ``F.conv2d``.  The
+reference is the original model, and an ATen-level recorder that is shown to see a conv when
+one runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lowerconv
+from lowerconv.runtime import runtime_lowering
+
+
+class ConvOps(TorchDispatchMode):
+    """Every ATen convolution op dispatched, with whether its weight is 2-D and not transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if "convolution" in name or "conv" in name.split("::")[-1]:
+            two_d = False
+            if name.endswith("::convolution") and len(args) > 6:
+                two_d = args[1].dim() == 4 and not args[6]
+            elif name.endswith("::convolution_backward") and len(args) > 7:
+                two_d = args[2].dim() == 4 and not args[7]
+            self.ops.append((name, two_d))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def two_d(self) -> list[str]:
+        return [name for name, two_d in self.ops if two_d]
+
+
+def conv_ops(model: nn.Module, x: torch.Tensor, backward: bool = False) -> ConvOps:
+    with ConvOps() as seen:
+        out = model(x)
+        if backward:
+            out.sum().backward()
+    return seen
+
+
+def gaussian_kernel(size: int, sigma: torch.Tensor) -> torch.Tensor:
+    coords = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+class Blur(nn.Module):
+    """kornia's filters, in small: a kernel built in forward, a type check, a branch on data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigma = nn.Parameter(torch.tensor(1.3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor, got {type(x)}")
+        if bool(x.abs().max() > 1e6):  # data-dependent: torch.fx cannot trace this
+            return x
+        kernel = gaussian_kernel(5, self.sigma).to(x.dtype)
+        kernel = kernel.expand(x.shape[1], 1, 5, 5)
+        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=x.shape[1])
+
+
+class Sobel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype)
+        k = torch.stack([k, k.t()]).unsqueeze(1).repeat(x.shape[1], 1, 1, 1)
+        return torch.conv2d(x, k, padding=1, groups=x.shape[1])
+
+
+class FilterNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blur = Blur()
+        self.edges = Sobel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.edges(self.blur(self.stem(x)))
+
+
+class Decoder(nn.Module):
+    """Untraceable, with ConvTranspose2d modules and a functional transposed conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up1 = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.up2 = nn.ConvTranspose2d(4, 2, 2, stride=2)
+        self.extra = nn.Parameter(torch.randn(2, 2, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            return x
+        y = self.up2(self.up1(self.conv(x)))
+        return F.conv_transpose2d(y, self.extra, padding=1)
+
+
+def test_untraceable_functional_convs_are_lowered_at_run_time() -> None:
+    model = FilterNet().eval()
+    x = torch.randn(2, 3, 12, 10)
+    seen = conv_ops(model, x)
+    assert len(seen.two_d) == 3  # the recorder sees all three convs when they run
+
+    lowered = lowerconv.lower(model)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback"
+    assert record.runtime == [""]
+    assert conv_ops(lowered, x).ops == []
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+    # Without inputs the record cannot list them yet, and says so.
+    assert not record.runtime_calls_listed
+    assert any("example_inputs=" in note for note in record.notes)
+    assert "run time" in record.summary()
+
+
+def test_run_time_convs_are_listed_with_the_module_they_came_from() -> None:
+    model = FilterNet().eval()
+    x = torch.randn(2, 3, 12, 10)
+    lowered = lowerconv.lower(model, example_inputs=x)
+    record = lowerconv.lowering_record(lowered)
+    assert record.runtime_calls_listed
+    by_name = {c.name: c for c in record.lowered}
+    assert list(by_name) == ["stem", "blur", "edges"]
+    assert by_name["blur"].mechanism == "run time"
+    assert by_name["blur"].strategy == "unfold (run time)"
+    assert by_name["blur"].spec.groups == 4 and by_name["blur"].spec.kernel_size == (5, 5)
+    assert "called from module 'blur'" in by_name["blur"].note
+    assert __file__ in by_name["edges"].note  # the model's own line that made the call
+    assert by_name["stem"].mechanism == "graph"
+    assert record.to_dict()["lowered"][1]["mechanism"] == "run time"
+    assert "unfold (run time)" in str(record)
+
+
+def test_run_time_strategy_auto_names_the_concrete_strategy() -> None:
+    model = FilterNet().eval()
+    x = torch.randn(1, 3, 12, 10)
+    lowered = lowerconv.lower(model, strategy="auto", example_inputs=(x,))
+    record = lowerconv.lowering_record(lowered)
+    assert conv_ops(lowered, x).ops == []
+    run_time = [c.strategy for c in record.lowered if c.mechanism == "run time"]
+    assert run_time == ["depthwise (run time)", "depthwise (run time)"]
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_the_parameters_that_built_the_kernel() -> None:
+    model = FilterNet().double().train()
+    lowered = lowerconv.lower(model)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    model(x).pow(2).sum().backward()
+    seen = conv_ops(lowered, x, backward=False)
+    assert seen.ops == []
+    with ConvOps() as seen:
+        lowered(x).pow(2).sum().backward()
+    assert seen.ops == []  # forward and backward
+    for name, param in lowered.named_parameters():
+        original = model.get_parameter(name)
+        torch.testing.assert_close(param.grad, original.grad, rtol=1e-9, atol=1e-10)
+    assert model.blur.sigma.grad is not None
+
+
+def test_run_time_lowering_survives_deepcopy_pickle_and_errors() -> None:
+    model = FilterNet().eval()
+    lowered = lowerconv.lower(model)
+    x = torch.randn(1, 3, 8, 8)
+    expected = model(x)
+    buffer = io.BytesIO()
+    torch.save(lowered, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(lowered), torch.load(buffer, weights_only=False)):
+        assert runtime_lowering(copied) is not None
+        assert conv_ops(copied, x).ops == []
+        torch.testing.assert_close(copied(x), expected, rtol=1e-5, atol=1e-5)
+    # A forward that raises leaves the mode: later plain convs run natively again.
+    with pytest.raises(RuntimeError):
+        lowered(torch.randn(1, 5, 8, 8))
+    assert conv_ops(nn.Conv2d(3, 3, 1), x).two_d != []
+    # The model's class, state_dict and mode are the original's.
+    assert type(lowered) is FilterNet
+    assert list(lowered.state_dict()) == list(model.state_dict())
+
+
+def test_untraceable_model_lists_every_other_conv_kind_as_left_alone() -> None:
+    model = Decoder().eval()
+    x = torch.randn(1, 3, 6, 6)
+    lowered = lowerconv.lower(model, example_inputs=x)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback"
+    skipped = [(s.name, s.kind) for s in record.skipped]
+    assert skipped == [
+        ("up1", "ConvTranspose2d"),
+        ("up2", "ConvTranspose2d"),
+        ("forward", "conv_transpose2d"),
+    ]
+    assert "called from the model's own forward" in record.skipped[2].reason
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+    assert conv_ops(lowered, x).two_d == []
+    # Without inputs the modules are still listed.
+    unlisted = lowerconv.lowering_record(lowerconv.lower(model)).skipped
+    assert [s.name for s in unlisted] == ["up1", "up2"]
+
+
+def test_graph_path_lists_unused_and_nested_other_kinds_once() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+            self.unused = nn.Conv1d(4, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.up(self.conv(x))
+
+    record = lowerconv.lowering_record(lowerconv.lower(Net()))
+    assert record.path == "graph"
+    assert [(s.name, s.kind) for s in record.skipped] == [
+        ("up", "ConvTranspose2d"),
+        ("unused", "Conv1d"),
+    ]
+
+
+def test_user_leaf_modules_run_their_functional_convs_lowered() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.edges = Sobel()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.edges(self.stem(x))
+
+    model = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    lowered = lowerconv.lower(model, leaf_modules=[Sobel], example_inputs=x)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "graph"
+    assert record.runtime == ["edges"]
+    assert [(c.name, c.mechanism) for c in record.lowered] == [
+        ("stem", "graph"),
+        ("edges", "run time"),
+    ]
+    assert conv_ops(lowered, x).ops == []
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_lower_rejects_bad_example_inputs_and_names_the_fix() -> None:
+    with pytest.raises(lowerconv.LoweringError, match="tuple of the model's positional"):
+        lowerconv.lower(FilterNet(), example_inputs={"x": 1})
+    with pytest.raises(lowerconv.LoweringError, match="failed on example_inputs"):
+        lowerconv.lower(FilterNet(), example_inputs=torch.randn(1, 5, 8, 8))
+
+
+def test_listing_run_time_convs_changes_nothing() -> None:
+    class Norm(FilterNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm2d(8)  # Sobel doubles the channels
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(super().forward(x))
+
+    model = Norm().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    state = torch.get_rng_state()
+    lowered = lowerconv.lower(model, example_inputs=x)
+    assert torch.equal(torch.get_rng_state(), state)
+    for key, value in lowered.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert lowered.training and model.training
