@@ -286,3 +286,18 @@ def test_listing_run_time_convs_changes_nothing() -> None:
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     assert lowered.training and model.training
+
+
+def test_graph_inspection_shows_run_time_convs_with_their_shapes() -> None:
+    from lowerconv.inspect import inspect_lowered
+
+    model = FilterNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    inspection = inspect_lowered(lowerconv.lower(model), (x,))
+    rows = {row.name: row for row in inspection.rows}
+    assert list(rows) == ["stem", "blur", "edges"]
+    assert rows["blur"].input_shape == (2, 4, 12, 12)  # after its reflect padding
+    assert rows["blur"].output_shape == (2, 4, 8, 8)
+    assert rows["edges"].gemm_shape == (8, 9, 128)
+    assert rows["edges"].strategy == "unfold (run time)"
+    assert "3 conv(s) lowered" in inspection.summary()

@@ -22,6 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import LoweringError
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
+from .runtime import ConvCall, trace_conv_calls
 from .spec import ConvSpec
 
 __all__ = ["ConvRow", "GraphInspection", "format_bytes", "format_count", "inspect_lowered"]
@@ -129,9 +130,12 @@ class GraphInspection:
 
     def summary(self) -> str:
         record = self.record
-        used = ", ".join(f"{k}: {v}" for k, v in record.strategies_used().items()) or "none"
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row.strategy] = counts.get(row.strategy, 0) + 1
+        used = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
         text = (
-            f"{self.model}: {record.num_lowered} conv(s) lowered ({used}) on the {record.path} "
+            f"{self.model}: {len(self.rows)} conv(s) lowered ({used}) on the {record.path} "
             f"path, {len(self.skipped)} left alone"
         )
         flops = [row.flops for row in self.rows if row.flops is not None]
@@ -157,6 +161,8 @@ def inspect_lowered(
     record = lowering_record(lowered)
     by_module: dict[str, list[LoweredConv]] = {}
     for conv in record.lowered:
+        if conv.mechanism == "run time" and not _is_graph(lowered, conv.graph_module):
+            continue  # its shapes come from the run below
         by_module.setdefault(conv.graph_module, []).append(conv)
 
     # Convs in lowered submodules (the fallback path): capture each one's first inputs.
@@ -172,7 +178,11 @@ def inspect_lowered(
             handles.append(submodule.register_forward_pre_hook(capture))
     try:
         # ShapeProp prints a traceback of any error before raising; the message below says it
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            torch.no_grad(),
+            contextlib.redirect_stderr(io.StringIO()),
+            trace_conv_calls(lowered, scopes=("model", "module")) as calls,
+        ):
             if "" in by_module:
                 if not isinstance(lowered, fx.GraphModule):
                     raise LoweringError(
@@ -213,8 +223,49 @@ def inspect_lowered(
                     dtype=in_meta.dtype if in_meta is not None else None,
                 )
             )
+    rows += _run_time_rows(record, lowered, calls)
     return GraphInspection(
         model=model or record.model, record=record, rows=rows, code=lowered_code(lowered)
+    )
+
+
+def _is_graph(lowered: nn.Module, qualname: str) -> bool:
+    return isinstance(lowered.get_submodule(qualname) if qualname else lowered, fx.GraphModule)
+
+
+def _run_time_rows(
+    record: LoweringRecord, lowered: nn.Module, calls: list[ConvCall]
+) -> list[ConvRow]:
+    """Rows for the convs lowered at run time, with the shapes their calls had.
+
+    A ``Conv2d`` subclass lowered at run time is its record entry (called from its module); a
+    call under a whole-module run-time lowering is a row of its own, as it ran.
+    """
+    rows = []
+    by_module = {c.called_from: c for c in calls if c.scope == "module" and c.lowered}
+    for conv in record.lowered:
+        if (
+            conv.mechanism == "run time"
+            and conv.graph_module
+            and not _is_graph(lowered, conv.graph_module)
+        ):
+            call = by_module.get(conv.graph_module)
+            rows.append(_row(conv.name, conv.strategy, conv.spec, call))
+    for call in calls:
+        if call.scope == "model" and call.lowered:
+            rows.append(_row(call.name, f"{call.concrete_strategy} (run time)", call.spec, call))
+    return rows
+
+
+def _row(name: str, strategy: str, spec: ConvSpec | None, call: ConvCall | None) -> ConvRow:
+    x = call.arguments.get("input") if call is not None else None
+    return ConvRow(
+        name=name,
+        strategy=strategy,
+        spec=spec if spec is not None else (call.spec if call is not None else None),
+        input_shape=call.input_shape if call is not None else None,
+        output_shape=call.output_shape if call is not None else None,
+        dtype=getattr(x, "dtype", None),
     )
 
 
@@ -224,7 +275,7 @@ def lowered_code(lowered: nn.Module) -> str:
     if record.path == "graph" and isinstance(lowered, fx.GraphModule):
         return lowered.code.strip() + "\n"
     parts = [f"# {record.model} could not be traced as one graph: {record.trace_error}"]
-    for qualname in dict.fromkeys(c.graph_module for c in record.lowered):
+    for qualname in dict.fromkeys(c.graph_module for c in record.lowered if c.graph_module):
         submodule = lowered.get_submodule(qualname)
         if isinstance(submodule, fx.GraphModule):
             parts.append(f"# {qualname}\n{submodule.code.strip()}")

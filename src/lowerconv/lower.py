@@ -192,16 +192,13 @@ def _list_runtime_convs(lowered: nn.Module, record: LoweringRecord, inputs: tupl
     for call in calls:
         site = describe_call_site(call)
         if call.lowered:
-            concrete = record.strategy
-            if concrete == "auto":
-                concrete = choose_strategy(call.spec) if call.spec is not None else "unfold"
             record.lowered.append(
                 LoweredConv(
                     name=call.name,
                     node="",
                     target="F.conv2d",
                     spec=call.spec,
-                    strategy=f"{concrete} (run time)",
+                    strategy=f"{call.concrete_strategy} (run time)",
                     input_node="",
                     output_node="",
                     nodes=[],

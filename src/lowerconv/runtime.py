@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from .functional import conv2d
 from .spec import ConvSpec
+from .strategies import choose_strategy
 
 __all__ = [
     "CONV_FUNCTIONS",
@@ -85,13 +86,21 @@ class ConvCall:
     name: str = ""  # ``called_from``, numbered when one module makes several calls
 
     @property
+    def concrete_strategy(self) -> str | None:
+        """The strategy that computed a lowered call (``"auto"`` resolved for its spec)."""
+        if self.strategy != "auto":
+            return self.strategy
+        return choose_strategy(self.spec) if self.spec is not None else "unfold"
+
+    @property
     def input_shape(self) -> tuple[int, ...] | None:
-        x = self.arguments.get("input")
-        return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+        shape = getattr(self.arguments.get("input"), "shape", None)
+        return tuple(shape) if shape is not None else None
 
     @property
     def output_shape(self) -> tuple[int, ...] | None:
-        return tuple(self.output.shape) if isinstance(self.output, torch.Tensor) else None
+        shape = getattr(self.output, "shape", None)
+        return tuple(shape) if shape is not None else None
 
 
 _OBSERVER: ContextVar[Callable[[ConvCall], None] | None] = ContextVar(
@@ -367,7 +376,11 @@ def _spec_of(arguments: dict[str, Any]) -> ConvSpec | None:
 
 @contextlib.contextmanager
 def trace_conv_calls(
-    root: nn.Module, *, keep_tensors: bool = False, record_native: bool = False
+    root: nn.Module,
+    *,
+    keep_tensors: bool = False,
+    record_native: bool = False,
+    scopes: tuple[str, ...] = ("model", "native"),
 ) -> Iterator[list[ConvCall]]:
     """Collect the convolution calls made while the block runs ``root``, named by module path.
 
@@ -376,9 +389,10 @@ def trace_conv_calls(
     module's own, and left out).  ``record_native=True`` also runs the block under
     :class:`ConvCallRecorder`, for a model that runs its convolutions natively (the original).
     ``keep_tensors=True`` keeps detached copies of every argument and output; otherwise only
-    their shapes and dtypes.
+    their shapes and dtypes.  ``scopes`` adds ``"module"`` for the calls inside each
+    :class:`RuntimeLoweredConv2d`.
     """
-    tracer = _CallTracer(root, keep_tensors=keep_tensors)
+    tracer = _CallTracer(root, keep_tensors=keep_tensors, scopes=scopes)
     with observe_conv_calls(tracer), ConvCallRecorder() if record_native else _nothing():
         yield tracer.calls
 
