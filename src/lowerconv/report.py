@@ -15,6 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .errors import VerificationError
 from .metrics import Judgement, TensorDiff, Tolerance
 
 __all__ = [
@@ -210,8 +211,6 @@ class VerificationReport:
 
     def raise_if_failed(self) -> VerificationReport:
         """Raise :class:`VerificationError` if verification failed; return ``self`` otherwise."""
-        from .verify import VerificationError  # defined with verify(), which imports this module
-
         message = self.failure_message()
         if message is not None:
             raise VerificationError(message)

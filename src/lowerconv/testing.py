@@ -15,8 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from .errors import VerificationError
 from .report import VerificationReport
-from .verify import VerificationError, verify
+from .verify import verify
 
 __all__ = ["VerificationError", "assert_lowering_close"]
 
@@ -28,7 +29,7 @@ def assert_lowering_close(
 
     Runs :func:`lowerconv.verify` with ``verify_kwargs`` (``lowered=``, ``dtype=``,
     ``device=``, ``rtol=``...; timing is off unless ``timing=True`` is passed, as tests should
-    not pay for it) and raises :class:`~lowerconv.verify.VerificationError`, an
+    not pay for it) and raises :class:`~lowerconv.errors.VerificationError`, an
     ``AssertionError``, naming the first failing layer and its numbers.
     """
     verify_kwargs.setdefault("timing", False)
