@@ -126,51 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(debug=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_verify_parser(commands)
+    _add_graph_parser(commands)
+    _add_models_parser(commands)
+    _add_zoo_parser(commands)
+    return parser
 
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", help="print the full traceback of an error")
 
-    model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    group = model.add_argument_group("model and input")
-    group.add_argument(
-        "--batch-size", type=_positive_int, default=1, metavar="N", help="batch size (default 1)"
-    )
-    group.add_argument(
-        "--image-size",
-        type=_positive_int,
-        metavar="PX",
-        help="height and width of the random input (default: the model's own, "
-        "224 for most, 299 for inception_v3, 112 for r3d_18)",
-    )
-    group.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the random init and the random input (default 0)",
-    )
-    group.add_argument(
-        "--weights",
-        metavar="PATH",
-        help="load this state_dict (torch.load(weights_only=True)) into the model first",
-    )
-    lowering = model.add_argument_group("lowering")
-    lowering.add_argument(
-        "--strategy",
-        choices=STRATEGY_NAMES,
-        default="unfold",
-        help="how each conv is lowered (default unfold; auto picks per conv)",
-    )
-    lowering.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail if the model cannot be traced as one graph, instead of lowering each "
-        "Conv2d on its own",
-    )
-
+def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     verify = commands.add_parser(
         "verify",
-        parents=[model, debug],
+        parents=[_model_options(), _debug_option()],
         help="lower a model and check it against the original, layer by layer",
         description=(
             "Lower MODEL, run the original and the lowered model on the same random input,\n"
@@ -212,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
     verify.set_defaults(run=run_verify)
 
+
+def _add_graph_parser(commands: argparse._SubParsersAction) -> None:
     graph = commands.add_parser(
         "graph",
-        parents=[model, debug],
+        parents=[_model_options(), _debug_option()],
         help="show each lowered conv's shapes and GEMM, or the generated code",
         description=(
             "Lower MODEL and show, for each conv, its configuration, the shapes it sees, the\n"
@@ -231,9 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     graph.set_defaults(run=run_graph)
 
+
+def _add_models_parser(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
         "models",
-        parents=[debug],
+        parents=[_debug_option()],
         help="list the torchvision model names MODEL accepts",
         description="List torchvision's model names by category, and which the CLI can build.",
         epilog=MODELS_EPILOG,
@@ -242,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--category", help="list only this category")
     models.set_defaults(run=run_models)
 
+
+def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
     zoo = commands.add_parser(
         "zoo",
-        parents=[debug],
+        parents=[_debug_option()],
         help="lower and verify every torchvision model, and write the table",
         description=(
             "Lower and verify torchvision's model builders one after another on the CPU (random\n"
@@ -299,7 +271,64 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     zoo.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     zoo.set_defaults(run=run_zoo_command)
-    return parser
+
+
+# -- options shared by commands ------------------------------------------------------------------
+
+
+def _debug_option() -> argparse.ArgumentParser:
+    """``--debug``, for every command."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    return debug
+
+
+def _model_options() -> argparse.ArgumentParser:
+    """MODEL and how to build, feed and lower it, for the commands that lower one model."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    _add_input_options(model.add_argument_group("model and input"))
+    _add_lowering_options(model.add_argument_group("lowering"))
+    return model
+
+
+def _add_input_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=1, metavar="N", help="batch size (default 1)"
+    )
+    group.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="PX",
+        help="height and width of the random input (default: the model's own, "
+        "224 for most, 299 for inception_v3, 112 for r3d_18)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random init and the random input (default 0)",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="load this state_dict (torch.load(weights_only=True)) into the model first",
+    )
+
+
+def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="unfold",
+        help="how each conv is lowered (default unfold; auto picks per conv)",
+    )
+    group.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if the model cannot be traced as one graph, instead of lowering each "
+        "Conv2d on its own",
+    )
 
 
 # -- commands ------------------------------------------------------------------------------------
