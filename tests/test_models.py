@@ -9,8 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from lowerconv import realworld
 from lowerconv.errors import LoweringError
-from lowerconv.models import default_image_size, load_weights, resolve_model, suggest_model_names
+from lowerconv.models import (
+    default_image_size,
+    load_weights,
+    resolve_model,
+    suggest_model_names,
+    torchvision_models,
+)
+from lowerconv.realworld import REALWORLD_MODELS
 
 FACTORY_SOURCE = textwrap.dedent(
     """
@@ -126,6 +134,32 @@ def test_below_documented_minimum_size_gets_a_hint():
     resolved = resolve_model("squeezenet1_0", image_size=16)
     assert "--image-size 21" in resolved.failure_hint()
     assert resolve_model("squeezenet1_0", image_size=32).failure_hint() is None
+
+
+# -- real-world names ------------------------------------------------------------------------------
+
+
+def test_realworld_names_never_shadow_torchvision_names():
+    assert not set(REALWORLD_MODELS) & set(torchvision_models())
+
+
+def test_realworld_name_resolves_to_its_registry_inputs():
+    pytest.importorskip("kornia", reason='the zoo extra is not installed: pip install -e ".[zoo]"')
+    resolved = resolve_model("kornia_edges", batch_size=2, seed=1)
+    assert [tuple(t.shape) for t in resolved.example_inputs] == [(2, 3, 64, 64)]
+    assert "kornia" in resolved.origin and "random init, seed 1" in resolved.origin
+    assert not resolved.model.training
+    again = resolve_model("kornia_edges", batch_size=2, seed=1)
+    assert torch.equal(again.example_inputs[0], resolved.example_inputs[0])
+    with pytest.raises(LoweringError, match=r"fixed example inputs.*Fix: drop --image-size"):
+        resolve_model("kornia_edges", image_size=32)
+
+
+def test_realworld_name_without_its_library_names_the_extra(monkeypatch):
+    monkeypatch.setattr(realworld, "_installed", lambda library: False)
+    with pytest.raises(LoweringError, match=r"transformers, which is not installed.*\[zoo\]"):
+        resolve_model("hf_resnet")
+    assert suggest_model_names("hf_resnt")[0] == "hf_resnet"
 
 
 # -- factories -------------------------------------------------------------------------------------

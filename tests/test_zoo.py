@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 import lowerconv
+from lowerconv import realworld
 from lowerconv.cli import main
 from lowerconv.models import resolve_model
+from lowerconv.realworld import REALWORLD_MODELS, available_libraries
 from lowerconv.zoo import LARGE_MODELS, run_zoo, select_models
 
 # (model, category, path expected, why this one: the category or the fallback reason it covers)
@@ -122,6 +124,31 @@ def test_select_models_filters_and_skips_large_ones() -> None:
         select_models(["resnet181"])
     with pytest.raises(lowerconv.LoweringError, match="choose from"):
         select_models(categories=["detector"])
+
+
+def test_realworld_libraries_are_categories_once_installed(monkeypatch) -> None:
+    for library in available_libraries():
+        chosen = select_models(categories=[library])
+        assert chosen and all(category == library for _, category, _ in chosen)
+        assert {name for name, _, _ in chosen} == {
+            name for name, entry in REALWORLD_MODELS.items() if entry.library == library
+        }
+    monkeypatch.setattr(realworld, "_installed", lambda library: False)
+    with pytest.raises(lowerconv.LoweringError, match=r"transformers not installed.*\[zoo\]"):
+        select_models(categories=["transformers"])
+    with pytest.raises(lowerconv.LoweringError, match=r"'hf_vit' come from transformers.*\[zoo\]"):
+        select_models(["hf_vit"])
+
+
+def test_zoo_runs_a_realworld_model_on_its_own_inputs() -> None:
+    pytest.importorskip("kornia", reason='the zoo extra is not installed: pip install -e ".[zoo]"')
+    chosen = select_models(categories=["kornia"], contains="edges")
+    report = run_zoo(chosen, image_size=32, timing=False)  # the size is for torchvision only
+    (row,) = report.rows
+    assert (row.model, row.category) == ("kornia_edges", "kornia")
+    assert row.status == "pass", row.note
+    assert report.environment["kornia"]
+    assert "`kornia` are real-world models" in report.to_markdown()
 
 
 def test_zoo_command_writes_json_and_markdown(tmp_path, capsys) -> None:

@@ -1,9 +1,12 @@
 """Turn the command line's MODEL argument into a module and the example inputs to run it on.
 
-Three spellings are accepted:
+Four spellings are accepted:
 
 - a torchvision model name (``resnet18``): built with ``weights=None`` (no download) from a fixed
   seed, in eval mode, with inputs shaped for its category (images, video clips, image pairs);
+- a real-world model name (``hf_resnet``, ``diffusers_unet2d``...): a model from transformers,
+  diffusers, segmentation_models_pytorch, ultralytics or kornia, built from a small config with
+  random weights by :mod:`lowerconv.realworld`, with that entry's own example inputs;
 - ``package.module:factory``: ``factory()`` is imported and called;
 - ``path/to/file.py:factory``: the file is loaded with :func:`importlib.util.spec_from_file_location`
   and ``factory()`` called.
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 
 from .errors import LoweringError
+from .realworld import REALWORLD_MODELS
 
 __all__ = [
     "CATEGORIES",
@@ -80,7 +84,7 @@ class ResolvedModel:
 
     def describe(self) -> str:
         leaves = torch.utils._pytree.tree_leaves(self.example_inputs)
-        shapes = ", ".join("x".join(map(str, t.shape)) for t in leaves)
+        shapes = ", ".join("x".join(map(str, t.shape)) or "scalar" for t in leaves)
         if self.example_inputs and isinstance(self.example_inputs[0], list):
             shapes = f"a list of {len(leaves)} image(s) {shapes}"
         return f"{self.spec} ({self.origin}), input {shapes}"
@@ -109,8 +113,8 @@ def resolve_model(
     """Build the model named by ``spec`` and its example inputs; see the module docstring.
 
     ``image_size`` of None means the model's own default (224 for most, 299 for inception_v3,
-    112 for the 3-D ResNets).  ``weights`` is a ``state_dict`` file loaded with
-    :func:`load_weights`.
+    112 for the 3-D ResNets); a real-world model has fixed inputs and refuses one.  ``weights``
+    is a ``state_dict`` file loaded with :func:`load_weights`.
     """
     if batch_size < 1:
         raise LoweringError(f"--batch-size must be at least 1, got {batch_size}")
@@ -118,6 +122,8 @@ def resolve_model(
         raise LoweringError(f"--image-size must be at least 1, got {image_size}")
     if ":" in spec:
         resolved = _resolve_factory(spec, batch_size, image_size, seed)
+    elif spec in REALWORLD_MODELS:
+        resolved = _resolve_realworld(spec, batch_size, image_size, seed)
     else:
         resolved = _resolve_torchvision(spec, batch_size, image_size, seed)
     if weights is not None:
@@ -151,8 +157,11 @@ def torchvision_models() -> dict[str, str]:
 
 
 def suggest_model_names(name: str, limit: int = 3) -> list[str]:
-    """torchvision names close to ``name``, best first (``resnt18 -> ['resnet18', ...]``)."""
-    return difflib.get_close_matches(name, list(torchvision_models()), n=limit, cutoff=0.6)
+    """torchvision and real-world names close to ``name``, best first (``resnt18 ->
+    ['resnet18', ...]``, ``hf_resnt -> ['hf_resnet', ...]``).  Real-world names are suggested
+    even when their library is missing: resolving one then says which extra to install."""
+    known = [*torchvision_models(), *REALWORLD_MODELS]
+    return difflib.get_close_matches(name, known, n=limit, cutoff=0.6)
 
 
 def _resolve_torchvision(
@@ -232,7 +241,7 @@ def _detection_kwargs(name: str, size: int) -> dict:
 
 
 def _unknown_model_message(name: str) -> str:
-    message = f"unknown model {name!r}: it is not a torchvision model name."
+    message = f"unknown model {name!r}: it is not a torchvision or real-world model name."
     close = suggest_model_names(name)
     if close:
         message += f" Did you mean {', '.join(close)}?"
@@ -280,6 +289,35 @@ def _documented_min_size(name: str) -> int | None:
         return None
     min_size = weights.meta.get("min_size")
     return int(min_size[0]) if min_size and min_size[0] > 1 else None
+
+
+# -- real-world libraries ------------------------------------------------------------------------
+
+
+def _resolve_realworld(
+    name: str, batch_size: int, image_size: int | None, seed: int
+) -> ResolvedModel:
+    entry = REALWORLD_MODELS[name]
+    if image_size is not None:
+        raise LoweringError(
+            f"{name} ({entry.origin}) is built for its own fixed example inputs, so --image-size "
+            f"does not apply; got --image-size {image_size}. Fix: drop --image-size"
+        )
+    try:
+        model, inputs = entry.build(seed=seed, batch_size=batch_size)
+    except LoweringError:
+        raise  # the library is missing: the error names the extra to install
+    except Exception as exc:
+        raise LoweringError(
+            f"building {name} ({entry.origin}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return ResolvedModel(
+        spec=name,
+        model=model,
+        example_inputs=inputs,
+        origin=f"{entry.origin} (config, random init, seed {seed})",
+        preferred_dtype=entry.preferred_dtype,
+    )
 
 
 # -- factories -----------------------------------------------------------------------------------

@@ -4,6 +4,11 @@
 downloads), lowers it, verifies it against a float64 oracle with :func:`lowerconv.verify`, and
 collects one :class:`ZooRow` per model.  ``docs/zoo.md`` is :meth:`ZooReport.to_markdown` of a
 full run, committed.
+
+The real-world models of :mod:`lowerconv.realworld` (transformers, diffusers,
+segmentation_models_pytorch, ultralytics, kornia) join as one category per library,
+:data:`REALWORLD_CATEGORIES`, for the libraries that are installed.  They run when asked for by
+category or by name; a run that names neither stays the torchvision zoo.
 """
 
 from __future__ import annotations
@@ -20,8 +25,21 @@ from tabulate import tabulate
 
 from .errors import LoweringError
 from .models import CATEGORIES, resolve_model, torchvision_models
+from .realworld import LIBRARIES, REALWORLD_MODELS, available_libraries, realworld_models
 
-__all__ = ["CATEGORIES", "LARGE_MODELS", "ZooReport", "ZooRow", "run_zoo", "select_models"]
+__all__ = [
+    "CATEGORIES",
+    "LARGE_MODELS",
+    "REALWORLD_CATEGORIES",
+    "ZooReport",
+    "ZooRow",
+    "run_zoo",
+    "select_models",
+]
+
+# The real-world libraries, one category each, after torchvision's; select_models accepts those
+# that are installed (available_libraries()).
+REALWORLD_CATEGORIES = tuple(LIBRARIES)
 
 
 # Skipped by default for time and memory on a 2-core, 24 GB machine. The first four have over
@@ -191,6 +209,7 @@ class ZooReport:
             "`ConvTranspose2d`), listed in each model's record as `not lowered: <kind>`.",
             "- Detection models are verified in float64: their outputs are boxes after score "
             "thresholds and NMS, which float32 rounding alone can change.",
+            *_realworld_text(self.rows, env),
             "",
             f"Machine: {env.get('machine', '?')}, {env.get('threads', '?')} threads, torch "
             f"{env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}; "
@@ -204,6 +223,18 @@ class ZooReport:
             "",
         ]
         return "\n".join(lines)
+
+
+def _realworld_text(rows: list[ZooRow], environment: dict[str, str]) -> list[str]:
+    libraries = [c for c in REALWORLD_CATEGORIES if any(row.category == c for row in rows)]
+    if not libraries:
+        return []
+    versions = ", ".join(f"{lib} {environment.get(lib, '?')}" for lib in libraries)
+    return [
+        "- Rows of category " + ", ".join(f"`{lib}`" for lib in libraries) + " are real-world "
+        "models built by `lowerconv.realworld` from small configs with random weights, on their "
+        f"own fixed inputs ({versions})."
+    ]
 
 
 def _sizes_text(image_size: object) -> str:
@@ -228,28 +259,49 @@ def select_models(
     """``(name, category, skip_reason)`` for the models to run, in category order then by name.
 
     ``names`` picks models by exact name; ``categories`` and ``contains`` (a substring) filter.
+    With neither names nor categories, the torchvision zoo: real-world models (one category per
+    installed library of :data:`REALWORLD_CATEGORIES`) run when named or their category is.
     """
-    available = torchvision_models()
+    installed = available_libraries()
+    realworld = {name: entry.library for name, entry in realworld_models().items()}
+    available = {**torchvision_models(), **realworld}
     unknown = [n for n in names if n not in available]
     if unknown:
+        missing = [n for n in unknown if n in REALWORLD_MODELS]
+        if missing:
+            libraries = sorted({LIBRARIES[REALWORLD_MODELS[n].library] for n in missing})
+            raise LoweringError(
+                f"model(s) {', '.join(map(repr, missing))} come from {', '.join(libraries)}, "
+                'which is not installed. Fix: pip install -e ".[zoo]"'
+            )
         raise LoweringError(
-            f"unknown torchvision model(s) {', '.join(map(repr, unknown))}; run `lowerconv "
-            "models` for the list"
+            f"unknown torchvision model(s) {', '.join(map(repr, unknown))} (and no real-world "
+            "model of that name either); run `lowerconv models` for the list"
         )
     categories = tuple(categories)
-    bad = [c for c in categories if c not in CATEGORIES]
+    order = (*CATEGORIES, *installed)
+    absent = [c for c in categories if c in REALWORLD_CATEGORIES and c not in installed]
+    if absent:
+        raise LoweringError(
+            f"categor{'ies' if len(absent) > 1 else 'y'} {', '.join(map(repr, absent))}: "
+            f"{', '.join(LIBRARIES[c] for c in absent)} not installed. Fix: pip install -e "
+            '".[zoo]"'
+        )
+    bad = [c for c in categories if c not in order]
     if bad:
         raise LoweringError(
             f"unknown categor{'ies' if len(bad) > 1 else 'y'} {', '.join(map(repr, bad))}; "
-            f"choose from {', '.join(CATEGORIES)}"
+            f"choose from {', '.join(order)}"
         )
     chosen = []
     for name, category in sorted(
-        available.items(), key=lambda item: (CATEGORIES.index(item[1]), item[0])
+        available.items(), key=lambda item: (order.index(item[1]), item[0])
     ):
         if names and name not in names:
             continue
         if categories and category not in categories:
+            continue
+        if not names and not categories and category in REALWORLD_CATEGORIES:
             continue
         if contains and contains not in name:
             continue
@@ -272,7 +324,11 @@ def run_zoo(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> ZooReport:
-    """Lower and verify each model of ``models`` (from :func:`select_models`) on the CPU."""
+    """Lower and verify each model of ``models`` (from :func:`select_models`) on the CPU.
+
+    ``image_size`` applies to torchvision models only: real-world models run on their registry
+    entry's own inputs, in its preferred dtype if it has one.
+    """
     import torchvision
 
     from .lower import lower
@@ -287,6 +343,7 @@ def run_zoo(
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "python": platform.python_version(),
+            **_library_versions({category for _, category, _ in models}),
         },
         settings={
             "strategy": strategy,
@@ -304,17 +361,16 @@ def run_zoo(
             report.rows.append(ZooRow(name, category, "skipped", note=skip))
             continue
         say(f"[{index}/{len(models)}] {name} ({category})")
-        model_dtype = torch.float64 if category == "detection" else dtype
+        if category in REALWORLD_CATEGORIES:
+            size = None
+            model_dtype = REALWORLD_MODELS[name].preferred_dtype or dtype
+        else:
+            size = image_size or ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category])
+            model_dtype = torch.float64 if category == "detection" else dtype
         t0 = time.perf_counter()
         row = ZooRow(name, category, "error", dtype=str(model_dtype).removeprefix("torch."))
         try:
-            resolved = resolve_model(
-                name,
-                batch_size=batch_size,
-                image_size=image_size
-                or ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category]),
-                seed=seed,
-            )
+            resolved = resolve_model(name, batch_size=batch_size, image_size=size, seed=seed)
             lowered = lower(resolved.model, strategy=strategy)
             result = verify(
                 resolved.model,
@@ -337,6 +393,17 @@ def run_zoo(
         gc.collect()
     report.settings["wall_minutes"] = round((time.perf_counter() - started) / 60, 1)
     return report
+
+
+def _library_versions(categories: set[str]) -> dict[str, str]:
+    """The version of each real-world library the run uses, for the report's environment."""
+    from importlib.metadata import version
+
+    return {
+        library: version(LIBRARIES[library])
+        for library in REALWORLD_CATEGORIES
+        if library in categories
+    }
 
 
 def _fill_row(row: ZooRow, result) -> None:
