@@ -112,6 +112,16 @@ class Decoder(nn.Module):
         return F.conv_transpose2d(y, self.extra, padding=1)
 
 
+class StemAndEdges(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.edges = Sobel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.edges(self.stem(x))
+
+
 def test_untraceable_functional_convs_are_lowered_at_run_time() -> None:
     model = FilterNet().eval()
     x = torch.randn(2, 3, 12, 10)
@@ -236,16 +246,7 @@ def test_graph_path_lists_unused_and_nested_other_kinds_once() -> None:
 
 
 def test_user_leaf_modules_run_their_functional_convs_lowered() -> None:
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Conv2d(3, 4, 3, padding=1)
-            self.edges = Sobel()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.edges(self.stem(x))
-
-    model = Net().eval()
+    model = StemAndEdges().eval()
     x = torch.randn(1, 3, 8, 8)
     lowered = lowerconv.lower(model, leaf_modules=[Sobel], example_inputs=x)
     record = lowerconv.lowering_record(lowered)
@@ -301,3 +302,171 @@ def test_graph_inspection_shows_run_time_convs_with_their_shapes() -> None:
     assert rows["edges"].gemm_shape == (8, 9, 128)
     assert rows["edges"].strategy == "unfold (run time)"
     assert "3 conv(s) lowered" in inspection.summary()
+
+
+# -- the verifier: no PASS without a check ----------------------------------------------------
+
+
+def test_verify_checks_run_time_convs_layer_by_layer() -> None:
+    model = FilterNet().eval()
+    report = lowerconv.verify(model, torch.randn(2, 3, 10, 9), timing=False)
+    assert report.ok, report.failure_message()
+    assert [(c.name, c.status) for c in report.layers] == [
+        ("stem", "pass"),
+        ("blur", "pass"),
+        ("edges", "pass"),
+    ]
+    blur = report.layer("blur")
+    assert blur.strategy == "unfold (run time)"
+    assert blur.input_shape == (2, 4, 14, 13) and blur.output_shape == (2, 4, 10, 9)
+    assert blur.local_lowered.rel_l2 < 1e-5 and blur.accumulated_lowered is not None
+    assert report.runs[0].conv_ops == []
+    data = report.to_dict()
+    assert data["runs"][0]["conv_ops"] == []
+    assert data["runs"][0]["layers"][1]["status"] == "pass"
+
+
+class StillConvolves(nn.Module):
+    """A 'lowered' model that still runs a 2-D convolution: what the audit is for."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_verify_fails_a_lowered_model_that_still_runs_a_conv() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    report = lowerconv.verify(model, x, lowered=copy.deepcopy(model), timing=False)
+    assert not report.ok
+    (op,) = report.runs[0].conv_ops
+    assert (op.op, op.kind, op.status, op.called_from) == (
+        "aten.convolution.default",
+        "conv2d",
+        "fail",
+        "0",
+    )
+    assert "conv op" in report.first_failure
+    message = report.failure_message()
+    assert "aten.convolution.default" in message and "module '0'" in message
+    assert "FAIL" in str(report) and "FAIL" in report.to_markdown().splitlines()[0]
+    with pytest.raises(lowerconv.VerificationError, match=r"aten\.convolution"):
+        report.raise_if_failed()
+    data = report.to_dict()
+    assert data["ok"] is False and data["runs"][0]["conv_ops"][0]["status"] == "fail"
+
+
+def test_verify_fails_an_unlowered_functional_conv_in_an_opaque_module() -> None:
+    model = StemAndEdges().eval()
+    lowered = lowerconv.lower(model, leaf_modules=[Sobel])
+    x = torch.randn(1, 3, 8, 8)
+    lowerconv.testing.assert_lowering_close(model, x, lowered=lowered)
+    lowered.edges = Sobel()  # an edit that drops the leaf's run-time lowering: outputs still match
+    with pytest.raises(lowerconv.VerificationError, match="module 'edges'"):
+        lowerconv.testing.assert_lowering_close(model, x, lowered=lowered)
+
+
+def test_verify_lists_other_conv_kinds_as_left_alone_and_passes() -> None:
+    model = Decoder().eval()
+    report = lowerconv.verify(model, torch.randn(1, 3, 6, 6), timing=False)
+    assert report.ok, report.failure_message()
+    ops = report.runs[0].conv_ops
+    assert {(op.kind, op.status) for op in ops} == {("conv_transpose2d", "left alone")}
+    assert sum(op.count for op in ops) == 3
+    assert "left alone" in str(report)
+
+
+def test_no_device_verified_is_not_a_pass(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    report = lowerconv.verify(model, x, device="cuda", timing=False)
+    assert not report.ok
+    assert report.runs == []
+    assert "NOTHING VERIFIED" in str(report)
+    assert "PASS" not in str(report)
+    assert "PASS" not in report.to_markdown()
+    assert report.to_dict()["ok"] is False
+    assert "no device" in report.failure_message()
+    with pytest.raises(lowerconv.VerificationError):
+        report.raise_if_failed()
+    with pytest.raises(lowerconv.VerificationError):
+        lowerconv.testing.assert_lowering_close(model, x, device="cuda")
+
+
+def test_an_output_with_no_tensor_compared_is_not_a_pass() -> None:
+    class Nothing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> None:
+            self.conv(x)
+
+    report = lowerconv.verify(Nothing(), torch.randn(1, 3, 4, 4), timing=False)
+    assert not report.ok
+    assert "no output tensor" in report.failure_message()
+
+
+class KeylessOutput:
+    """Like diffusers' outputs: registered with pytree, without a flatten-with-keys function."""
+
+    def __init__(self, sample: torch.Tensor, extra: torch.Tensor) -> None:
+        self.sample, self.extra = sample, extra
+
+
+torch.utils._pytree.register_pytree_node(
+    KeylessOutput,
+    lambda o: ([o.sample, o.extra], None),
+    lambda values, _: KeylessOutput(*values),
+)
+
+
+class Unregistered:
+    def __init__(self, sample: torch.Tensor) -> None:
+        self.sample = sample
+
+
+def test_outputs_registered_without_keys_verify_by_position() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> KeylessOutput:
+            y = self.conv(x)
+            return KeylessOutput(y, y.relu())
+
+    report = lowerconv.verify(Net().eval(), torch.randn(1, 3, 8, 8), timing=False)
+    assert report.ok, report.failure_message()
+    assert [o.path for o in report.outputs] == ["output[0]", "output[1]"]
+
+
+def test_outputs_pytree_cannot_flatten_get_a_clear_error() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> Unregistered:
+            return Unregistered(self.conv(x))
+
+    with pytest.raises(lowerconv.LoweringError, match=r"Unregistered.*register_pytree_node"):
+        lowerconv.verify(Net().eval(), torch.randn(1, 3, 8, 8), timing=False)
+
+
+def test_a_meaningless_oracle_is_flagged() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    report = lowerconv.verify(model, torch.randn(2, 3, 8, 8), timing=False)
+    assert report.warnings, str(report)
+    assert "float64 oracle" in report.warnings[0]
+    assert "warning" in str(report).lower()
+    assert report.to_dict()["warnings"] == report.warnings
+    assert "warning" in report.to_markdown().lower()
+    healthy = lowerconv.verify(
+        nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), torch.randn(2, 3, 8, 8), timing=False
+    )
+    assert healthy.warnings == []

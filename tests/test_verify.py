@@ -464,9 +464,14 @@ def test_per_layer_off_and_progress_lines():
 
 def test_module_without_record_is_compared_end_to_end():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    report = verify(model, torch.randn(1, 3, 6, 6), lowered=fx.symbolic_trace(model), timing=False)
+    lowered = lowerconv.lower(model)
+    rebuilt = fx.GraphModule(lowered, lowered.graph)  # a rebuild drops the record
+    report = verify(model, torch.randn(1, 3, 6, 6), lowered=rebuilt, timing=False)
     assert report.ok and report.layers == [] and report.path == "unknown"
     assert "no lowering record" in report.notes[0]
+    # Without a record the op audit still runs: a traced, unlowered copy runs a conv and fails.
+    traced = verify(model, torch.randn(1, 3, 6, 6), lowered=fx.symbolic_trace(model), timing=False)
+    assert not traced.ok and traced.first_failure.startswith("conv op aten.convolution")
 
 
 # -- errors ----------------------------------------------------------------------------------

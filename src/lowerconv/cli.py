@@ -482,7 +482,12 @@ def _lower(
     resolved: ResolvedModel, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> torch.nn.Module:
     start = time.perf_counter()
-    lowered = lower(resolved.model, strategy=args.strategy, strict=args.strict)
+    lowered = lower(
+        resolved.model,
+        strategy=args.strategy,
+        strict=args.strict,
+        example_inputs=resolved.example_inputs,
+    )
     record = lowering_record(lowered)
     progress(f"lowered in {time.perf_counter() - start:.1f}s: {record.summary()}")
     if not record.lowered:
@@ -491,7 +496,8 @@ def _lower(
         reason = (record.trace_error or "").splitlines()[0]
         progress(
             f"note: {resolved.spec} could not be traced as one graph ({reason}); each Conv2d was "
-            "lowered on its own (pass --strict to make this an error)"
+            "lowered on its own and every other F.conv2d call at run time (pass --strict to make "
+            "this an error)"
         )
     return lowered
 

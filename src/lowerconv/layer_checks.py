@@ -14,7 +14,10 @@ Two paths, as the pass took them:
   needed, and each conv's nodes run as their own module (:func:`~lowerconv.subgraph.conv_subgraph`);
 - **fallback** (:func:`check_fallback_layers`): each conv was lowered inside a submodule of its
   own; :class:`ModuleCapture`'s forward hooks keep its input and outputs during the end-to-end
-  run.
+  run;
+- **run time** (:func:`check_runtime_layers`): the conv was an ``F.conv2d`` call lowered as the
+  model ran; the end-to-end runs observe every call (:func:`~lowerconv.runtime.trace_conv_calls`)
+  and the calls are matched by name, the module they came from and their order in it.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ from torch import fx, nn
 from .determinism import seed_generators
 from .devices import to_float64
 from .errors import LoweringError
+from .functional import conv2d
 from .metrics import Tolerance, compare, judge
 from .record import LoweredConv
 from .report import LayerCheck
+from .runtime import ConvCall
 from .spec import ConvSpec
 from .subgraph import conv_subgraph, provenance
 from .trace import trace
 
-__all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers"]
+__all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers", "check_runtime_layers"]
 
 
 # -- the graph path --------------------------------------------------------------------------
@@ -342,6 +347,73 @@ def check_fallback_layers(
             native_value=hooks.outputs["native"][name],
             lowered_value=hooks.outputs["lowered"][name],
             oracle_value=hooks.outputs["oracle"][name],
+            tol=tolerance,
+            dtype=dtype,
+        )
+    return checks
+
+
+# -- the run-time path -----------------------------------------------------------------------
+
+
+def check_runtime_layers(
+    lowered_calls: list[ConvCall],
+    native_calls: list[ConvCall],
+    oracle_calls: list[ConvCall],
+    *,
+    tolerance: Tolerance,
+    dtype: torch.dtype,
+) -> list[LayerCheck]:
+    """Local and accumulated errors of the ``F.conv2d`` calls lowered at run time.
+
+    ``lowered_calls`` are the lowered model's (only lowered ones count), ``native_calls`` and
+    ``oracle_calls`` the original's and its float64 copy's, each call with its arguments and
+    output kept.  The local check runs the lowered call's strategy, the native conv and a
+    float64 conv on the arguments the original passed.
+    """
+    natives = {c.name: c for c in native_calls}
+    oracles = {c.name: c for c in oracle_calls}
+    checks = []
+    for call in lowered_calls:
+        if not call.lowered:
+            continue
+        strategy = call.concrete_strategy
+        check = LayerCheck(
+            name=call.name,
+            node="",
+            target="F.conv2d",
+            strategy=f"{strategy} (run time)",
+            config=call.spec.describe() if call.spec else "dynamic",
+            graph_module="",
+            status="unchecked",
+        )
+        checks.append(check)
+        native = natives.get(call.name)
+        if native is None or native.kind != "conv2d":
+            _unchecked(
+                check,
+                f"the original made no conv2d call named {call.name!r} (its calls: "
+                f"{', '.join(list(natives)[:6]) or 'none'}); the two runs differ",
+            )
+            continue
+        args = native.arguments
+        try:
+            lowered_local = conv2d(**args, strategy=strategy)
+        except Exception as exc:
+            _raised(check, exc)
+            continue
+        oracle_local = torch.nn.functional.conv2d(**to_float64(args))
+        oracle = oracles.get(call.name)
+        _finish(
+            check,
+            spec=call.spec,
+            conv_input=args.get("input"),
+            native_local=native.output,
+            lowered_local=lowered_local,
+            oracle_local=oracle_local,
+            native_value=native.output,
+            lowered_value=call.output,
+            oracle_value=oracle.output if oracle is not None else None,
             tol=tolerance,
             dtype=dtype,
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .audit import ConvOpRun
 from .errors import VerificationError
 from .metrics import Judgement, TensorDiff, Tolerance
 
@@ -116,6 +117,12 @@ class DeviceRun:
     layers: list[LayerCheck] = field(default_factory=list)
     timing: Timing | None = None
     notes: list[str] = field(default_factory=list)
+    conv_ops: list[ConvOpRun] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failing_conv_ops(self) -> list[ConvOpRun]:
+        return [op for op in self.conv_ops if op.status == "fail"]
 
     @property
     def max_im2col(self) -> LayerCheck | None:
@@ -127,9 +134,10 @@ class DeviceRun:
 class VerificationReport:
     """The verdict of :func:`lowerconv.verify` and everything behind it.
 
-    ``ok`` is True when no run on any device failed; ``first_failure`` is the original qualified
-    name of the first conv (in graph order, first device first) whose local error failed, else
-    the first failing output's path (``output['out']``), else None.  ``devices_skipped`` maps a
+    ``ok`` is True when at least one device ran and no run failed (a run fails on a convolution
+    op that ran in the lowered model, a failing layer or output, or no output to compare).
+    ``first_failure`` names the first such thing: ``conv op ...``, the original qualified name of
+    the first failing conv, or the first failing output's path (``output['out']``); else None.  ``devices_skipped`` maps a
     device that could not be used (CUDA absent) to the reason.
     """
 
@@ -147,12 +155,21 @@ class VerificationReport:
     runs: list[DeviceRun] = field(default_factory=list)
     devices_skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     oracle_dtype: str = "float64"
 
     @property
     def ok(self) -> bool:
-        return all(run.ok for run in self.runs)
+        """True only when at least one device ran and every run passed: no PASS without a check."""
+        return bool(self.runs) and all(run.ok for run in self.runs)
+
+    @property
+    def verdict(self) -> str:
+        """``PASS``, ``FAIL`` or ``NOTHING VERIFIED`` (no device ran)."""
+        if not self.runs:
+            return "NOTHING VERIFIED"
+        return "PASS" if self.ok else "FAIL"
 
     @property
     def first_failure(self) -> str | None:
@@ -182,10 +199,28 @@ class VerificationReport:
         """Why verification failed, naming the first failure and its numbers; None when ok."""
         if self.ok:
             return None
+        if not self.runs:
+            skipped = "; ".join(f"{d}: {why}" for d, why in self.devices_skipped.items())
+            return (
+                f"nothing was verified for {self.model}: no device ran ({skipped or 'none asked'}). "
+                "Fix: verify on a device that is available here (device='cpu'), or run where the "
+                "device exists"
+            )
         lines = [f"lowered {self.model} does not match the original ({self.dtype}):"]
         for run in self.runs:
             if run.ok:
                 continue
+            for op in run.failing_conv_ops:
+                lines.append(
+                    f"  [{run.device}] conv op {op.op} ({op.kind}, {op.phase}) ran {op.count} "
+                    f"time(s) in the lowered model, from {op.where}: it should have been lowered"
+                )
+            if not any(o.shape is not None for o in run.outputs):
+                lines.append(
+                    f"  [{run.device}] no output tensor to compare: the model returned none, so "
+                    "nothing was checked end to end. Fix: verify a module that returns the "
+                    "tensors to compare"
+                )
             failing_layers = [c for c in run.layers if c.status == "fail"]
             failing_outputs = [o for o in run.outputs if not o.ok]
             if failing_layers:
@@ -220,7 +255,12 @@ class VerificationReport:
 
     def to_dict(self) -> dict:
         """The report as plain JSON data, schema ``lowerconv.verification/1``."""
-        out: dict[str, Any] = {"schema": SCHEMA, "ok": self.ok, "first_failure": self.first_failure}
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "first_failure": self.first_failure,
+        }
         for f in fields(self):
             if f.name == "runs":
                 out["runs"] = [_run_dict(run) for run in self.runs]
@@ -244,13 +284,19 @@ class VerificationReport:
             parts.append(
                 tabulate(_output_rows(run), headers=_OUTPUT_HEADERS, disable_numparse=True)
             )
+            if run.conv_ops:
+                parts.append(
+                    tabulate(_conv_op_rows(run), headers=_CONV_OP_HEADERS, disable_numparse=True)
+                )
         parts.append("\n" + tabulate(self._summary_rows(), tablefmt="plain"))
         return "\n".join(parts)
 
     def to_markdown(self) -> str:
         """A CI job summary: verdict first, per-layer tables folded away."""
-        verdict = "PASS" if self.ok else "FAIL"
-        lines = [f"### lowerconv verification: {verdict}", "", self._context_line(), ""]
+        lines = [f"### lowerconv verification: {self.verdict}", "", self._context_line(), ""]
+        lines += [f"> **Warning:** {warning}" for warning in self.warnings]
+        if self.warnings:
+            lines.append("")
         if self.first_failure:
             lines += [f"**First failure:** `{self.first_failure}`", ""]
         if not self.ok:
@@ -267,6 +313,16 @@ class VerificationReport:
                 ),
                 "",
             ]
+            if run.conv_ops:
+                lines += [
+                    tabulate(
+                        _conv_op_rows(run),
+                        headers=_CONV_OP_HEADERS,
+                        tablefmt="github",
+                        disable_numparse=True,
+                    ),
+                    "",
+                ]
             if run.layers:
                 failing = sum(c.status == "fail" for c in run.layers)
                 lines += [
@@ -297,12 +353,13 @@ class VerificationReport:
         verdict = "PASS" if self.ok else f"FAIL (first failure: {self.first_failure})"
         if not self.runs:
             verdict = "NOTHING VERIFIED (every device skipped)"
-        return f"lowerconv verification: {verdict}\n{self._context_line()}"
+        warnings = "".join(f"\nWARNING: {warning}" for warning in self.warnings)
+        return f"lowerconv verification: {verdict}\n{self._context_line()}{warnings}"
 
     def _summary_rows(self) -> list[list[str]]:
         tol = self.tolerance
         rows = [
-            ["verdict", "PASS" if self.ok else "FAIL"],
+            ["verdict", self.verdict + (" (with warnings)" if self.warnings else "")],
             ["first failure", self.first_failure or "-"],
             [
                 "tolerance",
@@ -313,11 +370,14 @@ class VerificationReport:
         for run in self.runs:
             checked = [c for c in run.layers if c.status != "unchecked"]
             failed = [c for c in run.layers if c.status == "fail"]
+            failing_ops = sum(op.count for op in run.failing_conv_ops)
+            left_alone = sum(op.count for op in run.conv_ops) - failing_ops
             rows.append(
                 [
                     f"{run.device}",
                     f"{'PASS' if run.ok else 'FAIL'}: {len(run.outputs)} output(s), "
-                    f"{len(checked)}/{len(run.layers)} layer(s) checked, {len(failed)} failing",
+                    f"{len(checked)}/{len(run.layers)} layer(s) checked, {len(failed)} failing; "
+                    f"conv ops run: {failing_ops} failing, {left_alone} left alone",
                 ]
             )
             if run.timing is not None:
@@ -383,6 +443,23 @@ _OUTPUT_HEADERS = [
 ]
 
 
+_CONV_OP_HEADERS = ["conv op run", "kind", "phase", "count", "verdict", "from"]
+
+
+def _conv_op_rows(run: DeviceRun) -> list[list[str]]:
+    return [
+        [
+            op.op,
+            op.kind,
+            op.phase,
+            str(op.count),
+            "FAIL" if op.status == "fail" else op.status,
+            op.where,
+        ]
+        for op in run.conv_ops
+    ]
+
+
 def _layer_rows(run: DeviceRun) -> list[list[str]]:
     rows = []
     for c in run.layers:
@@ -441,6 +518,8 @@ def _run_dict(run: DeviceRun) -> dict:
         "max_im2col_bytes": largest.im2col_bytes if largest else None,
         "max_im2col_layer": largest.name if largest else None,
         "notes": list(run.notes),
+        "conv_ops": [_jsonable(op) for op in run.conv_ops],
+        "warnings": list(run.warnings),
     }
 
 

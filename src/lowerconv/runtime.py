@@ -307,7 +307,7 @@ class _CallTracer:
     """Collects :class:`ConvCall` s, naming each by the innermost module of ``root`` on the stack."""
 
     root: nn.Module
-    keep_tensors: bool = False
+    keep_tensors: bool | Callable[[ConvCall], bool] = False
     scopes: tuple[str, ...] = ("model", "native")
     calls: list[ConvCall] = field(default_factory=list)
 
@@ -324,7 +324,8 @@ class _CallTracer:
         call.name = base if self.counts[base] == 1 else f"{base}#{self.counts[base]}"
         if call.kind == "conv2d":
             call.spec = _spec_of(call.arguments)
-        if self.keep_tensors:
+        keep = self.keep_tensors
+        if keep if isinstance(keep, bool) else keep(call):
             call.arguments = _snapshot(call.arguments)
             call.output = _snapshot(call.output)
         else:
@@ -378,7 +379,7 @@ def _spec_of(arguments: dict[str, Any]) -> ConvSpec | None:
 def trace_conv_calls(
     root: nn.Module,
     *,
-    keep_tensors: bool = False,
+    keep_tensors: bool | Callable[[ConvCall], bool] = False,
     record_native: bool = False,
     scopes: tuple[str, ...] = ("model", "native"),
 ) -> Iterator[list[ConvCall]]:
@@ -388,8 +389,8 @@ def trace_conv_calls(
     :class:`RuntimeLowering` are reported (those inside a :class:`RuntimeLoweredConv2d` are that
     module's own, and left out).  ``record_native=True`` also runs the block under
     :class:`ConvCallRecorder`, for a model that runs its convolutions natively (the original).
-    ``keep_tensors=True`` keeps detached copies of every argument and output; otherwise only
-    their shapes and dtypes.  ``scopes`` adds ``"module"`` for the calls inside each
+    ``keep_tensors=True`` keeps detached copies of every argument and output (a predicate: of
+    the calls it accepts, once named); otherwise only their shapes and dtypes.  ``scopes`` adds ``"module"`` for the calls inside each
     :class:`RuntimeLoweredConv2d`.
     """
     tracer = _CallTracer(root, keep_tensors=keep_tensors, scopes=scopes)

@@ -28,6 +28,7 @@ and randomness, and :mod:`lowerconv.report` is the result.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from .audit import ConvOpAudit
 from .determinism import MatchedRandomness, pinned_precision, preserved_rng
 from .devices import (
     cast_inputs,
@@ -49,11 +51,17 @@ from .devices import (
     resolve_devices,
 )
 from .errors import LoweringError, VerificationError
-from .layer_checks import ModuleCapture, check_fallback_layers, check_graph_layers
+from .layer_checks import (
+    ModuleCapture,
+    check_fallback_layers,
+    check_graph_layers,
+    check_runtime_layers,
+)
 from .lower import lower
 from .metrics import Tolerance, compare, default_tolerance, judge
 from .record import LoweringRecord, lowering_record
 from .report import DeviceRun, OutputCheck, VerificationReport
+from .runtime import ConvCall, trace_conv_calls
 from .timing import time_forward
 
 # MatchedRandomness, pinned_precision and VerificationError live in determinism and errors; they
@@ -127,7 +135,7 @@ def verify(
 
     if lowered is None:
         say(f"lowering {type(model).__name__} with strategy {strategy!r}")
-        lowered = lower(model, strategy=strategy, **options)
+        lowered = lower(model, strategy=strategy, example_inputs=inputs, **options)
     record = _record_of(lowered)
     notes = []
     if record is None:
@@ -159,6 +167,7 @@ def verify(
 
     from . import __version__
 
+    warnings = [f"[{run.device}] {warning}" for run in runs for warning in run.warnings]
     return VerificationReport(
         model=type(model).__name__,
         lowered_model=type(lowered).__name__,
@@ -174,6 +183,7 @@ def verify(
         runs=runs,
         devices_skipped=skipped,
         notes=notes,
+        warnings=warnings,
         versions={
             "lowerconv": __version__,
             "torch": torch.__version__,
@@ -214,19 +224,41 @@ def _verify_on(
     x64 = cast_inputs(inputs, dev, torch.float64)
     run = DeviceRun(device=str(dev), device_name=device_name(dev), ok=True, first_failure=None)
 
-    convs = record.lowered if record is not None and plan.per_layer else []
+    # Convs lowered by whole-module run-time lowering are checked as the runs below saw them.
+    convs = [
+        c
+        for c in (record.lowered if record is not None and plan.per_layer else [])
+        if c.mechanism == "graph" or c.graph_module
+    ]
     fallback = [c for c in convs if c.graph_module]
     hooks = ModuleCapture(native, oracle, low, fallback) if fallback else None
+    observe = plan.per_layer and record is not None and bool(record.runtime)
+    audit = ConvOpAudit(low, record.skipped if record is not None else ())
+    # The original's calls that a run-time lowering may have lowered: not those of Conv2d
+    # modules, which the lowered model computes in holders of their own.
+    holders = {c.graph_module for c in record.lowered} if record is not None else set()
 
-    say(f"[{dev}] end to end: native, float64 oracle, lowered")
+    def candidate(call: ConvCall) -> bool:
+        return call.kind == "conv2d" and call.called_from not in holders
+
+    say(f"[{dev}] end to end: native, float64 oracle, lowered (conv ops audited)")
     with torch.no_grad(), MatchedRandomness():
-        out_native = forward(native, x, dev, plan.seed, "the model", inputs)
-        out_oracle, promoted = oracle_forward(oracle, x64, dev, plan.seed, inputs)
-        out_lowered = forward(low, x, dev, plan.seed, "the lowered model", inputs)
+        with _calls_if(observe, native, candidate) as native_calls:
+            out_native = forward(native, x, dev, plan.seed, "the model", inputs)
+        with _calls_if(observe, oracle, candidate) as oracle_calls:
+            out_oracle, promoted = oracle_forward(oracle, x64, dev, plan.seed, inputs)
+        with trace_conv_calls(low, keep_tensors=observe) as lowered_calls, audit:
+            out_lowered = forward(low, x, dev, plan.seed, "the lowered model", inputs)
+    if not observe:
+        lowered_calls.clear()
     if hooks is not None:
         hooks.remove()
-    run.outputs, notes = _check_outputs(out_native, out_lowered, out_oracle, plan.tolerance)
+    run.conv_ops = audit.runs()
+    run.outputs, notes = _check_outputs(
+        out_native, out_lowered, out_oracle, plan.tolerance, type(model).__name__
+    )
     run.notes.extend(notes)
+    run.warnings.extend(_oracle_warnings(run.outputs, plan.dtype))
     if promoted:
         run.notes.append(
             "the model creates float32 tensors of its own (e.g. coordinate grids), so its float64 "
@@ -264,6 +296,17 @@ def _verify_on(
                     )
                 )
         run.layers = [checks[id(c)] for c in convs]
+    if any(call.lowered for call in lowered_calls):
+        say(f"[{dev}] per layer: {len(lowered_calls)} conv(s) lowered at run time")
+        with torch.no_grad():
+            run.layers += check_runtime_layers(
+                lowered_calls,
+                native_calls,
+                oracle_calls,
+                tolerance=plan.tolerance,
+                dtype=plan.dtype,
+            )
+    del lowered_calls, native_calls, oracle_calls
 
     if plan.timing:
         say(f"[{dev}] timing: {plan.warmup} warm-up + {plan.repeats} interleaved repeats")
@@ -272,20 +315,79 @@ def _verify_on(
                 native, low, x, dev, repeats=plan.repeats, warmup=plan.warmup, seed=plan.seed
             )
 
+    failing_op = next((op for op in run.conv_ops if op.status == "fail"), None)
     failing_layer = next((c.name for c in run.layers if c.status == "fail"), None)
     failing_output = next((o.path for o in run.outputs if not o.ok), None)
-    run.first_failure = failing_layer or failing_output
+    compared = any(o.shape is not None for o in run.outputs)  # a tensor, not only None or ints
+    nothing_compared = None if compared else "output (no tensor output to compare)"
+    run.first_failure = (
+        (f"conv op {failing_op.op} in {failing_op.where}" if failing_op else None)
+        or failing_layer
+        or failing_output
+        or nothing_compared
+    )
     run.ok = run.first_failure is None
     verdict = "pass" if run.ok else f"FAIL, first failure {run.first_failure}"
     say(f"[{dev}] {verdict}")
     return run
 
 
+def _calls_if(observe: bool, model: nn.Module, keep: Callable[[ConvCall], bool]) -> Any:
+    """The original's conv calls, the tensors of those ``keep`` accepts; none unless observing."""
+    if not observe:
+        return contextlib.nullcontext([])
+    return trace_conv_calls(model, keep_tensors=keep, record_native=True)
+
+
 # -- end to end ------------------------------------------------------------------------------
+
+# A native error against the oracle above this (rel-L2, or below this cosine) means the oracle
+# is not the same function as the native model (an uninitialised lazy module, a model that
+# draws its own random numbers): comparing the lowered error to it then proves little.
+MEANINGLESS_REL_L2 = 0.25
+MEANINGLESS_COSINE = 0.95
+
+
+def _oracle_warnings(outputs: list[OutputCheck], dtype: torch.dtype) -> list[str]:
+    found = []
+    for check in outputs:
+        diff = check.native
+        if diff is None or diff.numel == 0 or "float" not in (check.dtype or ""):
+            continue
+        if diff.rel_l2 > MEANINGLESS_REL_L2 or diff.cosine < MEANINGLESS_COSINE:
+            found.append(
+                f"{check.path}: the original model in {dtype_name(dtype)} disagrees with its own "
+                f"float64 oracle (rel-L2 {diff.rel_l2:.3g}, cosine {diff.cosine:.3g}), so the "
+                "verdict, which compares the lowered model's error with the native one, proves "
+                "little here. Usual causes: an uninitialised lazy module (run the model once "
+                "before verifying), or random numbers the model draws itself"
+            )
+    return found
+
+
+def _flatten(value: Any, what: str, model: str) -> tuple[list[tuple[str, Any]], Any]:
+    """``(path, leaf)`` pairs of an output, and its spec; positional paths where pytree has
+    no keys for a container (diffusers registers its outputs without them)."""
+    try:
+        leaves, spec = pytree.tree_flatten_with_path(value)
+        pairs = [(pytree.keystr(path), leaf) for path, leaf in leaves]
+    except ValueError:
+        flat, spec = pytree.tree_flatten(value)
+        pairs = [(f"[{i}]", leaf) for i, leaf in enumerate(flat)]
+    for path, leaf in pairs:
+        if not isinstance(leaf, torch.Tensor | int | float | bool | str | complex | type(None)):
+            raise LoweringError(
+                f"{what} ({model}) returns a {type(leaf).__name__} at output{path}, which "
+                "torch.utils._pytree cannot flatten into tensors, so its values cannot be "
+                f"compared. Fix: register {type(leaf).__name__} with "
+                "torch.utils._pytree.register_pytree_node (or register_dataclass), or verify a "
+                "wrapper module that returns its tensors"
+            )
+    return pairs, spec
 
 
 def _check_outputs(
-    native: Any, lowered: Any, oracle: Any, tol: Tolerance
+    native: Any, lowered: Any, oracle: Any, tol: Tolerance, model: str = "model"
 ) -> tuple[list[OutputCheck], list[str]]:
     """One :class:`OutputCheck` per leaf of the output, matched by its path in the pytree.
 
@@ -293,11 +395,11 @@ def _check_outputs(
     generated code returns a ``dict`` where the original returned an ``OrderedDict``, which is a
     note, not a failure.
     """
-    native_leaves, native_spec = pytree.tree_flatten_with_path(native)
-    lowered_leaves, lowered_spec = pytree.tree_flatten_with_path(lowered)
-    oracle_leaves, _ = pytree.tree_flatten_with_path(oracle)
-    native_paths = [pytree.keystr(path) for path, _ in native_leaves]
-    lowered_paths = [pytree.keystr(path) for path, _ in lowered_leaves]
+    native_leaves, native_spec = _flatten(native, "the model", model)
+    lowered_leaves, lowered_spec = _flatten(lowered, "the lowered model", model)
+    oracle_leaves, _ = _flatten(oracle, "the float64 copy of the model", model)
+    native_paths = [path for path, _ in native_leaves]
+    lowered_paths = [path for path, _ in lowered_leaves]
     if native_paths != lowered_paths:
         return [
             OutputCheck(
@@ -319,7 +421,7 @@ def _check_outputs(
     for (path, n), (_, lo), (_, o) in zip(
         native_leaves, lowered_leaves, oracle_leaves, strict=True
     ):
-        label = "output" + pytree.keystr(path)
+        label = "output" + path
         if not isinstance(n, torch.Tensor):
             same = type(n) is type(lo) and n == lo
             checks.append(

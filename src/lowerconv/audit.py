@@ -1,0 +1,152 @@
+"""The verifier's op-level audit: which convolution ops really ran in the lowered model.
+
+The record says what the pass *meant* to do; the audit checks what the lowered model *does*.
+:class:`ConvOpAudit` is a ``TorchDispatchMode``, so it sees every ATen op after autograd and
+decomposition, whatever issued it: a graph node, a run-time lowering, a module the pass never
+saw, a backend kernel reached through ``aten.convolution``.  Each convolution-family op is
+attributed to the innermost module of the lowered model on the Python stack and to the model's
+own source line, and judged:
+
+- a non-transposed 2-D convolution is a **failure** (the model was to be conv-free), unless the
+  record lists its module as deliberately left alone;
+- a convolution of another kind (1-D, 3-D, transposed, deformable) is *left alone*: the pass
+  does not lower those, and says so in the record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .record import SkippedConv
+from .runtime import ModuleLocator
+
+__all__ = ["ConvOpAudit", "ConvOpRun", "conv_op_kind"]
+
+# "convolution", "conv2d", "_conv_depthwise2d", "slow_conv_transpose2d", "mkldnn_convolution",
+# "deform_conv2d"... but not "_convert_indices_from_coo_to_csr" or "convert_element_type".
+_CONV_OP = re.compile(r"conv(?!ert)")
+# Ops that take (input, weight, bias, stride, padding, dilation, transposed, ...).
+_GENERIC = {"convolution", "_convolution", "convolution_overrideable"}
+_GENERIC_BACKWARD = {"convolution_backward", "convolution_backward_overrideable"}
+# Kinds in a record's skipped list that mean a 2-D convolution left alone on purpose.
+_TWO_D = {"Conv2d", "conv2d", "F.conv2d", "aten.conv2d", "aten.convolution"}
+
+
+def conv_op_kind(name: str, args: tuple) -> str:
+    """``"conv2d"``, ``"conv_transpose2d"``, ``"conv3d"``, ``"deform_conv2d"``... for one op call.
+
+    ``name`` is the op's name without namespace and overload (``convolution_backward``).
+    """
+    if "deform" in name:
+        return "deform_conv2d"
+    transposed = "transpose" in name
+    weight = None
+    if name in _GENERIC and len(args) > 6:
+        weight, transposed = args[1], bool(args[6])
+    elif name in _GENERIC_BACKWARD and len(args) > 7:
+        weight, transposed = args[2], bool(args[7])
+    elif len(args) > 1:
+        weight = args[1]
+    match = re.search(r"([123])d", name)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= 3:
+        dims = weight.dim() - 2
+    elif match:
+        dims = int(match.group(1))
+    else:
+        return f"conv{'_transpose' if transposed else ''}"
+    return f"conv{'_transpose' if transposed else ''}{dims}d"
+
+
+@dataclass
+class ConvOpRun:
+    """Convolution ops that ran in the lowered model, grouped by op, phase and call site.
+
+    ``status`` is ``"fail"`` (a 2-D convolution that should have been lowered) or
+    ``"left alone"`` (another kind, or a conv the record lists as left alone); ``reason`` says
+    which, and where the op came from.
+    """
+
+    op: str
+    kind: str
+    phase: str  # "forward" or "backward"
+    called_from: str | None
+    location: str | None
+    count: int
+    status: str
+    reason: str
+
+    @property
+    def where(self) -> str:
+        if self.phase == "backward":
+            return "the backward pass" + (f" of {self.called_from!r}" if self.called_from else "")
+        where = f"module {self.called_from!r}" if self.called_from else "the model's own forward"
+        return f"{where} ({self.location})" if self.location else where
+
+
+class ConvOpAudit(TorchDispatchMode):
+    """Records every convolution-family ATen op dispatched while it is active.
+
+    ``root`` is the lowered model, whose module names attribute each op; ``skipped`` is its
+    record's list of convs left alone.  Read :meth:`runs` after the block.
+    """
+
+    def __init__(self, root: nn.Module, skipped: Iterable[SkippedConv] = ()) -> None:
+        super().__init__()
+        self.locator = ModuleLocator(root)
+        self.skipped = list(skipped)
+        self._seen: dict[tuple, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if _CONV_OP.search(name):
+            phase = "backward" if torch._C._current_autograd_node() is not None else "forward"
+            called_from, location = self.locator.locate()
+            key = (str(func), conv_op_kind(name, args), phase, called_from, location)
+            self._seen[key] = self._seen.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    def runs(self) -> list[ConvOpRun]:
+        """The ops seen, in the order first seen, each judged."""
+        found = []
+        for (op, kind, phase, called_from, location), count in self._seen.items():
+            status, reason = self._judge(kind, called_from)
+            found.append(ConvOpRun(op, kind, phase, called_from, location, count, status, reason))
+        for run in found:
+            run.reason = f"{run.reason}; from {run.where}"
+        return found
+
+    def _judge(self, kind: str, called_from: str | None) -> tuple[str, str]:
+        if kind != "conv2d":
+            return "left alone", f"a {kind} (the pass lowers 2-D convolutions only)"
+        for skip in self.skipped:
+            if skip.kind in _TWO_D and called_from and _within(called_from, skip.name):
+                return "left alone", f"listed in the record as left alone: {skip.reason}"
+        return "fail", "a 2-D convolution ran in the lowered model; it should have been lowered"
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def describe_conv_ops(runs: list[ConvOpRun]) -> list[str]:
+    """One line per op run: ``FAIL aten.convolution.default (conv2d) x2 in module 'blur' (...)``."""
+    lines = []
+    for run in runs:
+        verdict = "FAIL" if run.status == "fail" else "left alone"
+        lines.append(f"{verdict}: {run.op} ({run.kind}, {run.phase}) x{run.count}: {run.reason}")
+    return lines
+
+
+def conv_op_summary(runs: list[ConvOpRun]) -> dict[str, Any]:
+    """Counts for the report's summary line."""
+    return {
+        "failing": sum(r.count for r in runs if r.status == "fail"),
+        "left_alone": sum(r.count for r in runs if r.status != "fail"),
+    }
