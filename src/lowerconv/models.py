@@ -316,7 +316,6 @@ def _resolve_realworld(
         model=model,
         example_inputs=inputs,
         origin=f"{entry.origin} (config, random init, seed {seed})",
-        preferred_dtype=entry.preferred_dtype,
     )
 
 

@@ -60,8 +60,6 @@ class RealWorldModel:
 
     ``library`` is the import name of the library the model comes from, also its zoo category.
     ``origin`` says what is built, for :class:`~lowerconv.models.ResolvedModel`.
-    ``preferred_dtype`` is the dtype to verify in when none is asked for (see
-    :class:`~lowerconv.models.ResolvedModel`).
     """
 
     name: str
@@ -69,7 +67,6 @@ class RealWorldModel:
     description: str
     origin: str
     builder: Callable[[int], tuple[nn.Module, tuple]]
-    preferred_dtype: torch.dtype | None = None
 
     def build(self, *, seed: int = 0, batch_size: int = 1) -> tuple[nn.Module, tuple]:
         """The model in eval mode and its example inputs, the same for the same ``seed``."""

@@ -327,7 +327,7 @@ def run_zoo(
     """Lower and verify each model of ``models`` (from :func:`select_models`) on the CPU.
 
     ``image_size`` applies to torchvision models only: real-world models run on their registry
-    entry's own inputs, in its preferred dtype if it has one.
+    entry's own inputs.
     """
     import torchvision
 
@@ -362,11 +362,10 @@ def run_zoo(
             continue
         say(f"[{index}/{len(models)}] {name} ({category})")
         if category in REALWORLD_CATEGORIES:
-            size = None
-            model_dtype = REALWORLD_MODELS[name].preferred_dtype or dtype
+            size = None  # each real-world model has its own fixed inputs
         else:
             size = image_size or ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category])
-            model_dtype = torch.float64 if category == "detection" else dtype
+        model_dtype = torch.float64 if category == "detection" else dtype
         t0 = time.perf_counter()
         row = ZooRow(name, category, "error", dtype=str(model_dtype).removeprefix("torch."))
         try:
