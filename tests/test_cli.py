@@ -339,3 +339,16 @@ def test_a_real_process_exits_2_on_an_unknown_model():
     assert result.returncode == 2
     assert "Did you mean resnet18" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["models | head -1", "graph resnet18 | head -2"])
+def test_a_reader_that_closes_the_pipe_gets_no_error(command):
+    # Several runs: the pipe closes at a different point each time.
+    line = f"{sys.executable} -m lowerconv {command}"
+    for _ in range(3):
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", line], capture_output=True, text=True, timeout=300
+        )
+        assert "error" not in done.stderr.lower() and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()

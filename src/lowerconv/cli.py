@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -88,7 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a usage error argparse has printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `lowerconv graph resnet18 | head -2`: the reader has what it wanted; stay quiet, as
+        # `git log | head` does.  Later writes (the interpreter's final flush) go nowhere.
+        _stdout_to_devnull()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("lowerconv: interrupted", file=sys.stderr)
         return 130
@@ -104,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_ERROR
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by a test harness
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
