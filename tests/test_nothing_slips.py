@@ -470,3 +470,26 @@ def test_a_meaningless_oracle_is_flagged() -> None:
         nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), torch.randn(2, 3, 8, 8), timing=False
     )
     assert healthy.warnings == []
+
+
+def test_copies_of_a_fallback_model_keep_the_conv_configuration() -> None:
+    # transformers' MobileNetV2 pads by reading conv.stride and conv.kernel_size at run time;
+    # verify() and lower(example_inputs=...) run deep copies of the lowered model.
+    class ReadsStride(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.abs().max() > 1e6:
+                return x
+            pad = self.conv.kernel_size[0] - self.conv.stride[0]
+            return self.conv(F.pad(x, (pad, 0, pad, 0)))
+
+    model = ReadsStride().eval()
+    x = torch.randn(1, 3, 9, 9)
+    lowered = lowerconv.lower(model, example_inputs=x)
+    copied = copy.deepcopy(lowered)
+    assert copied.conv.stride == (2, 2) and copied.conv.kernel_size == (3, 3)
+    torch.testing.assert_close(copied(x), model(x), rtol=1e-5, atol=1e-5)
+    assert lowerconv.verify(model, x, timing=False).ok

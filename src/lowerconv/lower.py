@@ -422,9 +422,12 @@ def _lower_conv_module(
         if conv_record.name == qualname:
             conv_record.target = type(conv).__name__
     _adopt_state(gm, conv)
-    # Code that reads a conv's configuration at run time (out_channels, stride...) still works.
-    for attr in _CONV_CONFIG_ATTRS:
-        object.__setattr__(gm, attr, getattr(conv, attr))
+    # Code that reads a conv's configuration at run time (out_channels, stride...) still works,
+    # on copies too: GraphModule's deepcopy rebuilds it from the graph and sets only these.
+    config = {attr: getattr(conv, attr) for attr in _CONV_CONFIG_ATTRS}
+    for attr, value in config.items():
+        object.__setattr__(gm, attr, value)
+    gm.meta["_user_preserved_attributes"] = config
     return _ConvHolder(conv, gm, lowered, skipped)
 
 
