@@ -7,6 +7,7 @@ Run the whole zoo with ``pytest -m slow tests/test_zoo.py`` (about an hour on 2 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from lowerconv import realworld
 from lowerconv.cli import main
 from lowerconv.models import resolve_model
 from lowerconv.realworld import REALWORLD_MODELS, available_libraries
-from lowerconv.zoo import LARGE_MODELS, run_zoo, select_models
+from lowerconv.zoo import LARGE_MODELS, ZooReport, ZooRow, run_zoo, select_models
 
 # (model, category, path expected, why this one: the category or the fallback reason it covers)
 SUBSET = [
@@ -149,6 +150,23 @@ def test_zoo_runs_a_realworld_model_on_its_own_inputs() -> None:
     assert row.status == "pass", row.note
     assert report.environment["kornia"]
     assert "`kornia` are real-world models" in report.to_markdown()
+    # Two Conv2d modules, and kornia's three F.conv2d calls (a separable blur, then Sobel),
+    # lowered at run time, all counted.
+    assert (row.path, row.convs_lowered) == ("fallback", 5)
+
+
+def test_markdown_puts_other_libraries_in_a_table_of_their_own() -> None:
+    report = ZooReport(
+        rows=[
+            ZooRow("resnet18", "classification", "pass", convs_lowered=20, path="graph"),
+            ZooRow("hf_dpt", "transformers", "pass", 33, 2, path="fallback"),
+        ]
+    )
+    text = report.to_markdown()
+    first, _, second = text.partition("## Models from other libraries")
+    assert "| resnet18" in first and "hf_dpt" not in first
+    assert re.search(r"\| hf_dpt +\| transformers +\| fallback +\| +33 +\| +2 +\| pass", second)
+    assert "resnet18" not in second
 
 
 def test_zoo_command_writes_json_and_markdown(tmp_path, capsys) -> None:

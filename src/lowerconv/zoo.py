@@ -219,9 +219,48 @@ class ZooReport:
             "",
             "Summary: " + ", ".join(f"{n} {status}" for status, n in self.counts().items()) + ".",
             "",
-            tabulate(self.table_rows(), headers=self.HEADERS, tablefmt="github"),
-            "",
         ]
+        torchvision_rows = [r for r in self.rows if r.category not in REALWORLD_CATEGORIES]
+        realworld_rows = [r for r in self.rows if r.category in REALWORLD_CATEGORIES]
+        if torchvision_rows:
+            table = ZooReport(rows=torchvision_rows).table_rows()
+            lines += [tabulate(table, headers=self.HEADERS, tablefmt="github"), ""]
+        if realworld_rows:
+            lines += [
+                "## Models from other libraries",
+                "",
+                'Built by `lowerconv.realworld` (the `zoo` extra: `pip install -e ".[zoo]"`), run '
+                "by `lowerconv zoo --category " + " --category ".join(REALWORLD_CATEGORIES) + "`. "
+                "Most of them defeat `torch.fx` and take the fallback path: every `Conv2d` module "
+                "lowered on its own, every other `F.conv2d` call lowered at run time, and the "
+                "verifier's op audit confirms that no 2-D convolution ran.",
+                "",
+                tabulate(
+                    [
+                        [
+                            r.model,
+                            r.category,
+                            r.path,
+                            str(r.convs_lowered),
+                            str(r.convs_left_alone) if r.convs_left_alone else "",
+                            r.status,
+                            r.first_failure or r.note,
+                        ]
+                        for r in realworld_rows
+                    ],
+                    headers=(
+                        "model",
+                        "library",
+                        "path",
+                        "convs lowered",
+                        "left alone",
+                        "result",
+                        "note",
+                    ),
+                    tablefmt="github",
+                ),
+                "",
+            ]
         return "\n".join(lines)
 
 
@@ -370,7 +409,9 @@ def run_zoo(
         row = ZooRow(name, category, "error", dtype=str(model_dtype).removeprefix("torch."))
         try:
             resolved = resolve_model(name, batch_size=batch_size, image_size=size, seed=seed)
-            lowered = lower(resolved.model, strategy=strategy)
+            lowered = lower(
+                resolved.model, strategy=strategy, example_inputs=resolved.example_inputs
+            )
             result = verify(
                 resolved.model,
                 resolved.example_inputs,
