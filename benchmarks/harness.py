@@ -8,6 +8,7 @@ which drifts over seconds, falls on all of them alike; each ratio is a ratio of 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,12 @@ from torch import nn
 
 from lowerconv.spec import ConvSpec
 from lowerconv.strategies import STRATEGIES, choose_strategy
+
+# The CPU profiler behind peak_memory_bytes logs through Kineto, which writes `USDT: ...
+# profiler_start` lines and, without a GPU, `gpuGetDeviceCount failed` to stderr on every call:
+# noise in a benchmark's output. Level 6 is above Kineto's highest (USDT = 5); a user's own
+# KINETO_LOG_LEVEL wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 __all__ = [
     "LayerTime",

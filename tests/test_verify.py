@@ -422,6 +422,26 @@ def test_text_and_markdown(timed_report):
     assert "<details>" in markdown and "| layer2.0.conv1 " in markdown
 
 
+# (median, IQR) in ms -> how the timing line prints them: one unit, no exponents.
+TIMING_TEXT_CASES = [
+    ((222.4, 121.0), "222 ms (IQR 120 ms)"),
+    ((14.44, 0.583), "14.4 ms (IQR 0.58 ms)"),
+    ((1234.0, 5.0), "1230 ms (IQR 5 ms)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"), TIMING_TEXT_CASES, ids=[c[1] for c in TIMING_TEXT_CASES]
+)
+def test_timing_line_reads_in_milliseconds(timed_report, stats, expected):
+    report = copy.deepcopy(timed_report)
+    timing = report.runs[0].timing
+    timing.native.median_ms, timing.native.iqr_ms = stats
+    line = next(line for line in str(report).splitlines() if line.startswith("cpu time"))
+    assert f"native {expected}, lowered " in line
+    assert "e+" not in line and "e-" not in line
+
+
 def test_cuda_absent_is_a_note_not_an_error(timed_report):
     if CUDA:
         pytest.skip("CUDA is present")

@@ -386,9 +386,9 @@ class VerificationReport:
                 rows.append(
                     [
                         f"{run.device} time",
-                        f"native {t.native.median_ms:.3g} ms (IQR {t.native.iqr_ms:.2g}), lowered "
-                        f"{t.lowered.median_ms:.3g} ms (IQR {t.lowered.iqr_ms:.2g}), ratio {ratio}, "
-                        f"median of {t.repeats}",
+                        f"native {_ms(t.native.median_ms, 3)} (IQR {_ms(t.native.iqr_ms, 2)}), "
+                        f"lowered {_ms(t.lowered.median_ms, 3)} (IQR {_ms(t.lowered.iqr_ms, 2)}), "
+                        f"ratio {ratio}, median of {t.repeats}",
                     ]
                 )
                 if t.peak_memory_native_bytes is not None:
@@ -593,6 +593,13 @@ def _num(value: float | None) -> str:
 
 def _shape(shape: tuple[int, ...] | None) -> str:
     return "-" if shape is None else "x".join(map(str, shape)) or "scalar"
+
+
+def _ms(milliseconds: float, digits: int) -> str:
+    """``222 ms``, ``120 ms``, ``0.58 ms``: ``digits`` significant digits, never an exponent,
+    so a median and its spread read in one unit."""
+    rounded = float(f"{milliseconds:.{digits}g}")
+    return f"{rounded:f}".rstrip("0").rstrip(".") + " ms"
 
 
 def _bytes(n: int | None) -> str:
