@@ -305,3 +305,26 @@ def test_describe_mentions_the_configuration():
         (8, 1, 3, 3), bias=True, stride=2, padding=1, groups=8, padding_mode="reflect"
     )
     assert spec.describe() == "3x3 s2 d1 p1 reflect dw bias"
+
+
+# (padding argument, kernel) -> what describe() and `lowerconv graph` print: one notation.
+PADDING_TEXT_CASES = [
+    ((1, 2), (3, 5), "p1x2", "1x2"),  # pad (2,2,1,1): HxW, top x left
+    (3, (7, 7), "p3", "3x3"),
+    (0, (3, 3), None, "0"),
+    ("same", (2, 4), "p(1,2,0,1)", "(1,2,0,1)"),  # even kernels pad one more right and bottom
+]
+
+
+@pytest.mark.parametrize(
+    ("padding", "kernel", "in_describe", "in_graph"),
+    PADDING_TEXT_CASES,
+    ids=[c[3] for c in PADDING_TEXT_CASES],
+)
+def test_padding_reads_the_same_in_describe_and_graph(padding, kernel, in_describe, in_graph):
+    from lowerconv.inspect import _padding
+
+    spec = ConvSpec.from_conv_args((4, 2, *kernel), bias=False, padding=padding)
+    assert _padding(spec) == in_graph
+    parts = spec.describe().split()
+    assert [p for p in parts if p.startswith("p")] == ([in_describe] if in_describe else [])

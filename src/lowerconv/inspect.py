@@ -23,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .errors import LoweringError
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .runtime import ConvCall, trace_conv_calls
-from .spec import ConvSpec
+from .spec import ConvSpec, padding_text
 
 __all__ = ["ConvRow", "GraphInspection", "format_bytes", "format_count", "inspect_lowered"]
 
@@ -340,11 +340,8 @@ def _hw(pair: tuple[int, int]) -> str:
 
 
 def _padding(spec: ConvSpec) -> str:
-    left, right, top, bottom = spec.pad
-    if not any(spec.pad):
-        return "0"
-    text = f"{top}x{left}" if (left, top) == (right, bottom) else f"({left},{right},{top},{bottom})"
-    return text if spec.padding_mode == "zeros" else f"{text} {spec.padding_mode}"
+    text = padding_text(spec.pad)
+    return text if spec.padding_mode == "zeros" or text == "0" else f"{text} {spec.padding_mode}"
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "PADDING_MODES",
     "ConvSpec",
     "conv_output_size",
+    "padding_text",
     "pair",
 ]
 
@@ -225,12 +226,16 @@ class ConvSpec:
         return self.im2col_elements(batch, height, width) * _itemsize(dtype)
 
     def describe(self) -> str:
-        """A compact one-line description, e.g. ``3x3 s2 p(1,1,1,1) d1 g1 bias``."""
+        """A compact one-line description, e.g. ``3x3 s2 d1 p1x2 g4 bias``.
+
+        Sizes read as in ``lowerconv graph``'s table (:func:`padding_text`), with ``HxW``
+        shortened to one number when both sides are equal: ``s2``, ``p1``.
+        """
         kh, kw = self.kernel_size
         parts = [f"{kh}x{kw}", "s" + _short(self.stride), "d" + _short(self.dilation)]
         if any(self.pad):
-            pads = self.pad
-            p = str(pads[0]) if len(set(pads)) == 1 else "(" + ",".join(map(str, pads)) + ")"
+            left, right, top, bottom = self.pad
+            p = _short((top, left)) if (left, top) == (right, bottom) else padding_text(self.pad)
             parts.append(
                 "p" + p + ("" if self.padding_mode == "zeros" else f" {self.padding_mode}")
             )
@@ -242,6 +247,22 @@ class ConvSpec:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def padding_text(pad: tuple[int, int, int, int]) -> str:
+    """Padding ``(left, right, top, bottom)`` in the one notation the reports use: ``0`` for none,
+    ``HxW`` (top x left) when each side equals its opposite, else ``(left,right,top,bottom)``
+    (``padding='same'`` with an even kernel pads one more on the right and bottom).
+
+    >>> padding_text((2, 2, 1, 1)), padding_text((1, 2, 1, 2)), padding_text((0, 0, 0, 0))
+    ('1x2', '(1,2,1,2)', '0')
+    """
+    left, right, top, bottom = pad
+    if not any(pad):
+        return "0"
+    if (left, top) == (right, bottom):
+        return f"{top}x{left}"
+    return "(" + ",".join(map(str, pad)) + ")"
 
 
 def _short(hw: tuple[int, int]) -> str:
