@@ -572,3 +572,13 @@ def test_functional_conv_in_a_traced_subclass_is_checked():
 def test_nonfinite_tolerance_values_rejected():
     with pytest.raises(LoweringError, match="rtol must be a finite number"):
         verify(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 6, 6), rtol=math.inf)
+
+
+def test_versions_name_torchvision_and_the_models_library():
+    timm = pytest.importorskip("timm")
+    x = torch.randn(1, 3, 9, 9)
+    own = verify(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), x, timing=False).versions
+    from_timm = verify(timm.layers.Conv2dSame(3, 4, 4).eval(), x, timing=False).versions
+    assert own["torchvision"] == from_timm["torchvision"] == torchvision.__version__.split("+")[0]
+    assert "timm" not in own
+    assert from_timm["timm"] == timm.__version__

@@ -165,8 +165,6 @@ def verify(
         for dev in devices:
             runs.append(_verify_on(dev, model, lowered, record, inputs, plan))
 
-    from . import __version__
-
     warnings = [f"[{run.device}] {warning}" for run in runs for warning in run.warnings]
     return VerificationReport(
         model=type(model).__name__,
@@ -184,12 +182,39 @@ def verify(
         devices_skipped=skipped,
         notes=notes,
         warnings=warnings,
-        versions={
-            "lowerconv": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        versions=_versions(model),
     )
+
+
+# Model libraries whose version the report records when the model's class comes from one, by
+# import name (the first part of the class's module) -> the name pip installs it by.
+_MODEL_LIBRARIES = {
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "transformers": "transformers",
+    "diffusers": "diffusers",
+    "segmentation_models_pytorch": "segmentation-models-pytorch",
+    "ultralytics": "ultralytics",
+    "kornia": "kornia",
+}
+
+
+def _versions(model: nn.Module) -> dict[str, str]:
+    """lowerconv, torch, Python, torchvision, and the library ``model``'s class comes from."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__  # the package imports this module: import it when it is done
+
+    versions = {
+        "lowerconv": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    for library in ("torchvision", type(model).__module__.partition(".")[0]):
+        if library in _MODEL_LIBRARIES and library not in versions:
+            with contextlib.suppress(PackageNotFoundError):
+                versions[library] = version(_MODEL_LIBRARIES[library])
+    return versions
 
 
 @dataclass
