@@ -61,7 +61,17 @@ CONV_FUNCTIONS: dict[Any, str] = {
     F.conv_transpose3d: "conv_transpose3d",
 }
 
-_CONV2D_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_TRANSPOSED_ARG_NAMES = (
+    "input",
+    "weight",
+    "bias",
+    "stride",
+    "padding",
+    "output_padding",
+    "groups",
+    "dilation",
+)
 
 
 @dataclass
@@ -122,7 +132,8 @@ def observe_conv_calls(callback: Callable[[ConvCall], None]) -> Iterator[None]:
 
 
 def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    bound = dict(zip(_CONV2D_ARG_NAMES, args, strict=False))
+    names = _TRANSPOSED_ARG_NAMES if "transpose" in CONV_FUNCTIONS[func] else _CONV_ARG_NAMES
+    bound = dict(zip(names, args, strict=False))
     bound.update(kwargs)
     return bound
 

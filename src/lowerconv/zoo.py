@@ -141,9 +141,11 @@ class ZooReport:
         """``earlier``'s rows with this run's rows in place of the same models' (new ones
         appended), in ``earlier``'s order: rerun a few models without rerunning the zoo."""
         fresh = {row.model: row for row in self.rows}
+        before = {row.model for row in earlier.rows}
         rows = [fresh.pop(row.model, row) for row in earlier.rows] + list(fresh.values())
         settings = dict(earlier.settings)
-        settings["rerun"] = sorted({row.model for row in self.rows})
+        settings["rerun"] = sorted({row.model for row in self.rows} & before)
+        settings["added"] = sorted(set(settings.get("added", [])) | set(fresh))
         return ZooReport(rows=rows, environment=self.environment, settings=settings)
 
     def table_rows(self) -> list[list[str]]:
@@ -215,7 +217,12 @@ class ZooReport:
             f"{env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}; "
             f"run took {settings.get('wall_minutes', '?')} min"
             + (f" (then reran {', '.join(settings['rerun'])})" if settings.get("rerun") else "")
-            + ".",
+            + "."
+            + (
+                f" {len(settings['added'])} models were added to it later with `--merge`."
+                if settings.get("added")
+                else ""
+            ),
             "",
             "Summary: " + ", ".join(f"{n} {status}" for status, n in self.counts().items()) + ".",
             "",
