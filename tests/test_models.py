@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -204,6 +205,59 @@ def test_a_file_that_fails_to_import_is_explained(tmp_path):
         resolve_model(f"{path}:make")
 
 
+def test_a_file_imports_the_modules_next_to_it(tmp_path):
+    # As `python net.py` would: the file's folder is on sys.path while it is imported, and only then.
+    (tmp_path / "lowerconv_test_blocks.py").write_text(
+        "from torch import nn\n\ndef block():\n    return nn.Conv2d(3, 4, 3)\n"
+    )
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\nfrom lowerconv_test_blocks import block\n\n"
+        "def build():\n    return nn.Sequential(block(), nn.ReLU())\n"
+    )
+    before = list(sys.path)
+    try:
+        resolved = resolve_model(f"{tmp_path / 'net.py'}:build", image_size=8)
+    finally:
+        sys.modules.pop("lowerconv_test_blocks", None)
+    assert isinstance(resolved.model[0], nn.Conv2d)
+    assert sys.path == before
+
+
+OWN_MODELS_SOURCE = textwrap.dedent(
+    """
+    from torch import nn
+    from torch.nn import Conv2d  # imported: not one of the file's own
+
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return x
+
+
+    class Settings:  # not an nn.Module
+        pass
+
+
+    def build_net():
+        return Net()
+    """
+)
+
+
+def test_a_file_without_a_factory_names_the_ones_it_defines(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(OWN_MODELS_SOURCE)
+    with pytest.raises(LoweringError) as info:
+        resolve_model(str(path))
+    message = str(info.value)
+    assert f"e.g. {path}:build_net. {path} defines build_net, Net" in message
+    assert "make_model" not in message and "Conv2d" not in message and "Settings" not in message
+    with pytest.raises(
+        LoweringError, match=rf"has no attribute 'make_model'\. {path} defines build_net, Net"
+    ):
+        resolve_model(f"{path}:make_model")
+
+
 # -- weights ---------------------------------------------------------------------------------------
 
 
@@ -289,3 +343,23 @@ def test_files_that_are_no_state_dict_are_refused(tmp_path, content, message):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(LoweringError, match="no such file"):
         load_weights(_net(), tmp_path / "absent.pt")
+
+
+WEIGHT_NAMES = ["DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"]
+
+
+@pytest.mark.parametrize("name", WEIGHT_NAMES)
+def test_weights_named_like_torchvision_pretrained_say_nothing_is_downloaded(name):
+    with pytest.raises(LoweringError) as info:
+        load_weights(_net(), name, model_name="resnet18")
+    message = str(info.value)
+    assert "downloads none: --weights takes a state_dict file" in message
+    assert f"get_model('resnet18', weights='{name}').state_dict(), 'resnet18.pt')" in message
+
+
+def test_weights_directory_is_called_a_directory(tmp_path):
+    torch.save(_net().state_dict(), tmp_path / "net.pt")
+    with pytest.raises(
+        LoweringError, match=r"is a directory \(it holds net\.pt\); --weights takes one"
+    ):
+        load_weights(_net(), tmp_path)

@@ -19,9 +19,11 @@ fix it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
+import inspect
 import pickle
 import re
 import sys
@@ -44,6 +46,7 @@ __all__ = [
     "VIDEO_FRAMES",
     "ResolvedModel",
     "default_image_size",
+    "factory_candidates",
     "load_weights",
     "resolve_model",
     "suggest_model_names",
@@ -241,16 +244,57 @@ def _detection_kwargs(name: str, size: int) -> dict:
 
 
 def _unknown_model_message(name: str) -> str:
+    if name.endswith(".py"):
+        return _file_without_factory_message(name)
     message = f"unknown model {name!r}: it is not a torchvision or real-world model name."
     close = suggest_model_names(name)
     if close:
         message += f" Did you mean {', '.join(close)}?"
-    if name.endswith(".py"):
-        message += f" For a model defined in a file, name its factory: {name}:make_model."
+    return message + f" {MODEL_LIST_HINT}"
+
+
+# The end of every unknown-model message: where the names are, and the other spellings.
+MODEL_LIST_HINT = (
+    "Run `lowerconv models` for the torchvision names and the real-world ones (from "
+    "transformers, diffusers, segmentation_models_pytorch, ultralytics, kornia: the zoo extra), "
+    "or pass package.module:factory or path/to/file.py:factory for your own model"
+)
+
+
+def _file_without_factory_message(name: str) -> str:
+    """``lowerconv verify mine.py``: name the file's factories rather than guess one."""
+    if not Path(name).is_file():
+        return (
+            f"model {name!r}: no such file. For a model defined in a file, give its path and "
+            "factory: path/to/file.py:factory"
+        )
+    module = _import_target(name, name)
+    candidates = factory_candidates(module)
+    if not candidates:
+        return (
+            f"model {name!r}: name the factory after a ':' (path/to/file.py:factory); {name} "
+            "defines no function and no nn.Module subclass to call"
+        )
     return (
-        message + " Run `lowerconv models` for the list, or pass package.module:factory or "
-        "path/to/file.py:factory for your own model"
+        f"model {name!r}: name the factory after a ':', e.g. {name}:{candidates[0]}. {name} "
+        f"defines {_some(candidates, limit=8)}"
     )
+
+
+def factory_candidates(module) -> list[str]:
+    """The functions and ``nn.Module`` subclasses ``module`` defines itself (not imports), in
+    the order it defines them: what ``file.py:factory`` may name.  Functions come first: a
+    factory is usually one, and a class may need arguments."""
+    own = [
+        (name, value)
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+    ]
+    functions = [name for name, value in own if inspect.isfunction(value)]
+    classes = [
+        name for name, value in own if inspect.isclass(value) and issubclass(value, nn.Module)
+    ]
+    return functions + classes
 
 
 def _first_weights(name: str):
@@ -338,6 +382,9 @@ def _resolve_factory(
             names = [n for n in dir(module) if not n.startswith("_")]
             close = difflib.get_close_matches(attr, names, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
+            candidates = factory_candidates(module)
+            if set(candidates) - set(close):
+                hint += f" {target} defines {_some(candidates, limit=8)}."
             raise LoweringError(f"model {spec!r}: {target} has no attribute {attr!r}.{hint}")
         factory = getattr(factory, part)
     if not callable(factory):
@@ -377,13 +424,26 @@ def _import_target(spec: str, target: str):
             raise LoweringError(f"model {spec!r}: {path} cannot be imported as a Python file")
         module = importlib.util.module_from_spec(import_spec)
         sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+        # As `python path/to/file.py` does, let the file import its neighbours
+        # (`from blocks import block`): its folder goes first on sys.path, for the import only.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             import_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError):
+                hint = (
+                    f". Fix: install {exc.name!r}, or put the folder that holds it on PYTHONPATH "
+                    f"({folder}, the file's own folder, is searched already)"
+                )
             raise LoweringError(
-                f"model {spec!r}: importing {path} raised {type(exc).__name__}: {exc}"
+                f"model {spec!r}: importing {path} raised {type(exc).__name__}: {exc}{hint}"
             ) from exc
+        finally:
+            with contextlib.suppress(ValueError):  # the file may have removed it itself
+                sys.path.remove(folder)
         return module
     try:
         return importlib.import_module(target)
@@ -409,7 +469,24 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str = "the m
     saved from ``nn.DataParallel`` (``module.`` prefix) are accepted.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+        inside = f" (it holds {_some(found)})" if found else ""
+        raise LoweringError(
+            f"--weights {str(path)!r} is a directory{inside}; --weights takes one state_dict "
+            "file. Fix: pass the file, e.g. --weights path/to/model.pt"
+        )
     if not path.is_file():
+        if re.fullmatch(r"(\w+_Weights\.)?[A-Z][A-Z0-9_]*", str(path)):
+            # DEFAULT, IMAGENET1K_V1, ResNet18_Weights.IMAGENET1K_V1: torchvision's names
+            example = model_name if model_name in torchvision_models() else "resnet18"
+            raise LoweringError(
+                f"--weights {str(path)!r}: no such file. It reads like the name of torchvision's "
+                "pretrained weights, and lowerconv downloads none: --weights takes a state_dict "
+                'file. Fix: save them once, python -c "import torch, torchvision; '
+                f"torch.save(torchvision.models.get_model('{example}', weights='{path}')"
+                f".state_dict(), '{example}.pt')\", then pass --weights {example}.pt"
+            )
         raise LoweringError(f"--weights {str(path)!r}: no such file")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
