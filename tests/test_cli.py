@@ -46,6 +46,36 @@ TINY_SOURCE = textwrap.dedent(
             return self.conv(x).view(-1, 12345)
 
 
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rgb = nn.Conv2d(3, 4, 3)
+            self.depth = nn.Conv2d(1, 4, 3)
+
+        def forward(self, rgb, depth):
+            return self.rgb(rgb) + self.depth(depth)
+
+
+    class Gate(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = Gate()
+            self.head = nn.Conv2d(3, 2, 1)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.head(self.gate(x)))
+
+
     def make():
         return Tiny()
 
@@ -129,6 +159,7 @@ def test_a_wrong_lowering_fails_with_exit_1_naming_the_first_layer(tiny, monkeyp
     assert out.startswith("lowerconv verification: FAIL (first failure: stem)")
     assert "first failing layer 'stem'" in err
     assert "Traceback" not in err
+    assert "print(report)" not in err and "the report on stdout, or --json PATH" in err
 
 
 def test_dtype_and_strategy_reach_the_verifier(tiny, tmp_path, capsys):
@@ -153,6 +184,49 @@ def test_verify_on_all_devices(tiny, capsys):
     code, out, err = run(["verify", tiny, *FAST, "--device", "all"], capsys)
     assert code == 0, err
     assert "[cpu]" in out and "[cuda]" in out
+
+
+def test_input_shape_feeds_each_positional_input(tiny, tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    two = tiny.replace(":make", ":TwoInputs")
+    shapes = ["--input-shape", "2x3x12x20", "--input-shape", "2x1x12x20"]
+    code, _, err = run(["verify", two, *shapes, "--no-timing", "--json", str(json_path)], capsys)
+    assert code == 0, err
+    inputs = json.loads(json_path.read_text())["inputs"]
+    assert [i["shape"] for i in inputs] == [[2, 3, 12, 20], [2, 1, 12, 20]]
+
+
+def test_train_mode_and_leaf_modules_reach_lower_and_verify(tiny, tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    gated = tiny.replace(":make", ":Gated")
+    argv = ["verify", gated, *FAST, "--strict", "--leaf-module", "gate", "--train"]
+    code, _, err = run([*argv, "--json", str(json_path)], capsys)
+    assert code == 0, err
+    data = json.loads(json_path.read_text())
+    assert data["training"] is True and data["path"] == "graph"
+    assert [layer["name"] for layer in data["runs"][0]["layers"]] == ["gate.conv", "head"]
+
+
+# (argv after MODEL, what the error must say, Python-API words it must not say): each fix is
+# one the command line can make.
+CLI_FIX_CASES = [
+    (":TwoInputs", [], "--input-shape 1x3x224x160", "example_inputs"),
+    (":Gated", ["--strict"], "--leaf-module NAME", "leaf_modules="),
+    (":Gated", ["--leaf-module", "gat"], "has no submodule of that name. Did you mean gate", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "extra", "says", "not_said"),
+    CLI_FIX_CASES,
+    ids=["missing_input", "untraceable", "leaf_typo"],
+)
+def test_errors_offer_command_line_fixes(tiny, capsys, factory, extra, says, not_said):
+    code, _, err = run(["verify", tiny.replace(":make", factory), *FAST, *extra], capsys)
+    assert code == 2
+    assert says in err
+    if not_said:
+        assert not_said not in err
 
 
 # -- errors: exit 2, one message, no traceback -----------------------------------------------------

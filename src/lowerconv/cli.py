@@ -26,7 +26,7 @@ from .lower import STRATEGY_NAMES, lower
 from .models import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 from .record import lowering_record
 
-__all__ = ["main"]
+__all__ = ["cli_hints", "main"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         elif isinstance(err, LoweringError):
-            print(f"lowerconv: error: {err}", file=sys.stderr)
+            print(f"lowerconv: error: {cli_hints(str(err))}", file=sys.stderr)
         else:
             print(
                 f"lowerconv: error: {type(err).__name__}: {err}\n"
@@ -189,6 +189,11 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         help="timed runs per model (default 10)",
     )
     check.add_argument("--no-timing", action="store_true", help="skip timing")
+    check.add_argument(
+        "--train",
+        action="store_true",
+        help="verify in train mode (dropout, batch-norm batch statistics) instead of eval mode",
+    )
     out = verify.add_argument_group("reports")
     out.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     out.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
@@ -330,6 +335,14 @@ def _add_input_options(group: argparse._ArgumentGroup) -> None:
         metavar="PATH",
         help="load this state_dict (torch.load(weights_only=True)) into the model first",
     )
+    group.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape,
+        metavar="SHAPE",
+        help="the random input's whole shape, e.g. 1x3x224x160 (non-square); repeat it for a "
+        "model of several inputs, one per positional argument in order",
+    )
 
 
 def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
@@ -344,6 +357,14 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="fail if the model cannot be traced as one graph, instead of lowering each "
         "Conv2d on its own",
+    )
+    group.add_argument(
+        "--leaf-module",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a submodule (qualified name, e.g. layer1.0) torch.fx should not trace into; its "
+        "convs are lowered at run time. Repeatable",
     )
 
 
@@ -361,6 +382,8 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     progress = _progress
     resolved = _resolve(args, progress)
+    if args.train:
+        resolved.model.train()
     lowered = _lower(resolved, args, progress)
     from .verify import verify  # only this command pays for importing the verifier
 
@@ -381,6 +404,7 @@ def run_verify(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             seed=args.seed,
             progress=progress,
+            lower_options=_lower_options(args),
         )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
@@ -392,7 +416,7 @@ def run_verify(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(report.to_markdown().rstrip("\n") + "\n")
         progress(f"wrote {args.markdown}")
     if not report.ok:
-        print(report.failure_message(), file=sys.stderr)
+        print(cli_hints(report.failure_message() or ""), file=sys.stderr)
         return EXIT_MISMATCH
     return EXIT_OK
 
@@ -488,6 +512,7 @@ def _resolve(args: argparse.Namespace, progress: Callable[[str], None]) -> Resol
         image_size=args.image_size,
         seed=args.seed,
         weights=args.weights,
+        input_shapes=args.input_shape,
     )
     weights = f", weights {args.weights}" if args.weights else ""
     progress(f"built {resolved.describe()}{weights} in {time.perf_counter() - start:.1f}s")
@@ -498,11 +523,12 @@ def _lower(
     resolved: ResolvedModel, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> torch.nn.Module:
     start = time.perf_counter()
+    _check_leaf_modules(resolved, args.leaf_module)
     lowered = lower(
         resolved.model,
-        strategy=args.strategy,
-        strict=args.strict,
         example_inputs=resolved.example_inputs,
+        strategy=args.strategy,
+        **_lower_options(args),
     )
     record = lowering_record(lowered)
     progress(f"lowered in {time.perf_counter() - start:.1f}s: {record.summary()}")
@@ -516,6 +542,62 @@ def _lower(
             "this an error)"
         )
     return lowered
+
+
+def _lower_options(args: argparse.Namespace) -> dict:
+    """The lower() options the command line sets, for lower() and verify()'s re-trace alike."""
+    return {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
+
+
+def _check_leaf_modules(resolved: ResolvedModel, names: Sequence[str]) -> None:
+    known = [name for name, _ in resolved.model.named_modules() if name]
+    for name in names:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise LoweringError(
+                f"--leaf-module {name!r}: {resolved.spec} has no submodule of that name.{hint} "
+                f"Its first ones: {', '.join(known[:6])}"
+            )
+
+
+# Fixes the library words for its Python API, and the command-line way to make each.
+_CLI_HINTS = (
+    (
+        "pass example_inputs the model accepts, as a tuple of its positional arguments",
+        "give it inputs it accepts: --image-size PX and --batch-size N, or the whole shape with "
+        "--input-shape 1x3x224x160 (once per positional input, in order)",
+    ),
+    (
+        "pass concrete_args= to fix the inputs that drive control flow, name the module that "
+        "cannot be traced in leaf_modules= (its convolutions are then lowered at run time), or "
+        "leave strict=False (the default) to lower each Conv2d module on its own and every "
+        "other F.conv2d call at run time.",
+        "name the module that cannot be traced with --leaf-module NAME (its convolutions are "
+        "then lowered at run time), or drop --strict to lower each Conv2d module on its own and "
+        "every other F.conv2d call at run time. Fixing the inputs that drive control flow "
+        "(concrete_args) takes the Python API: lowerconv.lower(model, concrete_args={...}).",
+    ),
+    ("per-layer numbers: print(report)", "per-layer numbers: the report on stdout, or --json PATH"),
+    (
+        "print(lowered.code) and check the lowering",
+        "`lowerconv graph MODEL --format code` prints it; check the lowering",
+    ),
+    (
+        "pass verify() the lower_options the model was lowered with",
+        "pass the same --leaf-module and --strict options to graph and verify",
+    ),
+)
+
+
+def cli_hints(message: str) -> str:
+    """``message`` with each fix the library words for Python callers (``leaf_modules=``,
+    ``print(report)``) said as the command line's option instead."""
+    for python_api, command_line in _CLI_HINTS:
+        message = message.replace(python_api, command_line)
+    return message
 
 
 def _with_hint(err: LoweringError, resolved: ResolvedModel) -> LoweringError:
@@ -543,6 +625,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a shape of positive sizes joined by x, e.g. 1x3x224x160; got {text!r}"
+        )
+    return shape
 
 
 def _non_negative_float(text: str) -> float:

@@ -29,7 +29,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -112,13 +112,27 @@ def resolve_model(
     image_size: int | None = None,
     seed: int = 0,
     weights: str | Path | None = None,
+    input_shapes: Sequence[Sequence[int]] | None = None,
 ) -> ResolvedModel:
     """Build the model named by ``spec`` and its example inputs; see the module docstring.
 
     ``image_size`` of None means the model's own default (224 for most, 299 for inception_v3,
     112 for the 3-D ResNets); a real-world model has fixed inputs and refuses one.  ``weights``
-    is a ``state_dict`` file loaded with :func:`load_weights`.
+    is a ``state_dict`` file loaded with :func:`load_weights`.  ``input_shapes`` replaces the
+    example inputs by random tensors of these shapes, one per positional argument (a
+    non-square image, a model of two inputs); it excludes ``image_size`` and ``batch_size``.
     """
+    if input_shapes:
+        if image_size is not None or batch_size != 1:
+            raise LoweringError(
+                "--input-shape gives each input's whole shape, batch and sides included, so "
+                "--image-size and --batch-size do not apply. Fix: drop them"
+            )
+        if spec in REALWORLD_MODELS or (":" not in spec and _is_detection(spec)):
+            raise LoweringError(
+                f"{spec} takes its own kind of inputs (a list of images, or a library's "
+                "arguments), not tensors of given shapes. Fix: drop --input-shape"
+            )
     if batch_size < 1:
         raise LoweringError(f"--batch-size must be at least 1, got {batch_size}")
     if image_size is not None and image_size < 1:
@@ -129,10 +143,20 @@ def resolve_model(
         resolved = _resolve_realworld(spec, batch_size, image_size, seed)
     else:
         resolved = _resolve_torchvision(spec, batch_size, image_size, seed)
+    if input_shapes:
+        generator = torch.Generator().manual_seed(seed)
+        resolved.example_inputs = tuple(
+            torch.randn(tuple(shape), generator=generator) for shape in input_shapes
+        )
+        resolved.min_image_size = None  # the hint speaks of --image-size, which is not in use
     if weights is not None:
         load_weights(resolved.model, weights, model_name=spec)
     resolved.model.eval()
     return resolved
+
+
+def _is_detection(name: str) -> bool:
+    return torchvision_models().get(name) == "detection"
 
 
 # -- torchvision ---------------------------------------------------------------------------------
