@@ -1,0 +1,139 @@
+"""Regenerate the parts of README.md and docs/*.md that the code owns.
+
+    python tools/sync_docs.py           # rewrite every generated region in place
+    python tools/sync_docs.py --check   # rewrite nothing; exit 1 naming the regions that differ
+
+A generated region runs from a start marker to the next ``<!-- end -->``, each on a line of its
+own.  Everything between the two is replaced:
+
+    <!-- lowerconv verify --help -->   a ```console block: the command and what it prints, from
+                                       ``lowerconv.cli.main`` at 100 columns
+    <!-- file examples/my_models.py --> a ```python block holding that file
+    <!-- default image sizes -->       a table of the torchvision models whose default
+                                       ``--image-size`` is not 224, from ``lowerconv.models``
+
+So never edit inside a region: change the parser's help text or the file, then run this.
+``tests/test_docs.py`` fails, naming this command, while any region differs from what it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HELP_COLUMNS = 100
+
+START = r"<!-- (?P<what>lowerconv(?: [^>]*)? --help|file [^ >]+|default image sizes) -->"
+START_LINE = re.compile(f"^{START}$")
+REGION = re.compile(f"^{START}\n(?P<body>.*?)^<!-- end -->$", re.MULTILINE | re.DOTALL)
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    """The Markdown files whose regions are generated: README.md and docs/*.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+@contextlib.contextmanager
+def _plain_terminal() -> Iterator[None]:
+    """A fixed width and no colour, so help text is the same on every machine."""
+    saved = {key: os.environ.get(key) for key in ("COLUMNS", "NO_COLOR", "PYTHON_COLORS")}
+    os.environ.update(COLUMNS=str(HELP_COLUMNS), NO_COLOR="1", PYTHON_COLORS="0")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def help_text(command: str) -> str:
+    """What ``command`` (``lowerconv verify --help``) prints, from the real parser."""
+    from lowerconv.cli import main
+
+    argv = shlex.split(command)
+    if argv[0] != "lowerconv" or argv[-1] != "--help":
+        raise ValueError(f"not a lowerconv --help command: {command!r}")
+    out = io.StringIO()
+    with _plain_terminal(), contextlib.redirect_stdout(out):
+        status = main(argv[1:])
+    if status != 0:
+        raise RuntimeError(f"{command!r} exited {status}")
+    return out.getvalue()
+
+
+def default_image_sizes() -> str:
+    """A Markdown table: each default ``--image-size`` other than 224 and its models."""
+    from lowerconv.models import DEFAULT_IMAGE_SIZE, default_image_size, torchvision_models
+
+    by_size: dict[int, list[str]] = {}
+    for name in sorted(torchvision_models()):
+        by_size.setdefault(default_image_size(name), []).append(name)
+    lines = ["| default `--image-size` | models |", "|---|---|"]
+    for size in sorted(by_size):
+        models = (
+            "every other model"
+            if size == DEFAULT_IMAGE_SIZE
+            else ", ".join(f"`{name}`" for name in by_size[size])
+        )
+        lines.append(f"| {size} | {models} |")
+    return "\n".join(lines) + "\n"
+
+
+def generate(what: str, root: Path = ROOT) -> str:
+    """The body of the region whose start marker says ``what``."""
+    if what.startswith("lowerconv"):
+        return f"```console\n$ {what}\n{help_text(what)}```\n"
+    if what.startswith("file "):
+        path = what.removeprefix("file ")
+        return f"```python\n{(root / path).read_text()}```\n"
+    if what == "default image sizes":
+        return default_image_sizes()
+    raise ValueError(f"unknown generated region {what!r}")
+
+
+def sync_text(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
+    """``text`` with every region regenerated, and the markers of the regions that changed."""
+    changed: list[str] = []
+
+    def regenerate(match: re.Match[str]) -> str:
+        body = generate(match["what"], root)
+        if body != match["body"]:
+            changed.append(match["what"])
+        return f"<!-- {match['what']} -->\n{body}<!-- end -->"
+
+    return REGION.sub(regenerate, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if any region differs"
+    )
+    args = parser.parse_args(argv)
+    stale = []
+    for path in doc_files():
+        text = path.read_text()
+        synced, changed = sync_text(text)
+        name = path.relative_to(ROOT)
+        stale += [f"{name}: <!-- {what} -->" for what in changed]
+        if changed and not args.check:
+            path.write_text(synced)
+            print(f"updated {name}: {', '.join(changed)}")
+    if args.check and stale:
+        print("out of date (run python tools/sync_docs.py):", *stale, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
