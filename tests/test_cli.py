@@ -12,12 +12,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lowerconv import __version__
+from lowerconv import __version__, realworld
 from lowerconv.cli import main
 
 TINY_SOURCE = textwrap.dedent(
@@ -160,6 +161,34 @@ def test_a_wrong_lowering_fails_with_exit_1_naming_the_first_layer(tiny, monkeyp
     assert "first failing layer 'stem'" in err
     assert "Traceback" not in err
     assert "print(report)" not in err and "the report on stdout, or --json PATH" in err
+
+
+def test_junit_xml_has_a_case_per_output_and_layer(tiny, tmp_path, monkeypatch, capsys):
+    junit = tmp_path / "verify.xml"
+    code, _, err = run(["verify", tiny, *FAST, "--junit-xml", str(junit)], capsys)
+    assert code == 0, err
+    (suite,) = ElementTree.parse(junit).getroot().iter("testsuite")
+    assert suite.get("name") == f"lowerconv verify {tiny} [cpu]"
+    assert [case.get("name") for case in suite] == ["output", "stem", "depthwise"]
+    assert suite.get("failures") == "0" and not any(list(case) for case in suite)
+
+    monkeypatch.setattr(torch.nn.functional, "unfold", _sabotaged_unfold)
+    code, _, err = run(["verify", tiny, *FAST, "--junit-xml", str(junit)], capsys)
+    assert code == 1, err
+    cases = {case.get("name"): case for case in ElementTree.parse(junit).getroot().iter("testcase")}
+    failure = cases["stem"].find("failure")
+    assert failure is not None and "3x3 s2 d1 p1 bias" in failure.get("message")
+    assert "rel-L2 error" in failure.text
+
+
+def test_models_lists_the_realworld_ones_of_installed_libraries(monkeypatch, capsys):
+    monkeypatch.setattr(realworld, "_installed", lambda library: library == "kornia")
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    assert "kornia: 2\n  kornia_canny, kornia_edges" in out
+    assert "transformers" not in out and "hf_resnet" not in out
+    code, _, err = run(["models", "--category", "transformers"], capsys)
+    assert code == 2 and 'not installed: pip install -e ".[zoo]"' in err
 
 
 def test_dtype_and_strategy_reach_the_verifier(tiny, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -18,7 +19,15 @@ from lowerconv import realworld
 from lowerconv.cli import main
 from lowerconv.models import resolve_model
 from lowerconv.realworld import REALWORLD_MODELS, available_libraries
-from lowerconv.zoo import LARGE_MODELS, ZooReport, ZooRow, run_zoo, select_models
+from lowerconv.zoo import (
+    LARGE_MODELS,
+    ZooReport,
+    ZooRow,
+    run_zoo,
+    select_models,
+    shard,
+    zoo_image_size,
+)
 
 # (model, category, path expected, why this one: the category or the fallback reason it covers)
 SUBSET = [
@@ -200,6 +209,95 @@ def test_zoo_command_lists_and_refuses(capsys) -> None:
     assert capsys.readouterr().out.split()[0] == "raft_large"
     assert main(["zoo", "resnet181"]) == 2
     assert "unknown torchvision model" in capsys.readouterr().err
+
+
+def test_zoo_suggests_names_like_verify(capsys) -> None:
+    assert main(["zoo", "resnt18"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean resnet18" in err and "real-world" in err
+
+
+def test_every_model_gets_a_size_it_accepts() -> None:
+    sizes = {
+        name: zoo_image_size(name, category)
+        for name, category, _ in select_models(include_large=True)
+    }
+    for name, size in sizes.items():
+        if name.startswith("vit_"):  # the image splits into whole patches
+            assert size % int(name.rsplit("_", 1)[1]) == 0, (name, size)
+    assert (sizes["vit_h_14"], sizes["vit_b_16"]) == (126, 128)
+    assert sizes["mvit_v1_b"] == sizes["mvit_v2_s"] == 224  # built for 16x224x224 clips only
+    assert zoo_image_size("vit_h_14", "classification", 64) == 64  # asked for: given as asked
+
+
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_shards_cover_the_selection_exactly_once(count) -> None:
+    everything = select_models(include_large=True)
+    shards = [shard(everything, k, count) for k in range(1, count + 1)]
+    names = [name for part in shards for name, _, _ in part]
+    assert sorted(names) == sorted(name for name, _, _ in everything)
+    assert len(names) == len(set(names))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [shard(everything, k, count) for k in range(1, count + 1)]  # deterministic
+
+
+def test_shard_out_of_range_is_a_usage_error(capsys) -> None:
+    assert main(["zoo", "--list", "--shard", "3/2"]) == 2
+    assert "1 <= K <= N" in capsys.readouterr().err
+    with pytest.raises(lowerconv.LoweringError, match="between 1 and N"):
+        shard(select_models(), 0, 2)
+
+
+def _shard_report(rows: list[ZooRow], minutes: float) -> ZooReport:
+    return ZooReport(rows=rows, environment={"torch": "2.x"}, settings={"wall_minutes": minutes})
+
+
+def test_merge_joins_shard_reports_into_one_table_and_junit(tmp_path, capsys) -> None:
+    first = _shard_report(
+        [
+            ZooRow("resnet18", "classification", "pass", 20, path="graph", seconds=3.0),
+            ZooRow("r3d_18", "video", "error", note="RuntimeError: out of memory"),
+        ],
+        1.5,
+    )
+    second = _shard_report(
+        [
+            ZooRow("alexnet", "classification", "FAIL", 5, first_failure="features.0",
+                   note="features.0: rel-L2 error 0.01 > bound 1e-05"),
+            ZooRow("vit_h_14", "classification", "skipped", note="skipped for time"),
+        ],
+        2.0,
+    )  # fmt: skip
+    paths = []
+    for index, report in enumerate((first, second)):
+        paths.append(tmp_path / f"shard-{index}.json")
+        paths[-1].write_text(report.to_json())
+    out_json, junit = tmp_path / "zoo.json", tmp_path / "zoo.xml"
+    argv = ["zoo", "--merge", *map(str, paths), "--json", str(out_json), "--junit-xml", str(junit)]
+    assert main(argv) == 1  # nothing ran; a joined FAIL still fails the step
+    joined = json.loads(out_json.read_text())
+    assert [row["model"] for row in joined["rows"]] == ["alexnet", "resnet18", "vit_h_14", "r3d_18"]
+    assert joined["settings"]["wall_minutes"] == 3.5 and joined["settings"]["joined"] == 2
+    assert "resnet18" in capsys.readouterr().out
+
+    root = ElementTree.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == (
+        "4", "1", "1", "1",
+    )  # fmt: skip
+    cases = {case.get("name"): case for case in root.iter("testcase")}
+    failure = cases["alexnet"].find("failure")
+    assert failure.get("message") == "first failure: features.0"
+    assert "rel-L2 error 0.01" in failure.text
+    assert cases["r3d_18"].find("error").get("message") == "RuntimeError: out of memory"
+    assert cases["resnet18"].get("classname") == "lowerconv.zoo.classification"
+    assert list(cases["resnet18"]) == []  # a pass has no child
+
+
+def test_merge_of_a_file_that_is_no_zoo_report(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "lowerconv.verification/1"}')
+    assert main(["zoo", "--merge", str(bad)]) == 2
+    assert f"--merge {bad}: not a lowerconv zoo report" in capsys.readouterr().err
 
 
 @pytest.mark.slow

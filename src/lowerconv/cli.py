@@ -197,6 +197,12 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
     out = verify.add_argument_group("reports")
     out.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     out.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    out.add_argument(
+        "--junit-xml",
+        metavar="PATH",
+        help="also write JUnit XML for CI dashboards: a test case per output and per lowered "
+        "conv, on each device",
+    )
     verify.set_defaults(run=run_verify)
 
 
@@ -225,12 +231,17 @@ def _add_models_parser(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
         "models",
         parents=[_debug_option()],
-        help="list the torchvision model names MODEL accepts",
-        description="List torchvision's model names by category, and which the CLI can build.",
+        help="list the model names MODEL accepts: torchvision's and the real-world ones",
+        description=(
+            "List torchvision's model names by category, then the real-world models (built from\n"
+            "small configs by lowerconv.realworld) by library, for the libraries installed."
+        ),
         epilog=MODELS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    models.add_argument("--category", help="list only this category")
+    models.add_argument(
+        "--category", help="list only this category, or this library's real-world models"
+    )
     models.set_defaults(run=run_models)
 
 
@@ -253,8 +264,9 @@ def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="only this category (repeatable): classification, segmentation, detection, video, "
-        "optical_flow, quantization",
+        help="only this category (repeatable): classification, quantization, segmentation, "
+        "detection, video, optical_flow; or a real-world library (the zoo extra): "
+        "transformers, diffusers, segmentation_models_pytorch, ultralytics, kornia",
     )
     zoo.add_argument("--filter", metavar="TEXT", help="only models whose name contains TEXT")
     zoo.add_argument(
@@ -284,13 +296,28 @@ def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
     zoo.add_argument("--seed", type=int, default=0)
     zoo.add_argument("--list", action="store_true", help="list the models it would run, and stop")
     zoo.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="run only the K-th of N shards of the selection (1 <= K <= N): every N-th model "
+        "from the K-th, so N CI jobs with --shard 1/N ... N/N cover it exactly once",
+    )
+    zoo.add_argument(
         "--merge",
+        action="extend",
+        nargs="+",
         metavar="PATH",
-        help="a JSON report of an earlier run: keep its rows, replacing those of the models run "
-        "now (rerun a few models, then write the whole table again)",
+        help="JSON reports of earlier runs (the shards' --json): join their rows into one table; "
+        "models run now replace their rows. With no MODEL, --category, --filter or --shard, "
+        "nothing runs. Put MODEL names before --merge",
     )
     zoo.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     zoo.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    zoo.add_argument(
+        "--junit-xml",
+        metavar="PATH",
+        help="also write JUnit XML for CI dashboards: a test case per model",
+    )
     zoo.set_defaults(run=run_zoo_command)
 
 
@@ -372,9 +399,8 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None:
-            _check_writable(option, path)
+    for option, path in _report_paths(args):
+        _check_writable(option, path)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise LoweringError(
             "--device cuda: CUDA is not available here (torch.cuda.is_available() is False). "
@@ -415,6 +441,11 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.markdown is not None:
         Path(args.markdown).write_text(report.to_markdown().rstrip("\n") + "\n")
         progress(f"wrote {args.markdown}")
+    if args.junit_xml is not None:
+        from .junit import verification_junit
+
+        Path(args.junit_xml).write_text(verification_junit(report, model=resolved.spec))
+        progress(f"wrote {args.junit_xml}")
     if not report.ok:
         print(cli_hints(report.failure_message() or ""), file=sys.stderr)
         return EXIT_MISMATCH
@@ -438,14 +469,26 @@ def run_graph(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from .realworld import LIBRARIES, realworld_models
+
     by_category: dict[str, list[str]] = {}
     for name, category in torchvision_models().items():
         by_category.setdefault(category, []).append(name)
+    for name, entry in realworld_models().items():  # only the installed libraries'
+        by_category.setdefault(entry.library, []).append(name)
+    order = [*CATEGORIES, *LIBRARIES]
     if args.category is not None and args.category not in by_category:
-        raise LoweringError(
-            f"unknown category {args.category!r}; categories: {', '.join(sorted(by_category))}"
+        missing = (
+            f"; {args.category} is a real-world library that is not installed: "
+            'pip install -e ".[zoo]"'
+            if args.category in LIBRARIES
+            else ""
         )
-    for category in sorted(by_category, key=CATEGORIES.index):
+        raise LoweringError(
+            f"unknown category {args.category!r}; categories: "
+            f"{', '.join(sorted(by_category, key=order.index))}{missing}"
+        )
+    for category in sorted(by_category, key=order.index):
         if args.category is not None and category != args.category:
             continue
         names = sorted(by_category[category])
@@ -455,25 +498,27 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
-    from .zoo import ZooReport, run_zoo, select_models
+    from .zoo import ZooReport, run_zoo, select_models, shard
 
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None:
-            _check_writable(option, path)
+    for option, path in _report_paths(args):
+        _check_writable(option, path)
     earlier = None
-    if args.merge is not None:
-        try:
-            earlier = ZooReport.from_dict(json.loads(Path(args.merge).read_text()))
-        except (OSError, ValueError, TypeError) as err:
-            raise LoweringError(f"--merge {args.merge}: cannot read it: {err}") from err
+    if args.merge:
+        earlier = ZooReport.joined([_read_zoo_report(path) for path in args.merge])
+    selecting = args.names or args.category or args.filter or args.shard
+    if earlier is not None and not selecting and not args.list:
+        _progress(f"joined {len(args.merge)} report(s): {len(earlier.rows)} model(s)")
+        return _write_zoo_report(earlier, args)
     chosen = select_models(
         args.names,
         categories=args.category,
         contains=args.filter,
         include_large=args.include_large,
     )
+    if args.shard is not None:
+        chosen = shard(chosen, *args.shard)
     if not chosen:
-        raise LoweringError("no torchvision model matches those names, categories and --filter")
+        raise LoweringError("no model matches those names, categories, --filter and --shard")
     if args.list:
         for name, category, skip in chosen:
             print(f"{name:32} {category:15} {skip or ''}".rstrip())
@@ -489,8 +534,28 @@ def run_zoo_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=_progress,
     )
+    if args.shard is not None:
+        report.settings["shard"] = "{}/{}".format(*args.shard)
     if earlier is not None:
         report = report.merged_into(earlier)
+    return _write_zoo_report(report, args)
+
+
+def _read_zoo_report(path: str):
+    from .zoo import ZooReport
+
+    try:
+        return ZooReport.from_dict(json.loads(Path(path).read_text()))
+    except LoweringError as err:
+        raise LoweringError(f"--merge {path}: {err}") from err
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise LoweringError(
+            f"--merge {path}: cannot read it ({type(err).__name__}: {err}). Fix: pass files "
+            "written by `lowerconv zoo --json`"
+        ) from err
+
+
+def _write_zoo_report(report, args: argparse.Namespace) -> int:
     print(report)
     if args.json is not None:
         Path(args.json).write_text(report.to_json(indent=2) + "\n")
@@ -498,7 +563,21 @@ def run_zoo_command(args: argparse.Namespace) -> int:
     if args.markdown is not None:
         Path(args.markdown).write_text(report.to_markdown())
         _progress(f"wrote {args.markdown}")
+    if args.junit_xml is not None:
+        from .junit import zoo_junit
+
+        Path(args.junit_xml).write_text(zoo_junit(report))
+        _progress(f"wrote {args.junit_xml}")
     return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def _report_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
+    options = (
+        ("--json", args.json),
+        ("--markdown", args.markdown),
+        ("--junit-xml", args.junit_xml),
+    )
+    return [(option, path) for option, path in options if path is not None]
 
 
 # -- shared steps --------------------------------------------------------------------------------
@@ -637,6 +716,19 @@ def _shape(text: str) -> tuple[int, ...]:
             f"expected a shape of positive sizes joined by x, e.g. 1x3x224x160; got {text!r}"
         )
     return shape
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        k, n = int(index), int(count)
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(
+            f"expected K/N with 1 <= K <= N, e.g. 2/4 for the second of four shards; got {text!r}"
+        )
+    return k, n
 
 
 def _non_negative_float(text: str) -> float:

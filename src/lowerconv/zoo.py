@@ -24,7 +24,7 @@ import torch
 from tabulate import tabulate
 
 from .errors import LoweringError
-from .models import CATEGORIES, resolve_model, torchvision_models
+from .models import CATEGORIES, resolve_model, suggest_model_names, torchvision_models
 from .realworld import LIBRARIES, REALWORLD_MODELS, available_libraries, realworld_models
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "ZooRow",
     "run_zoo",
     "select_models",
+    "shard",
+    "zoo_image_size",
 ]
 
 # The real-world libraries, one category each, after torchvision's; select_models accepts those
@@ -71,7 +73,24 @@ ZOO_IMAGE_SIZE = {
 ZOO_IMAGE_SIZE_OVERRIDES = {
     "maxvit_t": 224,  # its 7x7 partitions need a 224 input
     "s3d": 224,  # its final 7x7 average pool needs a 224 input
+    "mvit_v1_b": 224,  # built for 16x224x224 clips only
+    "mvit_v2_s": 224,
 }
+
+
+def zoo_image_size(name: str, category: str, image_size: int | None = None) -> int | None:
+    """The side the zoo runs ``name`` at: ``image_size`` when given, else its category's (or its
+    override), rounded down to a multiple of the patch for a ViT (vit_h_14: 126, not 128).
+    None for a real-world model, which has its own fixed inputs."""
+    if category in REALWORLD_CATEGORIES:
+        return None
+    if image_size is not None:
+        return image_size
+    size = ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category])
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        size = max(patch, size // patch * patch)
+    return size
 
 
 @dataclass
@@ -148,6 +167,41 @@ class ZooReport:
         settings["added"] = sorted(set(settings.get("added", [])) | set(fresh))
         return ZooReport(rows=rows, environment=self.environment, settings=settings)
 
+    @classmethod
+    def joined(cls, reports: Sequence[ZooReport]) -> ZooReport:
+        """One report of several (the shards of one zoo run, ``lowerconv zoo --merge a.json
+        b.json``): every row once, a later report's row replacing an earlier one's for the same
+        model, in the zoo's order (category, then name).  The environment and settings are the
+        first report's; ``wall_minutes`` is the sum of the reports' (machine time, not the wall
+        time of parallel jobs)."""
+        if not reports:
+            raise LoweringError("nothing to join: pass one or more `lowerconv zoo --json` reports")
+        rows: dict[str, ZooRow] = {}
+        for report in reports:
+            rows.update((row.model, row) for row in report.rows)
+        order = (*CATEGORIES, *REALWORLD_CATEGORIES)
+        environment: dict[str, str] = {}
+        for report in reversed(reports):
+            environment.update(report.environment)
+        settings = dict(reports[0].settings)
+        settings.pop("shard", None)
+        minutes = [r.settings.get("wall_minutes") for r in reports]
+        if all(isinstance(m, int | float) for m in minutes):
+            settings["wall_minutes"] = round(sum(minutes), 1)
+        if len(reports) > 1:
+            settings["joined"] = len(reports)
+        return cls(
+            rows=sorted(
+                rows.values(),
+                key=lambda r: (
+                    order.index(r.category) if r.category in order else len(order),
+                    r.model,
+                ),
+            ),
+            environment=environment,
+            settings=settings,
+        )
+
     def table_rows(self) -> list[list[str]]:
         return [
             [
@@ -216,6 +270,7 @@ class ZooReport:
             f"Machine: {env.get('machine', '?')}, {env.get('threads', '?')} threads, torch "
             f"{env.get('torch', '?')}, torchvision {env.get('torchvision', '?')}; "
             f"run took {settings.get('wall_minutes', '?')} min"
+            + (f" of machine time in {settings['joined']} jobs" if settings.get("joined") else "")
             + (f" (then reran {', '.join(settings['rerun'])})" if settings.get("rerun") else "")
             + "."
             + (
@@ -320,9 +375,13 @@ def select_models(
                 f"model(s) {', '.join(map(repr, missing))} come from {', '.join(libraries)}, "
                 'which is not installed. Fix: pip install -e ".[zoo]"'
             )
+        close = list(dict.fromkeys(c for n in unknown for c in suggest_model_names(n)))
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise LoweringError(
             f"unknown torchvision model(s) {', '.join(map(repr, unknown))} (and no real-world "
-            "model of that name either); run `lowerconv models` for the list"
+            f"model of that name either).{hint} Run `lowerconv models` for the torchvision names "
+            "and the real-world ones (transformers, diffusers, segmentation_models_pytorch, "
+            "ultralytics, kornia: the zoo extra)"
         )
     categories = tuple(categories)
     order = (*CATEGORIES, *installed)
@@ -356,6 +415,21 @@ def select_models(
             skip = f"skipped for time: {LARGE_MODELS[name]} (run with --include-large)"
         chosen.append((name, category, skip))
     return chosen
+
+
+def shard(
+    models: Sequence[tuple[str, str, str | None]], index: int, count: int
+) -> list[tuple[str, str, str | None]]:
+    """Shard ``index`` of ``count`` (1-based, ``lowerconv zoo --shard 2/4``): every ``count``-th
+    model of ``models``, starting at the ``index``-th.  The ``count`` shards of one selection
+    cover it exactly once, and each takes models from every category, so their times are alike
+    (a category's models are of a size)."""
+    if not 1 <= index <= count:
+        raise LoweringError(
+            f"--shard {index}/{count}: K must be between 1 and N. Fix: --shard 1/{count} to "
+            f"--shard {count}/{count}, one per CI job"
+        )
+    return list(models[index - 1 :: count])
 
 
 def run_zoo(
@@ -407,10 +481,7 @@ def run_zoo(
             report.rows.append(ZooRow(name, category, "skipped", note=skip))
             continue
         say(f"[{index}/{len(models)}] {name} ({category})")
-        if category in REALWORLD_CATEGORIES:
-            size = None  # each real-world model has its own fixed inputs
-        else:
-            size = image_size or ZOO_IMAGE_SIZE_OVERRIDES.get(name, ZOO_IMAGE_SIZE[category])
+        size = zoo_image_size(name, category, image_size)
         model_dtype = torch.float64 if category == "detection" else dtype
         t0 = time.perf_counter()
         row = ZooRow(name, category, "error", dtype=str(model_dtype).removeprefix("torch."))
