@@ -282,8 +282,8 @@ def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
         "--image-size",
         type=_positive_int,
         metavar="PX",
-        help="input side for every model (default per category: 224, 112 for video, 128 for "
-        "optical flow)",
+        help="input side for every model (default per category: 128; 224 for detection, 64 "
+        "for video; rounded to a ViT's patch, vit_h_14: 126)",
     )
     zoo.add_argument(
         "--dtype",
