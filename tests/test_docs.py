@@ -370,12 +370,17 @@ def test_doc_commands_run_and_print_what_the_doc_shows(
         if status != 0 and not status_shown:
             pytest.fail(f"{block.id}: `{command}` exited {status}:\n{printed}")
         if shown is not None and not output_matches(shown, printed, "numbers vary" in block.flags):
+            numbers_vary = "numbers vary" in block.flags
             diff = "\n".join(
                 difflib.unified_diff(
-                    shown, printed.splitlines(), "the doc shows", "the command printed", lineterm=""
+                    [_normalise(line, numbers_vary) for line in shown],
+                    [_normalise(line, numbers_vary) for line in printed.splitlines()],
+                    "the doc shows",
+                    "the command printed",
+                    lineterm="",
                 )
             )
-            how = " (numbers aside)" if "numbers vary" in block.flags else ""
+            how = " (numbers aside: each shown as #)" if numbers_vary else ""
             pytest.fail(
                 f"{block.id}: `{command}` printed something else than the doc shows{how}; "
                 f"update the doc (or fix the code):\n{diff}"
