@@ -493,3 +493,29 @@ def test_copies_of_a_fallback_model_keep_the_conv_configuration() -> None:
     assert copied.conv.stride == (2, 2) and copied.conv.kernel_size == (3, 3)
     torch.testing.assert_close(copied(x), model(x), rtol=1e-5, atol=1e-5)
     assert lowerconv.verify(model, x, timing=False).ok
+
+
+def test_run_time_convs_in_the_root_forward_unbatched_and_by_keyword_are_checked() -> None:
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding="same", dilation=2)
+            self.kernel = nn.Parameter(torch.randn(4, 2, 3, 3))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if x.abs().max() > 1e6:
+                return x, x
+            y = self.conv(x)
+            same = F.conv2d(y, self.kernel, None, 1, "same", 2, 2)
+            strided = torch.conv2d(input=y, weight=self.kernel, stride=(2, 1), groups=2)
+            return same, strided
+
+    model = Root().eval()
+    for x in (torch.randn(2, 3, 9, 8), torch.randn(3, 9, 8)):
+        report = lowerconv.verify(model, x, timing=False)
+        assert report.ok, report.failure_message()
+        assert [(c.name, c.status) for c in report.layers] == [
+            ("conv", "pass"),
+            ("forward", "pass"),
+            ("forward#2", "pass"),
+        ]

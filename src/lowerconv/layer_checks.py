@@ -397,6 +397,9 @@ def check_runtime_layers(
             )
             continue
         args = native.arguments
+        if not isinstance(args.get("input"), torch.Tensor):
+            _unchecked(check, f"the original's call {call.name!r} was not captured")
+            continue
         try:
             lowered_local = conv2d(**args, strategy=strategy)
         except Exception as exc:

@@ -261,7 +261,7 @@ def _verify_on(
     audit = ConvOpAudit(low, record.skipped if record is not None else ())
     # The original's calls that a run-time lowering may have lowered: not those of Conv2d
     # modules, which the lowered model computes in holders of their own.
-    holders = {c.graph_module for c in record.lowered} if record is not None else set()
+    holders = {c.graph_module for c in record.lowered if c.graph_module} if record else set()
 
     def candidate(call: ConvCall) -> bool:
         return call.kind == "conv2d" and call.called_from not in holders
