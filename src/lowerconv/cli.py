@@ -48,7 +48,7 @@ examples:
   lowerconv verify resnet18
   lowerconv verify resnet18 --device all --json report.json --markdown report.md
   lowerconv verify mobilenet_v3_small --strategy auto --dtype float64 --no-timing
-  lowerconv verify my_models.py:make_net --image-size 64 --weights net.pt
+  lowerconv verify examples/my_models.py:make_net --image-size 64
 
 exit status: 0 verified, 1 the lowered model's outputs differ beyond tolerance,
 2 usage error or a model that cannot be built, loaded, lowered or run"""
@@ -71,7 +71,7 @@ examples:
   lowerconv zoo --list
   lowerconv zoo --category classification --filter resnet --no-timing
   lowerconv zoo resnet18 fasterrcnn_mobilenet_v3_large_320_fpn raft_small
-  lowerconv zoo --markdown docs/zoo.md --json zoo.json
+  lowerconv zoo --markdown docs/zoo.md --json docs/zoo.json
 
 Exit 0 when every model run passes, 1 when any fails or errors, 2 for a usage error."""
 
