@@ -360,3 +360,66 @@ def test_lower_honours_max_workspace_bytes(strategy):
 def test_lower_refuses_a_bad_max_workspace_bytes():
     with pytest.raises(lowerconv.LoweringError, match="max_workspace_bytes"):
         lowerconv.lower(nn.Conv2d(3, 4, 3), max_workspace_bytes=0)
+
+
+# -- what lowerconv graph reports: each strategy's real im2col buffer -------------------------
+
+
+class LargestAllocation(TorchDispatchMode):
+    """The byte size of every tensor an op returns (views share storage and are skipped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.sizes.append(t.untyped_storage().nbytes())
+        return out
+
+
+# (strategy, nn.Conv2d keyword arguments, input shape)
+WORKSPACE_CASES = [
+    ("unfold", dict(in_channels=8, out_channels=4, kernel_size=3, padding=1), (2, 8, 12, 12)),
+    ("strided", dict(in_channels=8, out_channels=4, kernel_size=3, stride=2), (2, 8, 13, 11)),
+    ("nchw", dict(in_channels=8, out_channels=8, kernel_size=3, groups=2, padding=1), (2, 8, 12, 12)),
+    ("nhwc", dict(in_channels=8, out_channels=4, kernel_size=3, stride=2, padding=1), (2, 8, 12, 12)),
+    ("nhwc", dict(in_channels=16, out_channels=8, kernel_size=3, padding=1), (1, 16, 40, 40)),
+    ("patchify", dict(in_channels=3, out_channels=8, kernel_size=4, stride=4), (2, 3, 16, 16)),
+    ("depthwise", dict(in_channels=8, out_channels=8, kernel_size=3, groups=8, padding=1), (2, 8, 12, 12)),
+    ("pointwise", dict(in_channels=8, out_channels=4, kernel_size=1), (2, 8, 12, 12)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kwargs", "shape"),
+    WORKSPACE_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(WORKSPACE_CASES)],
+)
+def test_workspace_bytes_is_the_largest_buffer_the_strategy_allocates(strategy, kwargs, shape):
+    from lowerconv.strategies import workspace_bytes
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kwargs)
+    x = torch.randn(shape)
+    spec = ConvSpec.from_module(conv)
+    with torch.no_grad():
+        out = conv(x)
+        with LargestAllocation() as seen:
+            STRATEGIES[strategy](x, conv.weight, conv.bias, spec)
+    predicted = workspace_bytes(spec, strategy, shape[0], shape[2], shape[3], torch.float32)
+    # Tensors the size of the input (a padded or channels-last copy) or of the output are not
+    # im2col buffers; the largest of the rest is.
+    plain = {x.nbytes, out.nbytes}
+    padded = (shape[2] + 2) * (shape[3] + 2) * shape[0] * shape[1] * 4
+    buffers = [size for size in seen.sizes if size not in plain and size != padded]
+    if predicted == 0:
+        assert max(buffers, default=0) <= max(x.nbytes, out.nbytes), seen.sizes
+    elif predicted in plain:  # patchify: the patches, without overlap, are the input's size
+        assert predicted in seen.sizes and max(buffers, default=0) < predicted, seen.sizes
+    else:
+        assert max(buffers) == predicted, (sorted(seen.sizes), predicted)
+    assert predicted <= spec.im2col_bytes(shape[0], shape[2], shape[3], torch.float32)

@@ -63,7 +63,8 @@ The table has one row per lowered conv: its kernel, stride, padding and dilation
 (HxW; padding 0 when none, (left,right,top,bottom) when asymmetric), groups, the
 input and output shapes seen when the lowered graph ran on a random input, the GEMM
 it became (M = out channels, K = in channels/groups * kh * kw, N = batch * OH * OW),
-its FLOPs (2*M*K*N), the size of its im2col buffer and the strategy used.
+its FLOPs (2*M*K*N), the largest im2col buffer its strategy allocates ("none"
+for depthwise taps and 1x1 GEMMs) and the strategy used.
 Convs left alone are listed after it."""
 
 ZOO_EPILOG = """\

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tabulate import tabulate
@@ -24,6 +24,7 @@ from .errors import LoweringError
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .runtime import ConvCall, trace_conv_calls
 from .spec import ConvSpec, padding_text
+from .strategies import workspace_bytes
 
 __all__ = ["ConvRow", "GraphInspection", "format_bytes", "format_count", "inspect_lowered"]
 
@@ -38,6 +39,8 @@ class ConvRow:
     input_shape: tuple[int, ...] | None
     output_shape: tuple[int, ...] | None
     dtype: torch.dtype | None
+    device: str = "cpu"
+    max_workspace_bytes: int | None = None
 
     @property
     def _batch_hw(self) -> tuple[int, int, int] | None:
@@ -59,10 +62,19 @@ class ConvRow:
 
     @property
     def im2col_bytes(self) -> int | None:
+        """The largest im2col buffer this conv's strategy allocates (0: none; see
+        :func:`lowerconv.strategies.workspace_bytes`), for an inference run."""
         bhw = self._batch_hw
         if self.spec is None or bhw is None or self.dtype is None:
             return None
-        return self.spec.im2col_bytes(*bhw, self.dtype)
+        return workspace_bytes(
+            self.spec,
+            self.strategy,
+            *bhw,
+            self.dtype,
+            device=self.device,
+            max_workspace_bytes=self.max_workspace_bytes,
+        )
 
     def cells(self) -> list[str]:
         spec = self.spec
@@ -78,7 +90,7 @@ class ConvRow:
             _shape(self.output_shape),
             " x ".join(map(str, gemm)) if gemm else "",
             format_count(self.flops),
-            format_bytes(self.im2col_bytes),
+            "none" if self.im2col_bytes == 0 else format_bytes(self.im2col_bytes),
             self.strategy,
         ]
 
@@ -224,6 +236,10 @@ def inspect_lowered(
                 )
             )
     rows += _run_time_rows(record, lowered, calls)
+    device = next((t.device.type for t in example_inputs if isinstance(t, torch.Tensor)), "cpu")
+    rows = [
+        replace(row, device=device, max_workspace_bytes=record.max_workspace_bytes) for row in rows
+    ]
     return GraphInspection(
         model=model or record.model, record=record, rows=rows, code=lowered_code(lowered)
     )

@@ -104,7 +104,9 @@ def lower(
     except ValueError as err:
         raise LoweringError(f"{err}; e.g. max_workspace_bytes=64 * 2**20 for 64 MiB") from err
     work = model if inplace else _copy_model(model)
-    record = LoweringRecord(model=type(model).__name__, strategy=strategy)
+    record = LoweringRecord(
+        model=type(model).__name__, strategy=strategy, max_workspace_bytes=max_workspace_bytes
+    )
     holders = _lower_conv_modules(work, strategy, options)
     run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv2d)]
     try:

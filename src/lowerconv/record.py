@@ -87,6 +87,7 @@ class LoweringRecord:
     skipped: list[SkippedConv] = field(default_factory=list)
     runtime: list[str] = field(default_factory=list)
     runtime_calls_listed: bool = False
+    max_workspace_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -109,6 +110,7 @@ class LoweringRecord:
             "skipped": [s.to_dict() for s in self.skipped],
             "runtime": list(self.runtime),
             "runtime_calls_listed": self.runtime_calls_listed,
+            "max_workspace_bytes": self.max_workspace_bytes,
             "notes": list(self.notes),
         }
 

@@ -64,6 +64,8 @@ import torch.fx
 import torch.nn.functional as F
 
 from .kernels import (
+    _ONEDNN,
+    _ROW_GEMMS_MIN_PIXELS,
     chunk_limit,
     depthwise_taps,
     gemm,
@@ -419,6 +421,73 @@ def choose_strategy(spec: ConvSpec) -> str:
     if spec.groups > 1 or spec.patch_size <= _FEW_VALUES_PER_PATCH:
         return "nchw"
     return "nhwc"
+
+
+def workspace_bytes(
+    spec: ConvSpec,
+    strategy: str,
+    batch: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    *,
+    device: str = "cpu",
+    max_workspace_bytes: int | None = None,
+    needs_grad: bool = False,
+) -> int:
+    """The largest im2col buffer ``strategy`` allocates for one call of this conv, in bytes.
+
+    What each strategy really builds, following the same dispatch as the strategies themselves
+    (``pointwise`` on a 3x3 kernel runs ``nhwc``, ``nhwc`` on a grouped conv runs ``nchw``...):
+    ``depthwise`` and ``pointwise`` build none (0); ``unfold``, ``strided`` and ``patchify`` the
+    whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
+    (:func:`~lowerconv.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs (CPU,
+    float32, no gradient) a ``kw``-wide buffer ``kh`` times smaller.
+    """
+    strategy = strategy.split(" (")[0]  # "unfold (run time)" -> "unfold"
+    if strategy == "auto":
+        strategy = choose_strategy(spec)
+    if strategy == "depthwise":
+        if spec.is_depthwise:
+            return 0
+        strategy = "nhwc"
+    if strategy == "pointwise":
+        if spec.kernel_size == (1, 1):
+            return 0
+        strategy = "nhwc"
+    if strategy == "patchify" and not (spec.is_patchify and spec.groups == 1):
+        strategy = "nhwc"
+    if strategy == "nhwc" and spec.groups > 1:
+        strategy = "nchw"
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    out_h, out_w = spec.output_hw(height, width)
+    (kh, kw), dh = spec.kernel_size, spec.dilation[0]
+
+    def chunk(limit: int | None) -> int:
+        if limit is None:
+            return spec.im2col_bytes(batch, height, width, dtype)
+        per_group = spec.patch_size * spec.groups
+        return plan_chunks(batch, out_h, out_w, per_group, itemsize, limit).workspace_bytes
+
+    if strategy in ("unfold", "strided", "patchify"):
+        return chunk(max_workspace_bytes)
+    limit = chunk_limit(torch.device(device), max_workspace_bytes)
+    row_gemms = (
+        strategy == "nhwc"
+        and spec.stride[0] == 1
+        and kh > 1
+        and out_h * out_w >= _ROW_GEMMS_MIN_PIXELS
+        and _ONEDNN
+        and device == "cpu"
+        and dtype == torch.float32
+        and not needs_grad
+    )
+    if row_gemms:
+        row_bytes = out_w * kw * spec.in_channels * itemsize
+        rows = min(out_h, limit // row_bytes - dh * (kh - 1))
+        if rows >= 1:
+            return (rows + dh * (kh - 1)) * row_bytes
+    return chunk(limit)
 
 
 # Patches of at most this many values (a 3x3 stem over 3 channels has 27) go to ``nchw``: they
