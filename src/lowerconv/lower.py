@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
@@ -98,7 +99,7 @@ def lower(
             return _1
     """
     _check_arguments(model, strategy, leaf_modules)
-    inputs = _example_tuple(model, example_inputs)
+    inputs = None if example_inputs is None else normalize_example_inputs(model, example_inputs)
     try:
         options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
     except ValueError as err:
@@ -528,18 +529,25 @@ def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> 
             )
 
 
-def _example_tuple(model: nn.Module, example_inputs: Any) -> tuple | None:
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, list | tuple):
-        return tuple(example_inputs)
-    raise LoweringError(
-        f"example_inputs for {type(model).__name__} must be a tensor or a tuple of the model's "
-        f"positional arguments, got {type(example_inputs).__name__}; e.g. "
-        "example_inputs=(torch.randn(1, 3, 224, 224),)"
-    )
+def normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
+    """``example_inputs`` as the tuple of ``model``'s positional arguments (one tensor becomes a
+    1-tuple, a list a tuple); anything else is a :class:`LoweringError` with the fix."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if isinstance(inputs, list):
+        inputs = tuple(inputs)
+    if not isinstance(inputs, tuple):
+        raise LoweringError(
+            f"example_inputs for {type(model).__name__} must be a tensor or a tuple of tensors "
+            f"(the model's positional arguments), got {type(example_inputs).__name__}; e.g. "
+            "(torch.randn(1, 3, 224, 224),)"
+        )
+    for i, leaf in enumerate(pytree.tree_leaves(inputs)):
+        if not isinstance(leaf, torch.Tensor | int | float | bool | str | type(None)):
+            raise LoweringError(
+                f"example_inputs for {type(model).__name__}: leaf {i} is a "
+                f"{type(leaf).__name__}; pass tensors (and plain Python values) only"
+            )
+    return inputs
 
 
 def _copy_model(model: nn.Module) -> nn.Module:

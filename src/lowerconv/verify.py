@@ -57,7 +57,7 @@ from .layer_checks import (
     check_graph_layers,
     check_runtime_layers,
 )
-from .lower import lower
+from .lower import lower, normalize_example_inputs
 from .metrics import Tolerance, compare, default_tolerance, judge
 from .record import LoweringRecord, lowering_record
 from .report import DeviceRun, OutputCheck, VerificationReport
@@ -126,7 +126,7 @@ def verify(
     """
     say = progress or (lambda line: None)
     _check_arguments(model, lowered, dtype, repeats, warmup)
-    inputs = _normalize_inputs(model, example_inputs)
+    inputs = normalize_example_inputs(model, example_inputs)
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
     options = dict(lower_options or {})
@@ -534,25 +534,6 @@ def _tolerance(dtype: torch.dtype, rtol: Any, atol: Any, factor: Any) -> Toleran
         return default_tolerance(dtype, rtol=rtol, atol=atol, factor=factor)
     except ValueError as err:
         raise LoweringError(str(err)) from err
-
-
-def _normalize_inputs(model: nn.Module, example_inputs: Any) -> tuple:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if isinstance(inputs, list):
-        inputs = tuple(inputs)
-    if not isinstance(inputs, tuple):
-        raise LoweringError(
-            f"example_inputs for {type(model).__name__} must be a tensor or a tuple of tensors "
-            f"(the model's positional arguments), got {type(example_inputs).__name__}; e.g. "
-            "(torch.randn(1, 3, 224, 224),)"
-        )
-    for i, leaf in enumerate(pytree.tree_leaves(inputs)):
-        if not isinstance(leaf, torch.Tensor | int | float | bool | str | type(None)):
-            raise LoweringError(
-                f"example_inputs for {type(model).__name__}: leaf {i} is a "
-                f"{type(leaf).__name__}; pass tensors (and plain Python values) only"
-            )
-    return inputs
 
 
 def _record_of(lowered: nn.Module) -> LoweringRecord | None:
