@@ -9,7 +9,9 @@ is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
     runs oneDNN's matmul (the inner-product primitive PyTorch uses for ``mkldnn`` linear layers),
     which on AMD CPUs is about twice as fast as MKL's ``sgemm`` behind ``torch.matmul``; every
     other device, dtype, and any call that needs gradients, runs ``torch.addmm``/``matmul``.
-    Either way it is a GEMM: no convolution op runs.
+    So does any call a tracer makes (torch.export, torch.compile, make_fx, jit.trace): traced
+    graphs hold portable ``aten`` ops only, never the private oneDNN one.  Either way it is a
+    GEMM: no convolution op runs.
 :func:`im2col_gemm`
     A whole channels-last im2col convolution, computed in chunks of images or output rows so
     that each chunk's im2col buffer stays under a byte limit (see :func:`plan_chunks`).
@@ -63,9 +65,22 @@ def _onednn_linear_available() -> bool:
 _ONEDNN = _onednn_linear_available()
 
 
+def _traced(*tensors: torch.Tensor | None) -> bool:
+    """Whether a tracer runs this code (torch.export, torch.compile, make_fx, jit.trace): they
+    must record portable ops, never oneDNN's private ``mkldnn._linear_pointwise``."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    # export and make_fx run on fake or functional tensors, subclasses of Tensor.
+    return any(
+        t is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter
+        for t in tensors
+    )
+
+
 def _use_onednn(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (
         _ONEDNN
+        and not _traced(a, b, bias)
         and a.device.type == "cpu"
         and a.dtype == torch.float32
         and b.dtype == torch.float32
