@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -133,20 +132,3 @@ class ConvOpAudit(TorchDispatchMode):
 
 def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
-
-
-def describe_conv_ops(runs: list[ConvOpRun]) -> list[str]:
-    """One line per op run: ``FAIL aten.convolution.default (conv2d) x2 in module 'blur' (...)``."""
-    lines = []
-    for run in runs:
-        verdict = "FAIL" if run.status == "fail" else "left alone"
-        lines.append(f"{verdict}: {run.op} ({run.kind}, {run.phase}) x{run.count}: {run.reason}")
-    return lines
-
-
-def conv_op_summary(runs: list[ConvOpRun]) -> dict[str, Any]:
-    """Counts for the report's summary line."""
-    return {
-        "failing": sum(r.count for r in runs if r.status == "fail"),
-        "left_alone": sum(r.count for r in runs if r.status != "fail"),
-    }

@@ -405,13 +405,11 @@ def trace_conv_calls(
     :class:`RuntimeLoweredConv2d`.
     """
     tracer = _CallTracer(root, keep_tensors=keep_tensors, scopes=scopes)
-    with observe_conv_calls(tracer), ConvCallRecorder() if record_native else _nothing():
+    with (
+        observe_conv_calls(tracer),
+        ConvCallRecorder() if record_native else contextlib.nullcontext(),
+    ):
         yield tracer.calls
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def describe_call_site(call: ConvCall) -> str:
