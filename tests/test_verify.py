@@ -582,3 +582,15 @@ def test_versions_name_torchvision_and_the_models_library():
     assert own["torchvision"] == from_timm["torchvision"] == torchvision.__version__.split("+")[0]
     assert "timm" not in own
     assert from_timm["timm"] == timm.__version__
+
+
+def test_layer_im2col_is_what_the_strategy_allocates():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 3)).eval()
+    x = torch.randn(2, 4, 10, 10)
+    by_auto = verify(model, x, strategy="auto", timing=False)
+    by_unfold = verify(model, x, strategy="unfold", timing=False)
+    assert [c.strategy for c in by_auto.layers] == ["depthwise", "nchw"]
+    assert by_auto.layers[0].im2col_bytes == 0  # taps over views: no buffer
+    full = [c.im2col_bytes for c in by_unfold.layers]
+    assert full == [2 * 36 * 100 * 4, 2 * 36 * 64 * 4]  # batch x C*kh*kw x OH*OW x 4 bytes
+    assert by_auto.layers[1].im2col_bytes == full[1]  # one chunk holds it all

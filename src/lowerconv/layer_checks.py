@@ -39,6 +39,7 @@ from .record import LoweredConv
 from .report import LayerCheck
 from .runtime import ConvCall
 from .spec import ConvSpec
+from .strategies import workspace_bytes
 from .subgraph import conv_subgraph, provenance
 from .trace import trace
 
@@ -89,6 +90,7 @@ def check_graph_layers(
     *,
     tolerance: Tolerance,
     dtype: torch.dtype,
+    max_workspace_bytes: int | None = None,
     seed: int,
     trace_options: dict[str, Any],
 ) -> dict[int, LayerCheck]:
@@ -180,6 +182,7 @@ def check_graph_layers(
             oracle_value=values["oracle"][p.conv.node],
             tol=tolerance,
             dtype=dtype,
+            max_workspace_bytes=max_workspace_bytes,
         )
     oracle_runner.env = {}
     return checks
@@ -321,6 +324,7 @@ def check_fallback_layers(
     *,
     tolerance: Tolerance,
     dtype: torch.dtype,
+    max_workspace_bytes: int | None = None,
 ) -> dict[int, LayerCheck]:
     """Local and accumulated errors of convs lowered each in a submodule of their own."""
     checks = {}
@@ -349,6 +353,7 @@ def check_fallback_layers(
             oracle_value=hooks.outputs["oracle"][name],
             tol=tolerance,
             dtype=dtype,
+            max_workspace_bytes=max_workspace_bytes,
         )
     return checks
 
@@ -363,6 +368,7 @@ def check_runtime_layers(
     *,
     tolerance: Tolerance,
     dtype: torch.dtype,
+    max_workspace_bytes: int | None = None,
 ) -> list[LayerCheck]:
     """Local and accumulated errors of the ``F.conv2d`` calls lowered at run time.
 
@@ -419,6 +425,7 @@ def check_runtime_layers(
             oracle_value=oracle.output if oracle is not None else None,
             tol=tolerance,
             dtype=dtype,
+            max_workspace_bytes=max_workspace_bytes,
         )
     return checks
 
@@ -462,11 +469,14 @@ def _finish(
     oracle_value: Any,
     tol: Tolerance,
     dtype: torch.dtype,
+    max_workspace_bytes: int | None = None,
 ) -> None:
     """Fill ``check`` from the three local outputs and the three accumulated values."""
     if isinstance(conv_input, torch.Tensor):
         check.input_shape = tuple(conv_input.shape)
-        check.im2col_bytes = _im2col_bytes(spec, conv_input, dtype)
+        check.im2col_bytes = _im2col_bytes(
+            spec, check.strategy, conv_input, dtype, max_workspace_bytes
+        )
     if not all(isinstance(v, torch.Tensor) for v in (native_local, lowered_local, oracle_local)):
         _unchecked(check, "the conv's output is not a tensor")
         return
@@ -491,11 +501,25 @@ def _finish(
 
 
 def _im2col_bytes(
-    spec: ConvSpec | None, conv_input: torch.Tensor, dtype: torch.dtype
+    spec: ConvSpec | None,
+    strategy: str,
+    conv_input: torch.Tensor,
+    dtype: torch.dtype,
+    max_workspace_bytes: int | None,
 ) -> int | None:
-    """The im2col buffer's size for this input: ``batch * C_in*kh*kw * OH*OW`` elements."""
+    """The largest im2col buffer the conv's strategy allocates for this input
+    (:func:`~lowerconv.strategies.workspace_bytes`; 0 for depthwise taps and 1x1 GEMMs)."""
     if spec is None or conv_input.dim() not in (3, 4):
         return None
     batch = conv_input.shape[0] if conv_input.dim() == 4 else 1
     height, width = conv_input.shape[-2:]
-    return spec.im2col_bytes(batch, height, width, dtype)
+    return workspace_bytes(
+        spec,
+        strategy,
+        batch,
+        height,
+        width,
+        dtype,
+        device=conv_input.device.type,
+        max_workspace_bytes=max_workspace_bytes,
+    )

@@ -475,7 +475,7 @@ def _layer_rows(run: DeviceRun) -> list[list[str]]:
                 _num(j.bound) if j else "-",
                 _num(c.accumulated_native),
                 _num(c.accumulated_lowered),
-                _bytes(c.im2col_bytes),
+                "none" if c.im2col_bytes == 0 else _bytes(c.im2col_bytes),
                 c.status if c.status != "unchecked" else f"unchecked: {c.reason}",
             ]
         )

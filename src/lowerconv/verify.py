@@ -262,6 +262,7 @@ def _verify_on(
     # The original's calls that a run-time lowering may have lowered: not those of Conv2d
     # modules, which the lowered model computes in holders of their own.
     holders = {c.graph_module for c in record.lowered if c.graph_module} if record else set()
+    workspace_cap = record.max_workspace_bytes if record is not None else None
 
     def candidate(call: ConvCall) -> bool:
         return call.kind == "conv2d" and call.called_from not in holders
@@ -310,6 +311,7 @@ def _verify_on(
                         dev,
                         tolerance=plan.tolerance,
                         dtype=plan.dtype,
+                        max_workspace_bytes=workspace_cap,
                         seed=plan.seed,
                         trace_options=plan.trace_options,
                     )
@@ -317,7 +319,13 @@ def _verify_on(
             if hooks is not None:
                 checks.update(
                     check_fallback_layers(
-                        fallback, hooks, oracle, low, tolerance=plan.tolerance, dtype=plan.dtype
+                        fallback,
+                        hooks,
+                        oracle,
+                        low,
+                        tolerance=plan.tolerance,
+                        dtype=plan.dtype,
+                        max_workspace_bytes=workspace_cap,
                     )
                 )
         run.layers = [checks[id(c)] for c in convs]
@@ -330,6 +338,7 @@ def _verify_on(
                 oracle_calls,
                 tolerance=plan.tolerance,
                 dtype=plan.dtype,
+                max_workspace_bytes=workspace_cap,
             )
     del lowered_calls, native_calls, oracle_calls
 
