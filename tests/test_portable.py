@@ -79,3 +79,26 @@ def test_compiled_auto_lowering_matches_the_original() -> None:
     with torch.no_grad():
         compiled = torch.compile(lowered)
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "unfold"])
+def test_onnx_export_has_no_conv_and_runs_in_onnxruntime(strategy: str) -> None:
+    pytest.importorskip(
+        "onnxscript", reason='ONNX export needs the onnx extra: pip install -e ".[onnx]"'
+    )
+    ort = pytest.importorskip(
+        "onnxruntime", reason='needs the onnx extra: pip install -e ".[onnx]"'
+    )
+    model = small_cnn()
+    x = torch.randn(2, 3, 32, 32)
+    lowered = lowerconv.lower(model, strategy=strategy)
+    with torch.no_grad():
+        program = torch.onnx.export(lowered, (x,), dynamo=True, verbose=False)
+    op_types = {node.op_type for node in program.model_proto.graph.node}
+    assert not {"Conv", "ConvTranspose"} & op_types, op_types
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
