@@ -519,3 +519,22 @@ def test_run_time_convs_in_the_root_forward_unbatched_and_by_keyword_are_checked
             ("forward", "pass"),
             ("forward#2", "pass"),
         ]
+
+
+def test_graph_inspection_of_a_conv_subclass_lowered_at_run_time() -> None:
+    # A Conv2d subclass whose forward fx cannot trace runs as a RuntimeLoweredConv2d leaf: it
+    # has no graph of its own, so its row's shapes come from its observed call.
+    from lowerconv.inspect import inspect_lowered
+
+    class PadsInPython(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pad = max(0, int(x.shape[-1]) % 2)  # plain Python on a size: untraceable
+            return self._conv_forward(F.pad(x, (0, pad, 0, pad)), self.weight, self.bias)
+
+    model = nn.Sequential(PadsInPython(3, 8, 3, stride=2), nn.ReLU()).eval()
+    lowered = lowerconv.lower(model)
+    (conv,) = lowerconv.lowering_record(lowered).lowered
+    assert (conv.mechanism, conv.graph_module) == ("run time", "0")
+    (row,) = inspect_lowered(lowered, (torch.randn(1, 3, 17, 17),)).rows
+    assert (row.input_shape, row.output_shape) == ((1, 3, 18, 18), (1, 8, 8, 8))
+    assert row.strategy == "unfold (run time)"

@@ -415,6 +415,7 @@ def _lower_conv_module(
             nodes=[],
             graph_module=qualname,
             note=f"lowered at run time: {reason}; its F.conv2d calls run as im2col + matmul",
+            mechanism="run time",
         )
         runtime = RuntimeLoweredConv2d(conv, strategy, options.max_workspace_bytes)
         return _ConvHolder(conv, runtime, [lowered], [])
