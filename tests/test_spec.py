@@ -155,7 +155,21 @@ def test_from_module_matches_from_conv_args():
 
 # (id, weight shape, keyword arguments, fragments the message must contain)
 ERROR_CASES = [
-    ("weight_3d", (4, 3, 3), {}, ["4-D", "(4, 3, 3)"]),
+    ("weight_2d", (4, 3), {}, ["1 to 3 kernel dimensions", "(4, 3)"]),
+    ("weight_6d", (4, 3, 3, 3, 3, 3), {}, ["1 to 3 kernel dimensions"]),
+    ("transposed_same", (4, 3, 3, 3), {"padding": "same", "transposed": True}, ["'same'"]),
+    (
+        "transposed_reflect",
+        (4, 3, 3, 3),
+        {"padding": 1, "padding_mode": "reflect", "transposed": True},
+        ["zeros only", "'reflect'"],
+    ),
+    (
+        "output_padding_too_large",
+        (4, 3, 3, 3),
+        {"stride": 2, "output_padding": 2, "transposed": True},
+        ["output_padding (2, 2)", "stride (2, 2)"],
+    ),
     ("padding_mode", (4, 3, 3, 3), {"padding_mode": "mirror"}, ["padding_mode", "'mirror'"]),
     ("groups_zero", (4, 3, 3, 3), {"groups": 0}, ["groups=0"]),
     ("groups_not_dividing", (3, 3, 3, 3), {"groups": 2}, ["groups=2", "out_channels=3"]),

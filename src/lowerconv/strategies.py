@@ -63,9 +63,11 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from .autograd import ConvGeometry, GemmConv2d
 from .kernels import (
     _ONEDNN,
     _ROW_GEMMS_MIN_PIXELS,
+    _gemm_backward,
     chunk_limit,
     depthwise_taps,
     gemm,
@@ -75,6 +77,7 @@ from .kernels import (
     plan_chunks,
     pointwise_gemm,
 )
+from . import nd
 from .spec import ConvSpec, conv_output_size
 
 __all__ = [
@@ -159,6 +162,18 @@ def run_in_chunks(
     if any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
     unpadded = replace(spec, pad=(0, 0, 0, 0), padding_mode="zeros")
+    if _gemm_backward(input, weight, bias):
+        # Gradients by GEMMs and col2im (lowerconv.autograd), not through the chunk loop.
+        limit = chunk_limit(input.device, max_workspace_bytes)
+        geometry = ConvGeometry(
+            spec.kernel_size, spec.stride, spec.dilation, (0, 0, 0, 0), spec.groups, limit
+        )
+
+        def compute(x, w, b):
+            return run_in_chunks(strategy, x, w, b, unpadded, max_workspace_bytes, cache_chunks)
+
+        result = GemmConv2d.apply(input, weight, bias, geometry, compute)
+        return result.squeeze(0) if unbatched else result
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     n, _, hp, wp = input.shape
@@ -380,7 +395,7 @@ def depthwise_conv2d(
     )
 
 
-STRATEGIES: dict[str, StrategyFn] = {
+_CONV2D_STRATEGIES: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
     "nhwc": nhwc_conv2d,
@@ -389,6 +404,81 @@ STRATEGIES: dict[str, StrategyFn] = {
     "patchify": patchify_conv2d,
     "depthwise": depthwise_conv2d,
 }
+
+
+def _every_kind(name: str, conv2d_fn: StrategyFn) -> StrategyFn:
+    """The strategy ``name`` for every convolution kind: 2-D convolutions run ``conv2d_fn``,
+    the other kinds go through :func:`other_kind` (the spec is fixed when a graph is traced, so
+    the traced code holds only the branch taken)."""
+
+    def strategy(input, weight, bias, spec: ConvSpec, options: StrategyOptions | None = None):
+        if spec.ndim == 2 and not spec.transposed:
+            return conv2d_fn(input, weight, bias, spec, options)
+        return other_kind(name, input, weight, bias, spec, options)
+
+    strategy.__name__ = strategy.__qualname__ = conv2d_fn.__name__
+    strategy.__doc__ = conv2d_fn.__doc__
+    return strategy
+
+
+STRATEGIES: dict[str, StrategyFn] = {
+    name: _every_kind(name, fn) for name, fn in _CONV2D_STRATEGIES.items()
+}
+
+
+def other_kind(
+    name: str,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """Strategy ``name`` for a 1-D, 3-D or transposed convolution (see :mod:`lowerconv.nd`).
+
+    - transposed, stride 1, any strategy but ``unfold``: the plain convolution of the padded
+      (or cropped) input with the flipped, channel-swapped kernel, by the same strategy;
+    - transposed otherwise: a GEMM (``torch.matmul`` for ``unfold``, the fast GEMM otherwise)
+      and col2im;
+    - 1-D: the 2-D strategy on an input of height 1;
+    - 3-D: ``unfold`` im2col + matmul traced op by op, ``strided``/``nhwc`` row-per-pixel
+      im2col + GEMM and ``nchw`` (and grouped convs) channel-major im2col + matmul, both in
+      chunks; ``pointwise``, ``patchify`` and ``depthwise`` on the convs they are for.
+    """
+    cap = _workspace_cap(options)
+    if spec.transposed:
+        if name != "unfold" and all(s == 1 for s in spec.stride):
+            equivalent = spec.equivalent_conv()
+            input = F.pad(input, equivalent.pad)  # negative amounts crop
+            unpadded = replace(equivalent, pad=(0,) * len(equivalent.pad))
+            return STRATEGIES[name](input, flipped_kernel(weight, spec), bias, unpadded, options)
+        return nd.conv_transpose(input, weight, bias, spec, use_gemm=name != "unfold")
+    if spec.ndim == 1:
+        return nd.lift_1d(_CONV2D_STRATEGIES[name], input, weight, bias, spec, options)
+    if name == "pointwise" and all(k == 1 for k in spec.kernel_size):
+        if any(spec.pad):
+            input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+        return nd.pointwise_nd(input, weight, bias, spec)
+    if name == "patchify" and spec.is_patchify and spec.groups == 1 and cap is None:
+        return nd.patchify_nd(input, weight, bias, spec)
+    if name == "depthwise" and spec.is_depthwise:
+        return nd.depthwise_taps_nd(input, weight, bias, spec)
+    if name == "unfold" and cap is None:
+        return nd.conv_nd(input, weight, bias, spec, channel_major=True)
+    if name == "strided" and cap is None and spec.groups == 1:
+        return nd.conv_nd(input, weight, bias, spec, channel_major=False)
+    channel_major = name in ("unfold", "nchw") or spec.groups > 1
+    cache_chunks = name not in ("unfold", "strided", "patchify")
+    return nd.im2col_conv_nd(input, weight, bias, spec, cap, channel_major, cache_chunks)
+
+
+def flipped_kernel(weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """A transposed convolution's weight ``(C_in, C_out/g, *K)`` as the kernel of its equivalent
+    plain convolution: ``(C_out, C_in/g, *K)``, channels swapped within each group and every
+    spatial dimension reversed."""
+    g, n = spec.groups, spec.ndim
+    swapped = weight.unflatten(0, (g, spec.in_per_group)).transpose(1, 2).flatten(0, 1)
+    return swapped.flip(tuple(range(-n, 0)))
 
 
 # What run_in_chunks runs on each chunk (already padded, so the spec pads nothing).
@@ -412,6 +502,8 @@ def choose_strategy(spec: ConvSpec) -> str:
       chunked channel-major im2col + a matmul per group, which writes NCHW directly;
     - anything else: ``nhwc``, chunked channels-last im2col + GEMM.
     """
+    if spec.ndim != 2 or spec.transposed:
+        return _choose_other_kind(spec)
     if spec.kernel_size == (1, 1):
         return "pointwise"
     if spec.is_patchify and spec.groups == 1:
@@ -421,6 +513,25 @@ def choose_strategy(spec: ConvSpec) -> str:
     if spec.groups > 1 or spec.patch_size <= _FEW_VALUES_PER_PATCH:
         return "nchw"
     return "nhwc"
+
+
+def _choose_other_kind(spec: ConvSpec) -> str:
+    """``auto`` for the other kinds: a 1-D conv as its 2-D self; a stride-1 transposed one as
+    its equivalent plain conv; a strided transposed one by GEMM + col2im (``nhwc``'s fast GEMM);
+    3-D convs by the 2-D rules' shapes (1x1x1, patchify, depthwise, grouped, else ``nhwc``)."""
+    if spec.transposed:
+        if all(s == 1 for s in spec.stride):
+            return choose_strategy(spec.equivalent_conv())
+        return "nhwc"
+    if spec.ndim == 1:
+        return choose_strategy(spec.lifted_to_2d())
+    if all(k == 1 for k in spec.kernel_size):
+        return "pointwise"
+    if spec.is_patchify and spec.groups == 1:
+        return "patchify"
+    if spec.is_depthwise:
+        return "depthwise"
+    return "nchw" if spec.groups > 1 else "nhwc"
 
 
 def workspace_bytes(
