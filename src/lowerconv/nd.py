@@ -262,7 +262,7 @@ def depthwise_taps_nd(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
 def _taps(kernel_size: tuple[int, ...]) -> list[tuple[int, ...]]:
     taps: list[tuple[int, ...]] = [()]
     for k in kernel_size:
-        taps = [t + (i,) for t in taps for i in range(k)]
+        taps = [(*t, i) for t in taps for i in range(k)]
     return taps
 
 
@@ -396,7 +396,7 @@ def col2im_nd(
             slice(o * d, o * d + s * (size - 1) + 1, s)
             for o, d, s, size in zip(offsets, dilation, stride, input_sizes, strict=True)
         )
-        out[lead + index] += taps[..., t, *([slice(None)] * n)]
+        out[lead + index] += taps[(..., t, *([slice(None)] * n))]
     crop = tuple(slice(p, p + o) for p, o in zip(padding, out_sizes, strict=True))
     return out[lead + crop]
 
