@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .autograd import GRAD_DTYPES, ConvGeometry, GemmConv2d
+
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
     "ChunkPlan",
@@ -211,6 +213,14 @@ def im2col_gemm(
     if unbatched:
         input = input.unsqueeze(0)
     limit = chunk_limit(input.device, max_workspace_bytes)
+    if _gemm_backward(input, weight, bias):
+        geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, 1, limit)
+
+        def compute(x, w, b):
+            return im2col_gemm(x, w, b, kernel_size, stride, dilation, zero_pad, limit)
+
+        result = GemmConv2d.apply(input, weight, bias, geometry, compute)
+        return result.squeeze(0) if unbatched else result
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
     left, right, top, bottom = zero_pad
     nhwc = input.movedim(1, -1)
@@ -338,6 +348,18 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _gemm_backward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether this call gets :class:`~lowerconv.autograd.GemmConv2d`'s backward: eager calls
+    that need a gradient, in a dtype its formulas serve (tracers differentiate the plain ops)."""
+    return (
+        _needs_grad(input, weight, bias)
+        and not _traced(input, weight, bias)
+        and input.dtype in GRAD_DTYPES
+        and weight.dtype == input.dtype
+        and (bias is None or bias.dtype == input.dtype)
+    )
+
+
 def depthwise_taps(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -359,6 +381,14 @@ def depthwise_taps(
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    if _gemm_backward(input, weight, bias):
+        geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, input.shape[1], 0)
+
+        def compute(x, w, b):
+            return depthwise_taps(x, w, b, kernel_size, stride, dilation, zero_pad)
+
+        result = GemmConv2d.apply(input, weight, bias, geometry, compute)
+        return result.squeeze(0) if unbatched else result
     n, channels, height, width = input.shape
     multiplier = weight.shape[0] // channels
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation

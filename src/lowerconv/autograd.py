@@ -1,0 +1,300 @@
+"""The backward of a lowered convolution, as GEMMs and col2im: its own autograd formula.
+
+A lowered conv's forward gathers patches from strided views, in chunks; autograd through those
+gathers would scatter every gradient back through the same views, one chunk and one view at a
+time.  :class:`GemmConv2d` instead runs the forward with gradients off (so it takes the same
+fast paths as inference) and gives the conv its textbook gradients:
+
+- ``db = dY.sum(N, OH, OW)``;
+- ``dW = dY @ colsᵀ``: per image, ``(C_out/g, OH*OW) @ (OH*OW, C/g*kh*kw)`` for each group, with
+  the im2col columns *recomputed* chunk by chunk (never saved: the memory rule is the forward's
+  chunk limit, :func:`~lowerconv.kernels.chunk_limit`), so a training step keeps only what a
+  native conv keeps, the input and the weight;
+- ``dX = col2im(Wᵀ @ dY)`` (``F.fold``), or, for a stride-1 one-group conv, the same thing
+  computed as a convolution of ``dY`` with the flipped, transposed kernel, by the forward's own
+  im2col + GEMM (:func:`~lowerconv.kernels.im2col_gemm`);
+- depthwise convs (one input channel per group): ``dW`` as one dot product per plane and tap
+  and ``dX`` as the taps' shifted multiply-adds scattered back, both on flattened planes in
+  blocks that stay in cache, with a strided conv's input split into its ``sh x sw`` phases so
+  that every tap reads and writes one contiguous run.
+
+No convolution op runs in either direction.  Only eager calls take this path: a tracer
+(torch.export, torch.compile) records the forward's plain ops and differentiates them itself,
+so a traced graph holds standard ops only (see :func:`~lowerconv.kernels._traced`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ConvGeometry", "GemmConv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What the backward needs to know of a conv beyond its tensors: ``zero_pad`` is
+    ``(left, right, top, bottom)``, ``workspace_bytes`` the largest im2col chunk to build."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    zero_pad: tuple[int, int, int, int]
+    groups: int
+    workspace_bytes: int
+
+    @property
+    def span(self) -> tuple[int, int]:
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        return dh * (kh - 1) + 1, dw * (kw - 1) + 1
+
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        left, right, top, bottom = self.zero_pad
+        (span_h, span_w), (sh, sw) = self.span, self.stride
+        return (height + top + bottom - span_h) // sh + 1, (width + left + right - span_w) // sw + 1
+
+
+_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+# The dtypes the formulas below serve; others (half precision on CPU) keep autograd's own path.
+GRAD_DTYPES = (torch.float32, torch.float64)
+
+
+class GemmConv2d(torch.autograd.Function):
+    """A batched ``(N, C, H, W)`` convolution whose forward is ``compute(input, weight, bias)``
+    (any lowering of it, run with gradients off) and whose backward is the GEMM formulas above.
+    """
+
+    @staticmethod
+    def forward(input, weight, bias, geometry: ConvGeometry, compute: Callable):
+        return compute(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, geometry, _ = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.geometry = geometry
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        geometry = ctx.geometry
+        grad = grad.contiguous()
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = conv2d_input_grad(grad, weight, input.shape, geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = conv2d_weight_grad(grad, input, weight.shape, geometry)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def _is_depthwise(weight_shape, geometry: ConvGeometry) -> bool:
+    return geometry.groups > 1 and weight_shape[1] == 1
+
+
+def conv2d_weight_grad(
+    grad: torch.Tensor, input: torch.Tensor, weight_shape: torch.Size, geometry: ConvGeometry
+) -> torch.Tensor:
+    """``dW`` of the conv for output gradient ``grad``: ``dY @ colsᵀ``, columns recomputed."""
+    if _is_depthwise(weight_shape, geometry):
+        return _depthwise_weight_grad(grad, input, weight_shape, geometry)
+    from .kernels import _use_onednn, input_window, output_tiles, plan_chunks
+
+    n, channels = input.shape[:2]
+    c_out = weight_shape[0]
+    g = geometry.groups
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    span_h, span_w = geometry.span
+    x = F.pad(input, geometry.zero_pad) if any(geometry.zero_pad) else input
+    out_h, out_w = grad.shape[-2:]
+    patch = channels * kh * kw
+    pixel_bytes = patch * input.element_size()
+    limit = max(geometry.workspace_bytes, pixel_bytes)
+    plan = plan_chunks(n, out_h, out_w, patch, input.element_size(), limit)
+    onednn = g == 1 and _use_onednn(grad, input, None)
+    # (g, C_out/g, C/g*kh*kw): the rows of each group's weight matrix, in (C, kh, kw) order.
+    grad_weight = None if onednn else grad.new_zeros((g, c_out // g, patch // g))
+    for images, rows, cols in output_tiles(plan, n, out_h, out_w):
+        tile = x[images, :, input_window(rows, sh, span_h), input_window(cols, sw, span_w)]
+        patches = tile.unfold(2, span_h, sh).unfold(3, span_w, sw)
+        if (dh, dw) != (1, 1):
+            patches = patches[..., ::dh, ::dw]
+        # (b, C, oh, ow, kh, kw) -> (g, C/g*kh*kw, b*oh*ow), and the output gradient to (g,
+        # C_out/g, b*oh*ow): the chunk's pixels are the GEMM's inner dimension, contiguous in
+        # both operands.
+        columns = patches.permute(1, 4, 5, 0, 2, 3).reshape(g, patch // g, -1)
+        grad_rows = grad[images, :, rows, cols].transpose(0, 1).reshape(g, c_out // g, -1)
+        if not onednn:
+            grad_weight.baddbmm_(grad_rows, columns.mT)
+        elif grad_weight is None:
+            grad_weight = _LINEAR(grad_rows[0], columns[0], None, "none", [], "").unsqueeze(0)
+        else:
+            grad_weight = _LINEAR.binary(grad_rows[0], grad_weight[0], columns[0], None, "add")
+            grad_weight = grad_weight.unsqueeze(0)
+    if grad_weight is None:  # no pixels at all
+        return grad.new_zeros(weight_shape)
+    return grad_weight.reshape(weight_shape)
+
+
+def conv2d_input_grad(
+    grad: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size, geometry: ConvGeometry
+) -> torch.Tensor:
+    """``dX`` of the conv for output gradient ``grad``: ``col2im(Wᵀ @ dY)``."""
+    if _is_depthwise(weight.shape, geometry):
+        return _depthwise_input_grad(grad, weight, input_shape, geometry)
+    from .kernels import im2col_gemm
+
+    n, channels, height, width = input_shape
+    left, right, top, bottom = geometry.zero_pad
+    span_h, span_w = geometry.span
+    flipped_pad = (span_w - 1 - left, span_w - 1 - right, span_h - 1 - top, span_h - 1 - bottom)
+    if geometry.groups == 1 and geometry.stride == (1, 1) and min(flipped_pad) >= 0:
+        # A stride-1 conv's dX is the "full" correlation of dY with the flipped kernel, its
+        # input and output channels swapped: the forward's own fast im2col + GEMM.
+        flipped = weight.transpose(0, 1).flip(-2, -1)
+        # Its patches have C_out*kh*kw values, which may be more than the forward's.
+        pixel_bytes = flipped[0].numel() * grad.element_size()
+        return im2col_gemm(
+            grad,
+            flipped,
+            None,
+            geometry.kernel_size,
+            (1, 1),
+            geometry.dilation,
+            flipped_pad,
+            max(geometry.workspace_bytes, pixel_bytes),
+        )
+    g = geometry.groups
+    c_out = weight.shape[0]
+    kh, kw = geometry.kernel_size
+    patch = channels // g * kh * kw
+    hp, wp = height + top + bottom, width + left + right
+    out_pixels = grad.shape[-2] * grad.shape[-1]
+    image_bytes = channels * kh * kw * out_pixels * grad.element_size()
+    images = max(1, geometry.workspace_bytes // max(image_bytes, 1))
+    # (g, C/g*kh*kw, C_out/g): each group's weight matrix, transposed.
+    weight_t = weight.reshape(g, c_out // g, patch).mT
+    grad_input = grad.new_empty((n, channels, height, width))
+    for n0 in range(0, n, images):
+        n1 = min(n, n0 + images)
+        grad_chunk = grad[n0:n1].reshape(n1 - n0, g, c_out // g, out_pixels)
+        columns = torch.matmul(weight_t, grad_chunk).reshape(n1 - n0, channels * kh * kw, -1)
+        folded = F.fold(
+            columns,
+            (hp, wp),
+            geometry.kernel_size,
+            dilation=geometry.dilation,
+            stride=geometry.stride,
+        )
+        grad_input[n0:n1] = folded[..., top : top + height, left : left + width]
+    return grad_input
+
+
+# Bytes of planes per block of the depthwise formulas: about half an L2 cache.
+_DEPTHWISE_BLOCK_BYTES = 2 * 2**20
+
+
+def _phase_layout(height: int, width: int, geometry: ConvGeometry):
+    """The padded input split into its ``sh x sw`` phases, each flattened: tap ``(i, j)`` of
+    output row ``oh``, column ``ow`` reads phase ``(i*dh % sh, j*dw % sw)`` at ``offset + oh*wq +
+    ow``, so an output plane widened to ``wq`` columns is one contiguous run of every phase.
+    Returns ``(hq, wq, [(phase_row, phase_col, offset) per tap])``; one spare phase row covers
+    the last tap's overhang."""
+    left, right, top, bottom = geometry.zero_pad
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    hp, wp = height + top + bottom, width + left + right
+    hq, wq = -(-hp // sh) + 1, -(-wp // sw)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            a, b = i * dh, j * dw
+            taps.append((a % sh, b % sw, (a // sh) * wq + b // sw))
+    return hq, wq, taps
+
+
+def _to_phases(planes: torch.Tensor, geometry: ConvGeometry, hq: int, wq: int) -> torch.Tensor:
+    """``(P, H, W)`` -> zero-padded ``(P, sh, sw, hq*wq)``."""
+    left, right, top, bottom = geometry.zero_pad
+    sh, sw = geometry.stride
+    height, width = planes.shape[-2:]
+    extra_h = hq * sh - (height + top + bottom)
+    extra_w = wq * sw - (width + left + right)
+    padded = F.pad(planes, (left, right + extra_w, top, bottom + extra_h))
+    if (sh, sw) == (1, 1):
+        return padded.reshape(planes.shape[0], 1, 1, hq * wq)
+    phases = padded.reshape(planes.shape[0], hq, sh, wq, sw).permute(0, 2, 4, 1, 3)
+    return phases.reshape(planes.shape[0], sh, sw, hq * wq)
+
+
+def _widened(grad: torch.Tensor, wq: int) -> torch.Tensor:
+    """``(P, m, OH, OW)`` -> ``(P, m, OH*wq)``, zeros in the columns past ``OW``."""
+    out_w = grad.shape[-1]
+    if out_w == wq:
+        return grad.flatten(-2)
+    return F.pad(grad, (0, wq - out_w)).flatten(-2)
+
+
+def _depthwise_weight_grad(grad, input, weight_shape, geometry: ConvGeometry) -> torch.Tensor:
+    n, channels, height, width = input.shape
+    multiplier = weight_shape[0] // channels
+    kh, kw = geometry.kernel_size
+    out_h, out_w = grad.shape[-2:]
+    hq, wq, taps = _phase_layout(height, width, geometry)
+    planes = input.reshape(n * channels, height, width)
+    grads = grad.reshape(n * channels, multiplier, out_h, out_w)
+    sh, sw = geometry.stride
+    plane_bytes = (hq * wq * sh * sw + multiplier * out_h * wq) * input.element_size()
+    block = max(1, _DEPTHWISE_BLOCK_BYTES // plane_bytes)
+    run = out_h * wq
+    # (N*C, m, kh*kw): each plane's share of each tap's gradient, summed over images at the end.
+    per_plane = grad.new_empty((n * channels, multiplier, kh * kw))
+    for p0 in range(0, n * channels, block):
+        p1 = min(n * channels, p0 + block)
+        phases = _to_phases(planes[p0:p1], geometry, hq, wq)
+        widened = _widened(grads[p0:p1], wq)
+        for t, (a, b, offset) in enumerate(taps):
+            # One dot product per plane: (P, m, run) @ (P, run, 1).
+            view = phases[:, a, b, offset : offset + run].unsqueeze(-1)
+            per_plane[p0:p1, :, t] = torch.bmm(widened, view).squeeze(-1)
+    grad_weight = per_plane.reshape(n, channels * multiplier, kh * kw).sum(0)
+    return grad_weight.reshape(weight_shape)
+
+
+def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> torch.Tensor:
+    n, channels, height, width = input_shape
+    multiplier = weight.shape[0] // channels
+    left, _, top, _ = geometry.zero_pad
+    (kh, kw), (sh, sw) = geometry.kernel_size, geometry.stride
+    out_h, out_w = grad.shape[-2:]
+    hq, wq, taps = _phase_layout(height, width, geometry)
+    grads = grad.reshape(n * channels, multiplier, out_h, out_w)
+    # (kh*kw, C, m, 1), each tap's scale of each plane's gradient.
+    scales = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).unsqueeze(-1)
+    plane_bytes = (2 * hq * wq * sh * sw + multiplier * out_h * wq) * grad.element_size()
+    block = max(1, _DEPTHWISE_BLOCK_BYTES // plane_bytes)
+    run = out_h * wq
+    grad_input = grad.new_empty((n * channels, height, width))
+    for p0 in range(0, n * channels, block):
+        p1 = min(n * channels, p0 + block)
+        widened = _widened(grads[p0:p1], wq)
+        # Plane p is channel p % C of its image.
+        block_scales = scales[:, torch.arange(p0, p1, device=grad.device) % channels]
+        phases = grad.new_zeros((p1 - p0, sh, sw, hq * wq))
+        for t, (a, b, offset) in enumerate(taps):
+            target = phases[:, a, b, offset : offset + run]
+            tap = block_scales[t]  # (P, m, 1)
+            if multiplier == 1:
+                target.addcmul_(widened[:, 0], tap[:, 0])
+            else:
+                target.add_((widened * tap).sum(1))
+        # Back from phases to the padded plane, then crop the padding.
+        padded = phases.reshape(p1 - p0, sh, sw, hq, wq).permute(0, 3, 1, 4, 2)
+        padded = padded.reshape(p1 - p0, hq * sh, wq * sw)
+        grad_input[p0:p1] = padded[:, top : top + height, left : left + width]
+    return grad_input.reshape(input_shape)

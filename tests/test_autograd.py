@@ -1,0 +1,151 @@
+"""The lowered convs' own backward (lowerconv.autograd): GEMMs and col2im, equal to PyTorch's.
+
+``tests/test_strategies.py`` compares every strategy's gradients with ``F.conv2d``'s; here: that
+the fast strategies really take :class:`~lowerconv.autograd.GemmConv2d`'s formulas (so those
+comparisons test them), that its backward runs no convolution op and no scatter through per-tap
+views, and the formulas alone, in float64, on the configurations that stress their index
+arithmetic (strides that do not divide the input, dilation, asymmetric padding, multipliers).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lowerconv
+from lowerconv import ConvSpec
+from lowerconv.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
+from lowerconv.strategies import STRATEGIES, StrategyOptions
+
+RTOL, ATOL = 1e-10, 1e-11
+CONV_OP = re.compile(r"conv(?!ert)")
+
+# (id, nn.Conv2d keyword arguments, input shape)
+CASES = [
+    ("3x3", dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), (2, 4, 9, 8)),
+    ("stride_uneven", dict(in_channels=3, out_channels=5, kernel_size=3, stride=(2, 3)), (2, 3, 12, 13)),
+    ("dilation", dict(in_channels=3, out_channels=4, kernel_size=3, dilation=(2, 3), padding=(1, 4)), (1, 3, 11, 12)),
+    ("same_even", dict(in_channels=3, out_channels=4, kernel_size=4, padding="same"), (2, 3, 7, 6)),
+    ("pad_beyond_kernel", dict(in_channels=2, out_channels=3, kernel_size=2, padding=3), (2, 2, 5, 4)),
+    ("stem_7x7_s2", dict(in_channels=3, out_channels=8, kernel_size=7, stride=2, padding=3), (2, 3, 17, 18)),
+    ("grouped", dict(in_channels=6, out_channels=9, kernel_size=3, groups=3, padding=1), (2, 6, 8, 7)),
+    ("grouped_strided", dict(in_channels=8, out_channels=8, kernel_size=3, groups=2, stride=2, padding=1), (2, 8, 9, 9)),
+    ("depthwise", dict(in_channels=5, out_channels=5, kernel_size=3, groups=5, padding=1), (2, 5, 8, 9)),
+    ("depthwise_7x7", dict(in_channels=4, out_channels=4, kernel_size=7, groups=4, padding=3), (2, 4, 9, 10)),
+    ("depthwise_5x5_s2", dict(in_channels=4, out_channels=4, kernel_size=5, groups=4, stride=2, padding=2), (2, 4, 11, 10)),
+    ("depthwise_multiplier_dilated", dict(in_channels=3, out_channels=6, kernel_size=(3, 2), groups=3, stride=(2, 1), dilation=2, padding=(2, 1)), (2, 3, 10, 9)),
+    ("depthwise_stride_3", dict(in_channels=2, out_channels=2, kernel_size=3, groups=2, stride=3), (1, 2, 11, 10)),
+]  # fmt: skip
+CASE_IDS = [c[0] for c in CASES]
+CASE_ARGS = [c[1:] for c in CASES]
+
+
+def _conv_and_input(kwargs, shape, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(**kwargs).double()
+    return conv, torch.randn(shape, dtype=torch.float64, requires_grad=True)
+
+
+def _geometry(spec: ConvSpec, workspace_bytes: int) -> ConvGeometry:
+    return ConvGeometry(
+        spec.kernel_size, spec.stride, spec.dilation, spec.pad, spec.groups, workspace_bytes
+    )
+
+
+@pytest.mark.parametrize("workspace_bytes", [2**30, 256], ids=["whole", "chunked"])
+@pytest.mark.parametrize("kwargs, shape", CASE_ARGS, ids=CASE_IDS)
+def test_formulas_equal_conv2d_gradients(kwargs, shape, workspace_bytes):
+    conv, x = _conv_and_input(kwargs, shape)
+    spec = ConvSpec.from_module(conv)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    want_x, want_w = torch.autograd.grad(out, (x, conv.weight), grad)
+    geometry = _geometry(spec, workspace_bytes)
+    with torch.no_grad():
+        got_x = conv2d_input_grad(grad, conv.weight, x.shape, geometry)
+        got_w = conv2d_weight_grad(grad, x, conv.weight.shape, geometry)
+    torch.testing.assert_close(got_x, want_x, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(got_w, want_w, rtol=RTOL, atol=ATOL)
+
+
+# Strategies whose eager calls take GemmConv2d's backward; unfold does with a workspace cap.
+GEMM_BACKWARD = [("nhwc", None), ("nchw", None), ("depthwise", None), ("unfold", 4096)]
+
+
+@pytest.mark.parametrize("strategy, cap", GEMM_BACKWARD, ids=[s for s, _ in GEMM_BACKWARD])
+@pytest.mark.parametrize("kwargs, shape", CASE_ARGS, ids=CASE_IDS)
+def test_fast_strategies_take_the_gemm_backward(kwargs, shape, strategy, cap):
+    conv, x = _conv_and_input(kwargs, shape)
+    spec = ConvSpec.from_module(conv)
+    if strategy == "depthwise" and not spec.is_depthwise:
+        pytest.skip("depthwise runs nhwc here, covered by its own case")
+    out = STRATEGIES[strategy](x, conv.weight, conv.bias, spec, StrategyOptions(cap))
+    assert type(out.grad_fn).__name__ == "GemmConv2dBackward", out.grad_fn
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)
+    want = torch.autograd.grad(conv(x), (x, conv.weight, conv.bias), grad)
+    for name, a, b in zip(("input", "weight", "bias"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_gemm_backward_passes_gradcheck():
+    conv, x = _conv_and_input(
+        dict(in_channels=2, out_channels=3, kernel_size=3, stride=2), (1, 2, 7, 6)
+    )
+    dw, dx = _conv_and_input(
+        dict(in_channels=3, out_channels=3, kernel_size=3, groups=3, padding=1), (1, 3, 5, 6)
+    )
+    for module, inp, strategy in [(conv, x, "nhwc"), (dw, dx, "depthwise")]:
+        spec = ConvSpec.from_module(module)
+        fn = STRATEGIES[strategy]
+        assert torch.autograd.gradcheck(
+            lambda i, w, b, fn=fn, spec=spec: fn(i, w, b, spec), (inp, module.weight, module.bias)
+        )  # fmt: skip
+
+
+class OpNames(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_step_of_a_lowered_model_runs_no_conv_and_no_view_scatter(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 5, padding=2, groups=8),
+        nn.Conv2d(8, 16, 3, groups=4, stride=2),
+        nn.Conv2d(16, 4, 1),
+    ).to(dtype)
+    lowered = lowerconv.lower(model, strategy="auto")
+    x = torch.randn(2, 3, 32, 32, dtype=dtype, requires_grad=True)
+    out = lowered(x)
+    with OpNames() as seen:
+        out.sum().backward()
+    conv_ops = [name for name in seen.names if CONV_OP.search(name)]
+    assert conv_ops == [], conv_ops
+    # Autograd through the forward's gathers would scatter into its views chunk by chunk and
+    # tap by tap: unfold_backward, slice_backward, select_backward.
+    view_ops = ("unfold_backward", "slice_backward", "select_backward", "scatter", "as_strided")
+    scatters = [name for name in seen.names if any(op in name for op in view_ops)]
+    assert scatters == [], scatters
+    assert {"aten.col2im.default", "aten.bmm.default"} & set(seen.names), seen.names
+    grads = [p.grad for p in lowered.parameters()] + [x.grad]
+    x.grad = None
+    model(x).sum().backward()
+    want = [p.grad for p in model.parameters()] + [x.grad]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=RTOL, atol=ATOL)
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, expected, **tol)
