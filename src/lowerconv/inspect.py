@@ -160,6 +160,8 @@ class GraphInspection:
             text += f"; largest im2col buffer {format_bytes(largest.im2col_bytes)} ({largest.name})"
         if record.trace_error:
             text += f"\nnot traceable as one graph ({record.trace_error.splitlines()[0]})"
+        if record.export_error:
+            text += f"\nnot captured by torch.export ({record.export_error.splitlines()[0]})"
         return text
 
 
@@ -288,7 +290,7 @@ def _row(name: str, strategy: str, spec: ConvSpec | None, call: ConvCall | None)
 def lowered_code(lowered: nn.Module) -> str:
     """The generated ``forward`` of the lowered graph; on the fallback path, each conv's."""
     record = lowering_record(lowered)
-    if record.path == "graph" and isinstance(lowered, fx.GraphModule):
+    if record.path in ("graph", "export") and isinstance(lowered, fx.GraphModule):
         return lowered.code.strip() + "\n"
     parts = [f"# {record.model} could not be traced as one graph: {record.trace_error}"]
     for qualname in dict.fromkeys(c.graph_module for c in record.lowered if c.graph_module):

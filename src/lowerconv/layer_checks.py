@@ -22,7 +22,7 @@ Two paths, as the pass took them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,7 @@ def check_graph_layers(
     max_workspace_bytes: int | None = None,
     seed: int,
     trace_options: dict[str, Any],
+    retrace: Callable[[nn.Module, tuple], fx.GraphModule] | None = None,
 ) -> dict[int, LayerCheck]:
     """Local and accumulated errors of convs lowered into the top module's graph.
 
@@ -101,13 +102,18 @@ def check_graph_layers(
     once under a :class:`_Capture`, then every lowered conv's nodes run on their own, fed the
     values the original graph gives them.  ``leaves`` are the qualified names of convs the pass
     kept as ``call_module`` leaves (checked with hooks instead); the re-trace keeps them too.
+    ``retrace(model, inputs)``, when given, captures the originals instead of ``torch.fx``
+    (the export tier: :func:`lowerconv.export.capture`, whose node names are as deterministic).
     """
     checks = {id(c): _layer_check(c) for c in convs}
     options = dict(trace_options)
     options["leaf_modules"] = [*options.get("leaf_modules", ()), *leaves]
     try:
-        traced_native = trace(native, **options)
-        traced_oracle = trace(oracle, **options)
+        if retrace is not None:
+            traced_native, traced_oracle = retrace(native, x), retrace(oracle, x64)
+        else:
+            traced_native = trace(native, **options)
+            traced_oracle = trace(oracle, **options)
     except LoweringError as err:
         for check in checks.values():
             _unchecked(check, f"the original could not be re-traced: {str(err).splitlines()[0]}")

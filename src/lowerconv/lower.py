@@ -98,6 +98,11 @@ def lower(
             _1 = getattr(self, "1")(_0_reshape);  _0_reshape = None
             return _1
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        from .export import lower_program  # export builds on lower_graph, below
+
+        _check_program_arguments(inplace, leaf_modules, concrete_args, example_inputs)
+        return lower_program(model, strategy=strategy, max_workspace_bytes=max_workspace_bytes)
     _check_arguments(model, strategy, leaf_modules)
     inputs = None if example_inputs is None else normalize_example_inputs(model, example_inputs)
     try:
@@ -117,9 +122,21 @@ def lower(
     except LoweringError as err:
         if strict:
             raise
+        record.trace_error = str(err)
+        if inputs is not None and not leaf_modules:
+            # The export tier: torch.export follows what fx could not, for these inputs.
+            from .export import capture_and_lower
+
+            try:
+                return capture_and_lower(work, inputs, strategy, options, record)
+            except LoweringError as export_err:
+                record.export_error = str(export_err)
+        else:
+            record.export_error = "not tried: " + (
+                "leaf_modules= were given" if leaf_modules else "no example_inputs= given"
+            )
         # The fallback path: each conv module's own lowering, and the rest at run time.
         record.path = "fallback"
-        record.trace_error = str(err)
         for holder in holders.values():
             record.lowered.extend(holder.lowered)
             record.skipped.extend(holder.skipped)
@@ -509,6 +526,27 @@ def _adopt_state(target: nn.Module, source: nn.Module) -> None:
 
 
 # -- arguments ---------------------------------------------------------------------------------
+
+
+def _check_program_arguments(
+    inplace: bool, leaf_modules: Iterable[Any], concrete_args: Any, example_inputs: Any
+) -> None:
+    given = [
+        name
+        for name, value in (
+            ("inplace=True", inplace),
+            ("leaf_modules=", tuple(leaf_modules)),
+            ("concrete_args=", concrete_args),
+            ("example_inputs=", example_inputs is not None),
+        )
+        if value
+    ]
+    if given:
+        raise LoweringError(
+            f"lower(ExportedProgram) takes strategy= and max_workspace_bytes= only, got "
+            f"{', '.join(given)}: an ExportedProgram is already one graph with its own example "
+            "inputs, and is never changed in place"
+        )
 
 
 def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> None:

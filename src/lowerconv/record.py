@@ -68,9 +68,11 @@ class LoweredConv:
 class LoweringRecord:
     """The pass's account of one call to :func:`lowerconv.lower`.
 
-    ``path`` is ``"graph"`` when the whole model was traced into one graph, ``"fallback"`` when
-    tracing failed (``trace_error`` says why): then each ``Conv2d`` module is lowered on its own
-    and every other ``F.conv2d`` call of the forward is lowered at run time.
+    ``path`` is ``"graph"`` when the whole model was traced into one graph, ``"export"`` when
+    ``torch.fx`` could not trace it (``trace_error`` says why) and ``torch.export`` captured it
+    on the example inputs instead (also the path of a lowered ``ExportedProgram``), and
+    ``"fallback"`` when neither could (``export_error`` says why): then each ``Conv2d`` module
+    is lowered on its own and every other ``F.conv2d`` call of the forward at run time.
 
     ``runtime`` names the modules whose whole forward runs under run-time lowering (``""`` is
     the model itself, on the fallback path; on the graph path, ``leaf_modules=`` modules).  The
@@ -83,6 +85,7 @@ class LoweringRecord:
     strategy: str
     path: str = "graph"
     trace_error: str | None = None
+    export_error: str | None = None
     lowered: list[LoweredConv] = field(default_factory=list)
     skipped: list[SkippedConv] = field(default_factory=list)
     runtime: list[str] = field(default_factory=list)
@@ -106,6 +109,7 @@ class LoweringRecord:
             "strategy": self.strategy,
             "path": self.path,
             "trace_error": self.trace_error,
+            "export_error": self.export_error,
             "lowered": [c.to_dict() for c in self.lowered],
             "skipped": [s.to_dict() for s in self.skipped],
             "runtime": list(self.runtime),

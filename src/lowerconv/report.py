@@ -410,6 +410,10 @@ class VerificationReport:
             rows += [[f"{run.device} note", note] for note in run.notes]
         rows.append(["precision flags", _describe_flags(self.precision_flags)])
         rows += [[f"{device} skipped", reason] for device, reason in self.devices_skipped.items()]
+        for tier, key in (("torch.fx", "trace_error"), ("torch.export", "export_error")):
+            # Why each tier before the one taken failed: the path says what the model gave up.
+            if self.lowering.get(key):
+                rows.append([f"{tier} tier failed", self.lowering[key].splitlines()[0]])
         skipped = self.lowering.get("skipped", [])
         if skipped:
             rows.append(["convs not lowered", ", ".join(s["name"] for s in skipped)])

@@ -62,6 +62,7 @@ from .metrics import Tolerance, compare, default_tolerance, judge
 from .record import LoweringRecord, lowering_record
 from .report import DeviceRun, OutputCheck, VerificationReport
 from .runtime import ConvCall, trace_conv_calls
+from .spec import KINDS
 from .timing import time_forward
 
 # MatchedRandomness, pinned_precision and VerificationError live in determinism and errors; they
@@ -97,6 +98,7 @@ def verify(
     factor: float | None = None,
     allow_tf32: bool = False,
     lower_options: dict[str, Any] | None = None,
+    against: Sequence[str] = (),
 ) -> VerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
     computes what ``model`` computes; return a :class:`~lowerconv.report.VerificationReport`.
@@ -111,7 +113,10 @@ def verify(
     leaves TF32 on (it is off while verifying by default).  ``lower_options`` (e.g.
     ``leaf_modules``, ``concrete_args``, ``strict``) are passed to :func:`lowerconv.lower` and to
     the re-trace of the original the per-layer checks use: pass the options the lowered model
-    was made with.
+    was made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what
+    ``lowerconv export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.export.
+    export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more
+    row each, judged against the float64 oracle by the same rule.
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -159,6 +164,7 @@ def verify(
         warmup=warmup,
         trace_options={k: options[k] for k in ("leaf_modules", "concrete_args") if k in options},
         say=say,
+        against=_check_against(against),
     )
     runs = []
     with pinned_precision(allow_tf32=allow_tf32) as flags, preserved_rng(devices):
@@ -230,6 +236,7 @@ class _Plan:
     warmup: int
     trace_options: dict[str, Any]
     say: Progress
+    against: tuple[str, ...] = ()
 
 
 def _verify_on(
@@ -258,7 +265,11 @@ def _verify_on(
     fallback = [c for c in convs if c.graph_module]
     hooks = ModuleCapture(native, oracle, low, fallback) if fallback else None
     observe = plan.per_layer and record is not None and bool(record.runtime)
-    audit = ConvOpAudit(low, record.skipped if record is not None else ())
+    audit = ConvOpAudit(
+        low,
+        record.skipped if record is not None else (),
+        record.kinds if record is not None else KINDS,
+    )
     # The original's calls that a run-time lowering may have lowered: not those of Conv2d
     # modules, which the lowered model computes in holders of their own.
     holders = {c.graph_module for c in record.lowered if c.graph_module} if record else set()
@@ -290,6 +301,8 @@ def _verify_on(
             "the model creates float32 tensors of its own (e.g. coordinate grids), so its float64 "
             "copy failed as is; the oracle ran with every float32 tensor promoted to float64"
         )
+    if plan.against:
+        run.outputs += _check_artifacts(native, x, out_native, out_oracle, record, dev, plan)
     del out_native, out_oracle, out_lowered
 
     if convs:
@@ -314,6 +327,7 @@ def _verify_on(
                         max_workspace_bytes=workspace_cap,
                         seed=plan.seed,
                         trace_options=plan.trace_options,
+                        retrace=_export_capture if record.path == "export" else None,
                     )
                 )
             if hooks is not None:
@@ -364,6 +378,82 @@ def _verify_on(
     verdict = "pass" if run.ok else f"FAIL, first failure {run.first_failure}"
     say(f"[{dev}] {verdict}")
     return run
+
+
+def _export_capture(module: nn.Module, inputs: tuple) -> Any:
+    """The export tier's capture of the original, for its per-layer checks: node names are the
+    lowered graph's for every node the pass left alone.  A copy: export may leave attributes a
+    forward assigns (ultralytics' anchors) as fake tensors on the module it ran."""
+    from .export import capture
+
+    return capture(
+        copy_to(module, inputs[0].device, _dtype_of(inputs), "the model"), inputs
+    ).module()
+
+
+def _dtype_of(inputs: tuple) -> torch.dtype:
+    floats = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+    floats = [t for t in floats if t.is_floating_point()]
+    return floats[0].dtype if floats else torch.float32
+
+
+ARTIFACTS = ("onnx", "pt2")
+
+
+def _check_against(against: Sequence[str]) -> tuple[str, ...]:
+    kinds = (against,) if isinstance(against, str) else tuple(against)
+    unknown = [k for k in kinds if k not in ARTIFACTS]
+    if unknown:
+        raise LoweringError(
+            f"against={unknown[0]!r}: verify can check the lowered model exported as "
+            f"{' or '.join(repr(k) for k in ARTIFACTS)}"
+        )
+    return kinds
+
+
+def _check_artifacts(
+    native: nn.Module,
+    x: tuple,
+    out_native: Any,
+    out_oracle: Any,
+    record: LoweringRecord | None,
+    dev: torch.device,
+    plan: _Plan,
+) -> list[OutputCheck]:
+    """One :class:`OutputCheck` per output tensor of each exported artifact (``onnx`` rows are
+    run by onnxruntime), the artifact's value against the oracle's, judged like the lowered
+    model's.  An artifact that cannot be made or run is one failing row that says why."""
+    from .export import export_lowered, run_artifact
+
+    if dev.type != "cpu":
+        return []
+    strategy = record.strategy if record is not None else "unfold"
+    workspace = record.max_workspace_bytes if record is not None else None
+    native_leaves, _ = _flatten(out_native, "the model", type(native).__name__)
+    oracle_leaves, _ = _flatten(out_oracle, "the float64 copy of the model", "")
+    tensors = [
+        (path, n, o)
+        for (path, n), (_, o) in zip(native_leaves, oracle_leaves, strict=True)
+        if isinstance(n, torch.Tensor)
+    ]
+    checks = []
+    for kind in plan.against:
+        label = "onnxruntime" if kind == "onnx" else "pt2 (saved, loaded)"
+        plan.say(f"[{dev}] exporting the lowered model as {kind} and running it ({label})")
+        try:
+            program = export_lowered(native, x, strategy=strategy, max_workspace_bytes=workspace)
+            got = run_artifact(program, kind, x)
+        except LoweringError as err:
+            checks.append(OutputCheck(f"{label}: output", None, None, ok=False, reason=str(err)))
+            continue
+        if len(got) != len(tensors):
+            reason = f"the {kind} artifact returns {len(got)} tensor(s), the model {len(tensors)}"
+            checks.append(OutputCheck(f"{label}: output", None, None, ok=False, reason=reason))
+            continue
+        for (path, n, o), value in zip(tensors, got, strict=True):
+            value = value.to(device=n.device)
+            checks.append(_check_tensor(f"{label}: output{path}", n, value, o, plan.tolerance))
+    return checks
 
 
 def _calls_if(observe: bool, model: nn.Module, keep: Callable[[ConvCall], bool]) -> Any:
@@ -554,10 +644,17 @@ def _record_of(lowered: nn.Module) -> LoweringRecord | None:
 
 def _lowering_summary(record: LoweringRecord | None) -> dict[str, Any]:
     if record is None:
-        return {"lowered": None, "strategies": {}, "skipped": [], "trace_error": None}
+        return {
+            "lowered": None,
+            "strategies": {},
+            "skipped": [],
+            "trace_error": None,
+            "export_error": None,
+        }
     return {
         "lowered": record.num_lowered,
         "strategies": record.strategies_used(),
         "skipped": [s.to_dict() for s in record.skipped],
         "trace_error": record.trace_error,
+        "export_error": record.export_error,
     }
