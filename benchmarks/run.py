@@ -8,7 +8,8 @@ For each model and batch size, the native model and each lowering (``--strategie
 ratio lowered/native is a ratio of medians.  Also measured: the geometric mean of the ratios per
 strategy and batch, each model's slowest lowered layers (the conv against its own lowering, on
 the input it really gets), the time ``lower()`` itself takes, the peak memory of a forward at the
-largest batch, and a resnet18 training step (forward + backward) at batch 8.
+largest batch, and, for five models (``--training-models``), a training step in train mode
+(forward, cross-entropy, backward, SGD step) at batch 8 with its peak memory.
 
 Writes ``benchmarks/results.json`` and ``docs/performance.md`` (plus ``docs/performance.png`` when
 matplotlib, the ``plot`` extra, is installed).  Runs on CPU, and also on CUDA when one is present
@@ -48,6 +49,8 @@ MODELS = [
     "shufflenet_v2_x1_0",
     "mnasnet1_0",
 ]
+# The models whose SGD training step is timed, native against lowered.
+TRAINING_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,6 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--no-docs", action="store_true", help="write only the JSON")
+    parser.add_argument(
+        "--training-models",
+        default=",".join(TRAINING_MODELS),
+        help="comma-separated models whose training step is timed ('' to skip)",
+    )
+    parser.add_argument("--training-strategies", default="auto", help="comma-separated")
+    parser.add_argument("--training-batch", type=int, default=8)
+    parser.add_argument("--training-repeats", type=int, default=5, help="timed training steps")
     return parser.parse_args(argv)
 
 
@@ -141,33 +152,56 @@ def _chosen_strategies(lowered: nn.Module | None) -> dict[str, int]:
     return counts
 
 
-def measure_training(device, strategies, args, batch: int = 8) -> dict:
-    """A resnet18 SGD step (forward, loss, backward) at ``batch``, native against lowered."""
-    model = make_model("resnet18", device).train()
+def measure_training(name, device, strategies, args) -> dict:
+    """One SGD training step of ``name`` (train mode: forward, cross-entropy, backward, the
+    optimizer's step), native against each lowering, interleaved; and each one's peak memory."""
+    batch = args.training_batch
+    model = make_model(name, device).train()
     x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
     target = torch.randint(0, 1000, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
     models = {"native": model}
     models.update({s: lowerconv.lower(model, strategy=s) for s in strategies})
+    # lr=0: every step sees the same weights, so the rounds time the same work.
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.0) for k, m in models.items()}
 
-    def step(m):
-        m.zero_grad(set_to_none=True)
-        loss_fn(m(x), target).backward()
+    def step(key):
+        optimizers[key].zero_grad(set_to_none=True)
+        loss_fn(models[key](x), target).backward()
+        optimizers[key].step()
 
     timings = time_interleaved(
-        {name: (lambda m=m: step(m)) for name, m in models.items()},
-        repeats=max(3, args.repeats // 2),
+        {key: (lambda key=key: step(key)) for key in models},
+        repeats=args.training_repeats,
         device=device,
         warmup=1,
     )
+    peaks = {key: peak_memory_bytes(lambda key=key: step(key), device) for key in models}
     native = timings["native"].median
     return {
-        "model": "resnet18",
+        "model": name,
         "batch": batch,
         "native": timings["native"].to_dict(),
+        "peak_memory_bytes": peaks,
         "strategies": {
-            s: {**timings[s].to_dict(), "ratio": timings[s].median / native} for s in strategies
+            s: {
+                **timings[s].to_dict(),
+                "ratio": timings[s].median / native,
+                "peak_memory_ratio": peaks[s] / peaks["native"],
+            }
+            for s in strategies
         },
+    }
+
+
+def summarize_training(runs: list[dict], strategies: list[str]) -> dict:
+    return {
+        s: {
+            "geomean": geomean([r["strategies"][s]["ratio"] for r in runs]),
+            "max": max(r["strategies"][s]["ratio"] for r in runs),
+            "peak_memory_ratio_max": max(r["strategies"][s]["peak_memory_ratio"] for r in runs),
+        }
+        for s in strategies
     }
 
 
@@ -225,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batches.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]
-    unknown = [s for s in strategies if s not in lowerconv.STRATEGY_NAMES]
+    training_models = [m for m in args.training_models.split(",") if m]
+    training_strategies = [s for s in args.training_strategies.split(",") if s]
+    unknown = [s for s in strategies + training_strategies if s not in lowerconv.STRATEGY_NAMES]
     if unknown:
         print(f"unknown strategies {unknown}; valid: {lowerconv.STRATEGY_NAMES}", file=sys.stderr)
         return 2
@@ -242,12 +278,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{device.type}:", flush=True)
         for name in models:
             entries.append(measure_model(name, device, batches, strategies, args))
-        if "resnet18" in models:
-            training[device.type] = measure_training(device, strategies, args)
+        runs = []
+        for name in training_models:
+            runs.append(measure_training(name, device, training_strategies, args))
             ratios = " ".join(
-                f"{s}={v['ratio']:.2f}x" for s, v in training[device.type]["strategies"].items()
+                f"{s}={v['ratio']:.2f}x (memory {v['peak_memory_ratio']:.2f}x)"
+                for s, v in runs[-1]["strategies"].items()
             )
-            print(f"  resnet18 training step, batch 8: {ratios}", flush=True)
+            native_ms = runs[-1]["native"]["median_ms"]
+            print(
+                f"  {name:20s} training step, batch {args.training_batch}: native "
+                f"{native_ms:8.1f} ms  {ratios}",
+                flush=True,
+            )
+        if runs:
+            training[device.type] = {
+                "runs": runs,
+                "summary": summarize_training(runs, training_strategies),
+            }
     results = {
         "environment": env,
         "config": {
@@ -256,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             "strategies": strategies,
             "image_size": args.image_size,
             "repeats": args.repeats,
+            "command": " ".join(
+                ["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "training_models": training_models,
+            "training_strategies": training_strategies,
+            "training_batch": args.training_batch,
+            "training_repeats": args.training_repeats,
         },
         "models": entries,
         "training": training,
@@ -266,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{device} {strategy}: geomean {s['geomean']:.2f}x, peak memory <= "
                 f"{s['peak_memory_ratio_max']:.2f}x native, lower() <= {s['lower_seconds_max']:.2f} s"
+            )
+    for device, per_device in training.items():
+        for strategy, s in per_device["summary"].items():
+            print(
+                f"{device} {strategy} training step: geomean {s['geomean']:.2f}x, max "
+                f"{s['max']:.2f}x, peak memory <= {s['peak_memory_ratio_max']:.2f}x native"
             )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
