@@ -237,19 +237,38 @@ def lowered_conv(kind: Kind, cfg: Config, x, w, b, strategy: str) -> torch.Tenso
     )
 
 
-def make_tensors(kind: Kind, cfg: Config, dtype=torch.float64, seed: int = 0):
+def make_tensors(
+    kind: Kind, cfg: Config, dtype=torch.float64, seed: int = 0, layout: str = "contiguous"
+):
+    """Input, weight and bias (or None), requiring grad; the input stored as ``layout``:
+    ``contiguous``, ``sliced`` (every other element of the last dim of a larger tensor) or
+    ``channels_last`` (channels_last or channels_last_3d, by the input's rank)."""
     torch.manual_seed(seed)
-    x = torch.randn(cfg.input_shape, dtype=dtype, requires_grad=True)
+    shape = cfg.input_shape
+    if layout == "contiguous":
+        x = torch.randn(shape, dtype=dtype)
+    elif layout == "sliced":
+        x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    elif layout == "channels_last":
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        x = torch.randn(shape, dtype=dtype).to(memory_format=formats[len(shape)])
+    else:
+        raise AssertionError(f"unknown layout {layout}")
+    assert x.shape == shape
+    assert x.is_contiguous() == (layout == "contiguous"), layout
+    x.requires_grad_()
     w = torch.randn(cfg.weight_shape(kind), dtype=dtype, requires_grad=True)
     b = torch.randn(cfg.out_channels, dtype=dtype, requires_grad=True) if cfg.bias else None
     return x, w, b
 
 
-def check_functional(kind: Kind, cfg: Config, strategies: list[str], seed: int = 0) -> None:
+def check_functional(
+    kind: Kind, cfg: Config, strategies: list[str], seed: int = 0, layout: str = "contiguous"
+) -> None:
     """``lowerconv.functional.<kind>`` equals PyTorch's for each strategy: output, gradients of
     input, weight and bias, and no convolution op forward or backward.  Every strategy is
     checked, and the failures of all are reported together."""
-    x, w, b = make_tensors(kind, cfg, seed=seed)
+    x, w, b = make_tensors(kind, cfg, seed=seed, layout=layout)
     wrt = [t for t in (x, w, b) if t is not None]
     names = ["input", "weight", "bias"][: len(wrt)]
     want = reference_conv(kind, cfg, x, w, b)
@@ -368,6 +387,20 @@ def test_functional_matches_pytorch_with_every_strategy(kind: Kind, cfg: Config)
     check_functional(kind, cfg, STRATEGIES)
 
 
+LAYOUT_CASES = [
+    pytest.param(kind, layout, id=f"{kind.name}-{layout}")
+    for kind in KIND_TABLE
+    for layout in ("sliced", "channels_last")
+    if layout == "sliced" or kind.ndim > 1
+]
+
+
+@pytest.mark.parametrize("kind, layout", LAYOUT_CASES)
+def test_functional_accepts_non_contiguous_inputs(kind: Kind, layout: str):
+    cases = TRANSPOSED_CASES if kind.transposed else CONV_CASES
+    check_functional(kind, for_kind(cases["groups"], kind), STRATEGIES, layout=layout)
+
+
 @pytest.mark.parametrize("kind", KIND_TABLE, ids=lambda k: k.name)
 def test_functional_defaults_match_pytorch_defaults(kind: Kind):
     torch.manual_seed(0)
@@ -400,7 +433,9 @@ def test_functional_workspace_cap_gives_the_same_result(kind: Kind):
             else:
                 got = fn(x, w, b, 2, 1, 1, 1, strategy=strategy, max_workspace_bytes=512)
         assert ops.conv_ops == []
-        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=lambda m, s=strategy: s + m)
+        torch.testing.assert_close(
+            got, want, rtol=RTOL, atol=ATOL, msg=lambda m, s=strategy: f"{s}: {m}"
+        )
 
 
 # -- low precision -------------------------------------------------------------------------------
@@ -837,16 +872,16 @@ def build(case: ModelCase) -> nn.Module:
 def test_lowered_model_matches_the_original(case: ModelCase, strategy: str):
     model = build(case)
     lowered = lowerconv.lower(model, strategy=strategy)
-    record = lowering_record(lowered)
-    assert record.path == "graph", record.trace_error
-    assert [c.kind for c in record.lowered] == list(case.kinds)
-    assert record.skipped == []
-    assert_conv_free(lowered)
     model_ops, _ = assert_same_function(
         lowered, model, *(make_input(shape) for shape in case.inputs)
     )
     # The control: the original did run a convolution of each of these kinds.
     assert model_ops.conv_kinds() >= set(case.kinds)
+    record = lowering_record(lowered)
+    assert record.path == "graph", record.trace_error
+    assert [c.kind for c in record.lowered] == list(case.kinds)
+    assert record.skipped == []
+    assert_conv_free(lowered)
 
 
 @pytest.mark.parametrize("case", MODEL_CASES, ids=[c.id for c in MODEL_CASES])

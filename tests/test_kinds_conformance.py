@@ -169,9 +169,6 @@ def check_sample(sample: dict, strategy: str) -> None:
     kind = MODULES[sample["module"]]
     module = build(sample)
     lowered = lowerconv.lower(module, kinds=None, strategy=strategy)
-    left = [n for n, m in lowered.named_modules() if isinstance(m, _ConvNd)]
-    assert not left, f"convolution modules left: {left}"
-    assert [c.kind for c in lowering_record(lowered).lowered] == [kind]
     kwargs = sample["forward_kwargs"]
     want, cotangent, want_grads, control = output_and_grads(module, fresh_inputs(sample), kwargs)
     assert control.conv_ops, "the original ran no convolution op: the recorder sees nothing"
@@ -184,6 +181,11 @@ def check_sample(sample: dict, strategy: str) -> None:
         torch.testing.assert_close(
             got_grads[name], want_grad, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}"
         )
+    left = [
+        f"{n!r} ({type(m).__name__})" for n, m in lowered.named_modules() if isinstance(m, _ConvNd)
+    ]
+    assert not left, f"convolution modules left in the lowered model: {', '.join(left)}"
+    assert [c.kind for c in lowering_record(lowered).lowered] == [kind]
 
 
 def check_module(samples: list[dict], module_name: str, strategies: list[str]) -> None:
