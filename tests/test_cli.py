@@ -93,12 +93,17 @@ TINY_SOURCE = textwrap.dedent(
 # FLOPs = 2 * 8 * 9 * 128 = 18432; im2col = 2 * 72 * 64 * 4 = 36864 B = 36.0 KiB.
 EXPECTED_ROWS = {
     "stem": [
-        "3x3", "2x2", "1x1", "1x1", "1", "2x3x16x16", "2x8x8x8", "8 x 27 x 128", "55.3 K",
-        "13.5 KiB", "unfold",
+        "conv2d", "3x3", "2x2", "1x1", "1x1", "1", "2x3x16x16", "2x8x8x8", "8 x 27 x 128",
+        "55.3 K", "13.5 KiB", "unfold",
     ],
     "depthwise": [
-        "3x3", "1x1", "1x1", "1x1", "8", "2x8x8x8", "2x8x8x8", "8 x 9 x 128", "18.4 K",
+        "conv2d", "3x3", "1x1", "1x1", "1x1", "8", "2x8x8x8", "2x8x8x8", "8 x 9 x 128", "18.4 K",
         "36.0 KiB", "unfold",
+    ],
+    # A transposed conv: M = C_out*kh*kw, K = C_in, N = input pixels; its columns 2*16*64*4 B.
+    "up": [
+        "conv_transpose2d", "2x2", "2x2", "0", "1x1", "1", "2x8x8x8", "2x4x16x16", "16 x 8 x 128",
+        "32.8 K", "8.0 KiB", "unfold",
     ],
 }  # fmt: skip
 
@@ -133,7 +138,7 @@ def test_verify_passes_with_exit_0_and_writes_both_reports(tiny, tmp_path, capsy
     data = json.loads(json_path.read_text())
     assert data["schema"] == "lowerconv.verification/1"
     assert data["ok"] is True
-    assert [layer["name"] for layer in data["runs"][0]["layers"]] == ["stem", "depthwise"]
+    assert [layer["name"] for layer in data["runs"][0]["layers"]] == ["stem", "depthwise", "up"]
     assert md_path.read_text().startswith("### lowerconv verification: PASS")
     assert "lowered" in err  # progress went to stderr, not into the report
 
@@ -169,7 +174,7 @@ def test_junit_xml_has_a_case_per_output_and_layer(tiny, tmp_path, monkeypatch, 
     assert code == 0, err
     (suite,) = ElementTree.parse(junit).getroot().iter("testsuite")
     assert suite.get("name") == f"lowerconv verify {tiny} [cpu]"
-    assert [case.get("name") for case in suite] == ["output", "stem", "depthwise"]
+    assert [case.get("name") for case in suite] == ["output", "stem", "depthwise", "up"]
     assert suite.get("failures") == "0" and not any(list(case) for case in suite)
 
     monkeypatch.setattr(torch.nn.functional, "unfold", _sabotaged_unfold)
@@ -329,6 +334,9 @@ BAD_ARGUMENTS = [
     (["graph", "resnet18", "--format", "svg"], "invalid choice: 'svg'"),
     (["verify", "resnet18", "--json", "/no/such/folder/r.json"], "does not exist"),
     ([], "the following arguments are required: COMMAND"),
+    (["export", "resnet18"], "the following arguments are required: -o/--output"),
+    (["export", "resnet18", "-o", "model.tflite"], "name the file .onnx (ONNX) or .pt2"),
+    (["verify", "resnet18", "--against", "tflite"], "invalid choice: 'tflite'"),
 ]
 
 
@@ -357,14 +365,24 @@ def _table_rows(text: str) -> dict[str, list[str]]:
 def test_graph_table_matches_hand_computation(tiny, capsys):
     code, out, err = run(["graph", tiny, *SMALL], capsys)
     assert code == 0, err
-    assert out.splitlines()[0].split()[:8] == [
-        "conv", "kernel", "stride", "padding", "dilation", "groups", "input", "output",
+    assert out.splitlines()[0].split()[:9] == [
+        "conv", "kind", "kernel", "stride", "padding", "dilation", "groups", "input", "output",
     ]  # fmt: skip
     assert _table_rows(out) == EXPECTED_ROWS
-    assert re.search(r"up\s+ConvTranspose2d\s+not lowered: ConvTranspose2d", out)
+    assert "3 conv(s) lowered (unfold: 3) on the graph path, 0 left alone" in out
+    # 55296 + 18432 + 32768 FLOPs; the depthwise conv's im2col buffer is the largest
+    assert "106 KFLOPs in GEMMs; largest im2col buffer 36.0 KiB (depthwise)" in out
+
+
+def test_graph_kind_option_leaves_other_kinds_alone(tiny, capsys):
+    code, out, err = run(["graph", tiny, *SMALL, "--kind", "conv2d"], capsys)
+    assert code == 0, err
+    kind, reason = _table_rows(out)["up"][:2]
+    assert kind == "ConvTranspose2d" and reason.startswith("not lowered: ConvTranspose2d (kinds=")
+    assert re.search(r"up\s+ConvTranspose2d\s+not lowered: ConvTranspose2d \(kinds= leaves", out)
     assert "2 conv(s) lowered (unfold: 2) on the graph path, 1 left alone" in out
-    # 55296 + 18432 FLOPs; the depthwise conv's im2col buffer is the larger
-    assert "73.7 KFLOPs in GEMMs; largest im2col buffer 36.0 KiB (depthwise)" in out
+    code, out, _ = run(["graph", tiny, "--format", "code", "--kind", "conv2d"], capsys)
+    assert code == 0 and "self.up(" in out
 
 
 def test_graph_of_a_model_that_fails_to_run_names_the_node(tiny, capsys):
@@ -386,14 +404,16 @@ def test_graph_code_is_the_lowered_forward(tiny, capsys):
     assert out.startswith("def forward(self, x")
     assert "stem_unfold = torch.nn.functional.unfold(x, (3, 3)" in out
     assert "depthwise_unfold" in out
-    assert "self.up(" in out  # the transposed conv is left as it was
+    # The transposed conv: a GEMM of its weight and the input, then col2im by F.fold.
+    assert "up_matmul = torch.matmul(" in out and "up_fold = torch.nn.functional.fold(" in out
+    assert "self.up(" not in out
 
 
 def test_graph_of_a_torchvision_model(capsys):
     code, out, _ = run(["graph", "resnet18", "--image-size", "32"], capsys)
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["conv1"][1:4] == ["7x7", "2x2", "3x3"]
+    assert rows["conv1"][1:5] == ["conv2d", "7x7", "2x2", "3x3"]
     # conv1 on 1x3x32x32: OH = (32 + 6 - 7) // 2 + 1 = 16, so N = 256 and K = 3 * 7 * 7 = 147
     assert rows["conv1"][6:11] == ["1x3x32x32", "1x64x16x16", "64", "x", "147"]
     assert "20 conv(s) lowered" in out
@@ -402,7 +422,7 @@ def test_graph_of_a_torchvision_model(capsys):
 # -- help, version, models -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["verify", "graph", "models"])
+@pytest.mark.parametrize("command", ["verify", "graph", "export", "models"])
 def test_each_command_has_help_with_examples(command, capsys):
     code, out, _ = run([command, "--help"], capsys)
     assert code == 0
@@ -455,3 +475,111 @@ def test_a_reader_that_closes_the_pipe_gets_no_error(command):
         assert "error" not in done.stderr.lower() and "Traceback" not in done.stderr, done.stderr
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip()
+
+
+# -- export, and the export tier -------------------------------------------------------------------
+
+SHAPE_GATE_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class ShapeGate(nn.Module):  # branches on a shape: torch.fx fails, torch.export follows it
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            if x.shape[-1] > 8:
+                y = y * 2
+            return self.head(y)
+    """
+)
+
+
+@pytest.fixture
+def shape_gate(tmp_path: Path) -> str:
+    path = tmp_path / "shape_gate.py"
+    path.write_text(SHAPE_GATE_SOURCE)
+    return f"{path}:ShapeGate"
+
+
+def _module_of(spec: str) -> torch.nn.Module:
+    from lowerconv.models import resolve_model
+
+    return resolve_model(spec, batch_size=2, image_size=16).model
+
+
+def test_export_writes_a_pt2_archive_and_lists_its_ops(shape_gate, tmp_path, capsys):
+    target = tmp_path / "lowered.pt2"
+    code, out, err = run(["export", shape_gate, *SMALL, "-o", str(target)], capsys)
+    assert code == 0, err
+    assert out.startswith(f"wrote {target} (pt2, ")
+    assert re.search(r"\d+ ATen calls: .*aten\.matmul\.default x 2", out)
+    assert "no convolution op: every 2-D convolution is an im2col + matmul" in out
+    assert "on the export path" in err
+    program = torch.export.load(str(target))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            program.module()(x), _module_of(shape_gate)(x), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_export_onnx_with_a_dynamic_batch_runs_in_onnxruntime(shape_gate, tmp_path, capsys):
+    pytest.importorskip("onnxscript", reason='needs the onnx extra: pip install -e ".[onnx]"')
+    ort = pytest.importorskip(
+        "onnxruntime", reason='needs the onnx extra: pip install -e ".[onnx]"'
+    )
+    target = tmp_path / "lowered.onnx"
+    argv = ["export", shape_gate, *SMALL, "--dynamic-batch", "-o", str(target)]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert out.startswith(f"wrote {target} (onnx, ")
+    assert "MatMul x 2" in out and "Conv" not in out.split("\n")[1]
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 16, 16)  # exported on a batch of 2
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = _module_of(shape_gate)(x)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_of_a_model_fx_cannot_trace_is_one_exported_graph(shape_gate, capsys):
+    code, out, err = run(["graph", shape_gate, *SMALL], capsys)
+    assert code == 0, err
+    assert "2 conv(s) lowered (unfold: 2) on the export path" in out
+    assert "not traceable as one graph (torch.fx could not trace ShapeGate" in out
+    code, out, _ = run(["graph", shape_gate, *SMALL, "--format", "code"], capsys)
+    assert code == 0
+    assert "could not be traced" not in out
+    assert "stem_unfold = torch.nn.functional.unfold(" in out and "head_matmul" in out
+
+
+def test_verify_against_onnx_and_pt2_adds_their_rows(shape_gate, tmp_path, capsys):
+    pytest.importorskip("onnxscript", reason='needs the onnx extra: pip install -e ".[onnx]"')
+    pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install -e ".[onnx]"')
+    json_path = tmp_path / "r.json"
+    argv = ["verify", shape_gate, *FAST, "--against", "onnx", "--against", "pt2"]
+    code, out, err = run([*argv, "--json", str(json_path)], capsys)
+    assert code == 0, err
+    data = json.loads(json_path.read_text())
+    assert data["path"] == "export"
+    outputs = [o["path"] for o in data["runs"][0]["outputs"]]
+    assert outputs == ["output", "onnxruntime: output", "pt2 (saved, loaded): output"]
+    assert [layer["status"] for layer in data["runs"][0]["layers"]] == ["pass", "pass"]
+    assert re.search(r"onnxruntime: output\s+2x4x16x16 .* pass", out)
+
+
+def test_verify_says_why_each_tier_failed(tiny, tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    gated = tiny.replace(":make", ":Gated")
+    code, out, err = run(["verify", gated, *FAST, "--json", str(json_path)], capsys)
+    assert code == 0, err
+    data = json.loads(json_path.read_text())
+    assert data["path"] == "fallback"
+    assert "could not capture Gated" in data["lowering"]["export_error"]
+    assert "torch.fx tier failed" in out and "torch.export tier failed" in out

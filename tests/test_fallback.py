@@ -169,9 +169,10 @@ def test_conv_subclasses_keep_their_semantics() -> None:
     # The traceable one is traced into: its weight arithmetic stays, its F.conv2d is lowered.
     assert by_name["ws"].strategy == "unfold" and by_name["ws"].target == "F.conv2d"
     assert "ws_unfold" in lowered.code and "mean" in lowered.code
-    skipped = {s.name: s.reason for s in record.skipped}
-    assert skipped["conv1d"].startswith("not lowered: Conv1d")
-    assert skipped["up"].startswith("not lowered: ConvTranspose2d")
+    assert not record.skipped
+    assert (by_name["conv1d"].kind, by_name["conv1d"].mechanism) == ("conv1d", "graph")
+    assert (by_name["up"].kind, by_name["up"].mechanism) == ("conv_transpose2d", "graph")
+    assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in lowered.modules())
     for size in [(1, 3, 15, 15), (3, 16, 11)]:  # batched and unbatched, odd sizes
         x = torch.randn(size, dtype=torch.float64)
         if x.dim() == 3:

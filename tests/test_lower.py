@@ -736,10 +736,40 @@ class MixedConvs(nn.Module):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_record_lists_lowered_in_graph_order_and_skips_other_convs(strategy):
+def test_record_lists_every_kind_lowered_in_graph_order(strategy):
     torch.manual_seed(0)
     model = MixedConvs().double()
     lowered = lowerconv.lower(model, strategy=strategy)
+    record = lowering_record(lowered)
+    assert record.path == "graph" and not record.skipped
+    assert record.kinds == list(lowerconv.KINDS)
+    assert [(c.name, c.kind) for c in record.lowered] == [
+        ("second_defined", "conv2d"),
+        ("first_defined", "conv2d"),
+        ("conv2d", "conv2d"),
+        ("up", "conv_transpose2d"),
+        ("c1d", "conv1d"),
+        ("c3d", "conv3d"),
+    ]
+    assert [c.target for c in record.lowered][2:] == [
+        "F.conv2d",
+        "ConvTranspose2d",
+        "Conv1d",
+        "Conv3d",
+    ]
+    for conv_record in record.lowered:
+        expected = choose_strategy(conv_record.spec) if strategy == "auto" else strategy
+        assert conv_record.strategy == expected
+    assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in lowered.modules())
+    assert_same_function(lowered, model, make_input((2, 4, 6, 5)))
+    assert record.to_dict()["lowered"][3]["kind"] == "conv_transpose2d"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_kinds_conv2d_lists_other_kinds_as_left_alone(strategy):
+    torch.manual_seed(0)
+    model = MixedConvs().double()
+    lowered = lowerconv.lower(model, strategy=strategy, kinds={"conv2d"})
     record = lowering_record(lowered)
     assert record.path == "graph"
     assert record.strategy == strategy
@@ -764,7 +794,7 @@ def test_record_lists_lowered_in_graph_order_and_skips_other_convs(strategy):
     assert set(skipped) == {"c1d", "c3d", "up"}
     for name, kind in (("c1d", "Conv1d"), ("c3d", "Conv3d"), ("up", "ConvTranspose2d")):
         assert skipped[name].kind == kind
-        assert skipped[name].reason.startswith(f"not lowered: {kind}")
+        assert skipped[name].reason.startswith(f"not lowered: {kind} (kinds= leaves")
         assert type(lowered.get_submodule(name)).__name__ == kind
     assert_no_conv2d_modules(lowered)
     assert_same_function(lowered, model, make_input((2, 4, 6, 5)))

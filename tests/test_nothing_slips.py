@@ -206,10 +206,30 @@ def test_run_time_lowering_survives_deepcopy_pickle_and_errors() -> None:
     assert list(lowered.state_dict()) == list(model.state_dict())
 
 
-def test_untraceable_model_lists_every_other_conv_kind_as_left_alone() -> None:
+def test_untraceable_model_lowers_every_kind_at_run_time() -> None:
     model = Decoder().eval()
     x = torch.randn(1, 3, 6, 6)
     lowered = lowerconv.lower(model, example_inputs=x)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback" and not record.skipped
+    by_name = {c.name: c for c in record.lowered}
+    assert {name: c.kind for name, c in by_name.items()} == {
+        "conv": "conv2d",
+        "up1": "conv_transpose2d",
+        "up2": "conv_transpose2d",
+        "forward": "conv_transpose2d",
+    }
+    assert by_name["up1"].mechanism == "run time" and by_name["forward"].mechanism == "run time"
+    assert "called from the model's own forward" in by_name["forward"].note
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
+    seen = conv_ops(lowered, x.clone().requires_grad_())
+    assert seen.ops == []
+
+
+def test_untraceable_model_lists_every_kind_left_out_as_left_alone() -> None:
+    model = Decoder().eval()
+    x = torch.randn(1, 3, 6, 6)
+    lowered = lowerconv.lower(model, example_inputs=x, kinds={"conv2d"})
     record = lowerconv.lowering_record(lowered)
     assert record.path == "fallback"
     skipped = [(s.name, s.kind) for s in record.skipped]
@@ -222,7 +242,7 @@ def test_untraceable_model_lists_every_other_conv_kind_as_left_alone() -> None:
     torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-5)
     assert conv_ops(lowered, x).two_d == []
     # Without inputs the modules are still listed.
-    unlisted = lowerconv.lowering_record(lowerconv.lower(model)).skipped
+    unlisted = lowerconv.lowering_record(lowerconv.lower(model, kinds={"conv2d"})).skipped
     assert [s.name for s in unlisted] == ["up1", "up2"]
 
 
@@ -237,7 +257,7 @@ def test_graph_path_lists_unused_and_nested_other_kinds_once() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.up(self.conv(x))
 
-    record = lowerconv.lowering_record(lowerconv.lower(Net()))
+    record = lowerconv.lowering_record(lowerconv.lower(Net(), kinds=["conv2d"]))
     assert record.path == "graph"
     assert [(s.name, s.kind) for s in record.skipped] == [
         ("up", "ConvTranspose2d"),
@@ -369,9 +389,20 @@ def test_verify_fails_an_unlowered_functional_conv_in_an_opaque_module() -> None
         lowerconv.testing.assert_lowering_close(model, x, lowered=lowered)
 
 
-def test_verify_lists_other_conv_kinds_as_left_alone_and_passes() -> None:
+def test_verify_of_every_kind_runs_no_conv_op_and_checks_each_layer() -> None:
     model = Decoder().eval()
     report = lowerconv.verify(model, torch.randn(1, 3, 6, 6), timing=False)
+    assert report.ok, report.failure_message()
+    assert report.runs[0].conv_ops == []
+    layers = {layer.name: layer for layer in report.runs[0].layers}
+    assert set(layers) == {"conv", "up1", "up2", "forward"}
+    assert all(layer.status == "pass" for layer in layers.values()), layers
+
+
+def test_verify_lists_other_conv_kinds_as_left_alone_and_passes() -> None:
+    model = Decoder().eval()
+    options = {"kinds": {"conv2d"}}
+    report = lowerconv.verify(model, torch.randn(1, 3, 6, 6), timing=False, lower_options=options)
     assert report.ok, report.failure_message()
     ops = report.runs[0].conv_ops
     assert {(op.kind, op.status) for op in ops} == {("conv_transpose2d", "left alone")}

@@ -1,4 +1,4 @@
-"""lowerconv: rewrite every ``nn.Conv2d`` into Unfold + matmul + reshape, and prove it.
+"""lowerconv: rewrite every convolution into Unfold + matmul + reshape, and prove it.
 
 The pass, in the order data flows through it:
 
@@ -27,12 +27,13 @@ from .errors import LoweringError, VerificationError
 from .lower import STRATEGY_NAMES, lower
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .report import VerificationReport
-from .spec import ConvSpec
+from .spec import KINDS, ConvSpec
 from .verify import verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KINDS",
     "STRATEGY_NAMES",
     "ConvSpec",
     "LoweredConv",

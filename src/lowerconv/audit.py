@@ -7,10 +7,11 @@ saw, a backend kernel reached through ``aten.convolution``.  Each convolution-fa
 attributed to the innermost module of the lowered model on the Python stack and to the model's
 own source line, and judged:
 
-- a non-transposed 2-D convolution is a **failure** (the model was to be conv-free), unless the
-  record lists its module as deliberately left alone;
-- a convolution of another kind (1-D, 3-D, transposed, deformable) is *left alone*: the pass
-  does not lower those, and says so in the record.
+- a convolution of a kind the lowering lowers (every kind by default; ``kinds=`` narrows it)
+  is a **failure** (the model was to be free of them), unless the record lists its module as
+  deliberately left alone;
+- a convolution of another kind (one ``kinds=`` left out, deformable) is *left alone*: the
+  record says so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .record import SkippedConv
 from .runtime import ModuleLocator
+from .spec import KINDS
 
 __all__ = ["ConvOpAudit", "ConvOpRun", "conv_op_kind"]
 
@@ -34,8 +36,6 @@ _CONV_OP = re.compile(r"conv(?!ert)")
 # Ops that take (input, weight, bias, stride, padding, dilation, transposed, ...).
 _GENERIC = {"convolution", "_convolution", "convolution_overrideable"}
 _GENERIC_BACKWARD = {"convolution_backward", "convolution_backward_overrideable"}
-# Kinds in a record's skipped list that mean a 2-D convolution left alone on purpose.
-_TWO_D = {"Conv2d", "conv2d", "F.conv2d", "aten.conv2d", "aten.convolution"}
 
 
 def conv_op_kind(name: str, args: tuple) -> str:
@@ -67,7 +67,7 @@ def conv_op_kind(name: str, args: tuple) -> str:
 class ConvOpRun:
     """Convolution ops that ran in the lowered model, grouped by op, phase and call site.
 
-    ``status`` is ``"fail"`` (a 2-D convolution that should have been lowered) or
+    ``status`` is ``"fail"`` (a convolution of a lowered kind that should have been lowered) or
     ``"left alone"`` (another kind, or a conv the record lists as left alone); ``reason`` says
     which, and where the op came from.
     """
@@ -93,13 +93,20 @@ class ConvOpAudit(TorchDispatchMode):
     """Records every convolution-family ATen op dispatched while it is active.
 
     ``root`` is the lowered model, whose module names attribute each op; ``skipped`` is its
-    record's list of convs left alone.  Read :meth:`runs` after the block.
+    record's list of convs left alone, ``kinds`` the kinds it lowered.  Read :meth:`runs`
+    after the block.
     """
 
-    def __init__(self, root: nn.Module, skipped: Iterable[SkippedConv] = ()) -> None:
+    def __init__(
+        self,
+        root: nn.Module,
+        skipped: Iterable[SkippedConv] = (),
+        kinds: Iterable[str] = KINDS,
+    ) -> None:
         super().__init__()
         self.locator = ModuleLocator(root)
         self.skipped = list(skipped)
+        self.kinds = frozenset(kinds)
         self._seen: dict[tuple, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -122,12 +129,13 @@ class ConvOpAudit(TorchDispatchMode):
         return found
 
     def _judge(self, kind: str, called_from: str | None) -> tuple[str, str]:
-        if kind != "conv2d":
-            return "left alone", f"a {kind} (the pass lowers 2-D convolutions only)"
+        if kind not in self.kinds:
+            lowered = ", ".join(k for k in KINDS if k in self.kinds) or "none"
+            return "left alone", f"a {kind} (the lowering's kinds= are {lowered})"
         for skip in self.skipped:
-            if skip.kind in _TWO_D and called_from and _within(called_from, skip.name):
+            if skip.conv_kind == kind and called_from and _within(called_from, skip.name):
                 return "left alone", f"listed in the record as left alone: {skip.reason}"
-        return "fail", "a 2-D convolution ran in the lowered model; it should have been lowered"
+        return "fail", f"a {kind} ran in the lowered model; it should have been lowered"
 
 
 def _within(name: str, prefix: str) -> bool:

@@ -1,4 +1,4 @@
-"""The command line: ``lowerconv verify``, ``lowerconv graph`` and ``lowerconv models``.
+"""The command line: ``lowerconv verify``, ``graph``, ``export``, ``models`` and ``zoo``.
 
 ``main(argv)`` returns the exit code instead of exiting, so tests call it in-process:
 0 when verification passed, 1 when the lowered model's numbers did not match, 2 for a usage
@@ -25,6 +25,7 @@ from .errors import LoweringError
 from .lower import STRATEGY_NAMES, lower
 from .models import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 from .record import lowering_record
+from .spec import KINDS
 
 __all__ = ["cli_hints", "main"]
 
@@ -75,6 +76,18 @@ examples:
   lowerconv zoo --markdown docs/zoo.md --json docs/zoo.json
 
 Exit 0 when every model run passes, 1 when any fails or errors, 2 for a usage error."""
+
+EXPORT_EPILOG = """\
+examples:
+  lowerconv export resnet18 -o resnet18_lowered.onnx
+  lowerconv export resnet18 -o resnet18_lowered.pt2 --strategy auto
+  lowerconv export mobilenet_v3_small -o mnv3.onnx --batch-size 2 --dynamic-batch
+
+The model is captured with torch.export (non-strict) on its example input, every 2-D
+convolution of the captured graph is lowered (lowerconv.lower(ExportedProgram)), and the
+result is written as a torch.export archive (.pt2) or as ONNX (.onnx, the onnx extra).
+The graph is specialised to the input's shape unless --dynamic-batch keeps dimension 0
+symbolic (a batch of at least 2 is needed; strategies unfold and strided keep it)."""
 
 MODELS_EPILOG = """\
 examples:
@@ -145,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_verify_parser(commands)
     _add_graph_parser(commands)
+    _add_export_parser(commands)
     _add_models_parser(commands)
     _add_zoo_parser(commands)
     return parser
@@ -195,6 +209,15 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="verify in train mode (dropout, batch-norm batch statistics) instead of eval mode",
     )
+    check.add_argument(
+        "--against",
+        action="append",
+        choices=("onnx", "pt2"),
+        default=[],
+        help="also export the lowered model (as `lowerconv export` does) and check the "
+        "artifact against the float64 oracle on the CPU: onnx runs in onnxruntime, pt2 is "
+        "saved, loaded and run. One more row each. Repeatable",
+    )
     out = verify.add_argument_group("reports")
     out.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     out.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
@@ -226,6 +249,42 @@ def _add_graph_parser(commands: argparse._SubParsersAction) -> None:
         help="table: one row per conv (default); code: the lowered graph's Python",
     )
     graph.set_defaults(run=run_graph)
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        parents=[_debug_option()],
+        help="write the lowered model as ONNX (.onnx) or a torch.export archive (.pt2)",
+        description=(
+            "Capture MODEL with torch.export, lower every 2-D convolution in the graph, and\n"
+            "write it to FILE; print the ops it holds, by count."
+        ),
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    export.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write: FILE.onnx (ONNX, dynamo exporter) or FILE.pt2 (torch.export.save)",
+    )
+    _add_input_options(export.add_argument_group("model and input"))
+    lowering = export.add_argument_group("lowering")
+    lowering.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="unfold",
+        help="how each conv is lowered (default unfold; auto picks per conv)",
+    )
+    lowering.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="keep the batch dimension symbolic, so the file takes any batch size",
+    )
+    export.set_defaults(run=run_export)
 
 
 def _add_models_parser(commands: argparse._SubParsersAction) -> None:
@@ -381,10 +440,20 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
         help="how each conv is lowered (default unfold; auto picks per conv)",
     )
     group.add_argument(
+        "--kind",
+        action="append",
+        choices=KINDS,
+        default=[],
+        metavar="KIND",
+        help="lower only convolutions of this kind (conv1d, conv2d, conv3d, conv_transpose1d, "
+        "conv_transpose2d, conv_transpose3d); the others are listed as left alone. Repeatable; "
+        "default: every kind",
+    )
+    group.add_argument(
         "--strict",
         action="store_true",
         help="fail if the model cannot be traced as one graph, instead of lowering each "
-        "Conv2d on its own",
+        "convolution module on its own",
     )
     group.add_argument(
         "--leaf-module",
@@ -432,6 +501,7 @@ def run_verify(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=progress,
             lower_options=_lower_options(args),
+            against=args.against,
         )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
@@ -466,6 +536,42 @@ def run_graph(args: argparse.Namespace) -> int:
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
     print(inspection.table())
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import ARTIFACT_FORMATS, describe_ops, export_lowered, write_artifact
+
+    output = Path(args.output)
+    if output.suffix.lower() not in ARTIFACT_FORMATS:
+        raise LoweringError(
+            f"-o {args.output}: name the file .onnx (ONNX) or .pt2 (a torch.export archive)"
+        )
+    _check_writable("-o", args.output)
+    resolved = _resolve(args, _progress)
+    start = time.perf_counter()
+    try:
+        program = export_lowered(
+            resolved.model,
+            resolved.example_inputs,
+            strategy=args.strategy,
+            dynamic_batch=args.dynamic_batch,
+        )
+    except LoweringError as err:
+        raise _with_hint(err, resolved) from err
+    record = lowering_record(program)
+    _progress(f"captured and lowered in {time.perf_counter() - start:.1f}s: {record.summary()}")
+    artifact = write_artifact(program, output)
+    size = output.stat().st_size
+    unit = "nodes" if artifact.format == "onnx" else "ATen calls"
+    print(f"wrote {args.output} ({artifact.format}, {size / 2**20:.1f} MiB)")
+    print(f"{sum(artifact.ops.values())} {unit}: {describe_ops(artifact.ops)}")
+    left = artifact.conv_ops
+    if left:
+        kinds = ", ".join(sorted({s.kind for s in record.skipped})) or "see lowerconv graph"
+        print(f"convolution ops left: {', '.join(left)} (not lowered: {kinds})")
+    else:
+        print("no convolution op: every 2-D convolution is an im2col + matmul")
     return EXIT_OK
 
 
@@ -626,7 +732,10 @@ def _lower(
 
 def _lower_options(args: argparse.Namespace) -> dict:
     """The lower() options the command line sets, for lower() and verify()'s re-trace alike."""
-    return {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
+    options = {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
+    if getattr(args, "kind", None):
+        options["kinds"] = frozenset(args.kind)
+    return options
 
 
 def _check_leaf_modules(resolved: ResolvedModel, names: Sequence[str]) -> None:

@@ -173,17 +173,19 @@ def emit_dynamic_conv(
     source: str,
     source_target: str,
     options: StrategyOptions = DEFAULT_OPTIONS,
+    kind: str = "conv2d",
 ) -> fx.Node:
-    """One call to :func:`lowerconv.functional.conv2d` for a weight whose shape is only known at
-    run time (computed from the input); it lowers with ``strategy`` when it runs."""
-    from .functional import conv2d
+    """One call to :func:`lowerconv.functional.convolution` for a weight whose shape is only
+    known at run time (computed from the input); it lowers with ``strategy`` when it runs."""
+    from .functional import convolution
 
     kwargs = dict(conv_args, strategy=strategy)
     if options.max_workspace_bytes is not None:
         kwargs["max_workspace_bytes"] = options.max_workspace_bytes
     with graph.inserting_before(anchor):
-        node = graph.call_function(conv2d, (input, weight, bias), kwargs)
-    node._rename(f"{base_name}_im2col_conv2d")
-    prov = Provenance(source, anchor.name, source_target, strategy, "im2col_conv2d", None, True)
+        node = graph.call_function(convolution, (input, weight, bias), kwargs)
+    node._rename(f"{base_name}_im2col_{kind}")
+    role = f"im2col_{kind}"
+    prov = Provenance(source, anchor.name, source_target, strategy, role, None, True)
     stamp(node, anchor, prov)
     return node

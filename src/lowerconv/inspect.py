@@ -41,13 +41,18 @@ class ConvRow:
     dtype: torch.dtype | None
     device: str = "cpu"
     max_workspace_bytes: int | None = None
+    kind: str = ""
 
     @property
-    def _batch_hw(self) -> tuple[int, int, int] | None:
-        if self.spec is None or self.input_shape is None or len(self.input_shape) < 3:
+    def _batch_hw(self) -> tuple[int, ...] | None:
+        """``(batch, *spatial sizes)`` of the input (an unbatched input is a batch of one)."""
+        if self.spec is None or self.input_shape is None:
             return None
-        batch = self.input_shape[0] if len(self.input_shape) == 4 else 1  # unbatched CHW
-        return batch, self.input_shape[-2], self.input_shape[-1]
+        n = self.spec.ndim
+        if len(self.input_shape) not in (n + 1, n + 2):
+            return None
+        batch = self.input_shape[0] if len(self.input_shape) == n + 2 else 1
+        return (batch, *self.input_shape[-n:])
 
     @property
     def gemm_shape(self) -> tuple[int, int, int] | None:
@@ -81,6 +86,7 @@ class ConvRow:
         gemm = self.gemm_shape
         return [
             self.name,
+            self.kind or (spec.kind if spec else ""),
             _hw(spec.kernel_size) if spec else "dynamic",
             _hw(spec.stride) if spec else "",
             _padding(spec) if spec else "",
@@ -97,6 +103,7 @@ class ConvRow:
 
 HEADERS = [
     "conv",
+    "kind",
     "kernel",
     "stride",
     "padding",
@@ -235,6 +242,7 @@ def inspect_lowered(
                     input_shape=tuple(in_meta.shape) if in_meta is not None else None,
                     output_shape=tuple(out_meta.shape) if out_meta is not None else None,
                     dtype=in_meta.dtype if in_meta is not None else None,
+                    kind=conv.kind,
                 )
             )
     rows += _run_time_rows(record, lowered, calls)
@@ -268,14 +276,17 @@ def _run_time_rows(
             and not _is_graph(lowered, conv.graph_module)
         ):
             call = by_module.get(conv.graph_module)
-            rows.append(_row(conv.name, conv.strategy, conv.spec, call))
+            rows.append(_row(conv.name, conv.strategy, conv.spec, call, conv.kind))
     for call in calls:
         if call.scope == "model" and call.lowered:
-            rows.append(_row(call.name, f"{call.concrete_strategy} (run time)", call.spec, call))
+            strategy = f"{call.concrete_strategy} (run time)"
+            rows.append(_row(call.name, strategy, call.spec, call, call.kind))
     return rows
 
 
-def _row(name: str, strategy: str, spec: ConvSpec | None, call: ConvCall | None) -> ConvRow:
+def _row(
+    name: str, strategy: str, spec: ConvSpec | None, call: ConvCall | None, kind: str = ""
+) -> ConvRow:
     x = call.arguments.get("input") if call is not None else None
     return ConvRow(
         name=name,
@@ -284,6 +295,7 @@ def _row(name: str, strategy: str, spec: ConvSpec | None, call: ConvCall | None)
         input_shape=call.input_shape if call is not None else None,
         output_shape=call.output_shape if call is not None else None,
         dtype=getattr(x, "dtype", None),
+        kind=kind,
     )
 
 
@@ -353,8 +365,8 @@ def _tensor_meta(node: fx.Node | None):
     return meta if hasattr(meta, "shape") else None
 
 
-def _hw(pair: tuple[int, int]) -> str:
-    return f"{pair[0]}x{pair[1]}"
+def _hw(sizes: tuple[int, ...]) -> str:
+    return "x".join(map(str, sizes))
 
 
 def _padding(spec: ConvSpec) -> str:

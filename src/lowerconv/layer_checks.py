@@ -15,7 +15,7 @@ Two paths, as the pass took them:
 - **fallback** (:func:`check_fallback_layers`): each conv was lowered inside a submodule of its
   own; :class:`ModuleCapture`'s forward hooks keep its input and outputs during the end-to-end
   run;
-- **run time** (:func:`check_runtime_layers`): the conv was an ``F.conv2d`` call lowered as the
+- **run time** (:func:`check_runtime_layers`): the conv was an ``F.conv*`` call lowered as the
   model ran; the end-to-end runs observe every call (:func:`~lowerconv.runtime.trace_conv_calls`)
   and the calls are matched by name, the module they came from and their order in it.
 """
@@ -33,7 +33,7 @@ from torch import fx, nn
 from .determinism import seed_generators
 from .devices import to_float64
 from .errors import LoweringError
-from .functional import conv2d
+from .functional import convolution
 from .metrics import Tolerance, compare, judge
 from .record import LoweredConv
 from .report import LayerCheck
@@ -376,7 +376,7 @@ def check_runtime_layers(
     dtype: torch.dtype,
     max_workspace_bytes: int | None = None,
 ) -> list[LayerCheck]:
-    """Local and accumulated errors of the ``F.conv2d`` calls lowered at run time.
+    """Local and accumulated errors of the ``F.conv*`` calls lowered at run time.
 
     ``lowered_calls`` are the lowered model's (only lowered ones count), ``native_calls`` and
     ``oracle_calls`` the original's and its float64 copy's, each call with its arguments and
@@ -393,7 +393,7 @@ def check_runtime_layers(
         check = LayerCheck(
             name=call.name,
             node="",
-            target="F.conv2d",
+            target=f"F.{call.kind}",
             strategy=f"{strategy} (run time)",
             config=call.spec.describe() if call.spec else "dynamic",
             graph_module="",
@@ -401,10 +401,10 @@ def check_runtime_layers(
         )
         checks.append(check)
         native = natives.get(call.name)
-        if native is None or native.kind != "conv2d":
+        if native is None or native.kind != call.kind:
             _unchecked(
                 check,
-                f"the original made no conv2d call named {call.name!r} (its calls: "
+                f"the original made no {call.kind} call named {call.name!r} (its calls: "
                 f"{', '.join(list(natives)[:6]) or 'none'}); the two runs differ",
             )
             continue
@@ -413,11 +413,11 @@ def check_runtime_layers(
             _unchecked(check, f"the original's call {call.name!r} was not captured")
             continue
         try:
-            lowered_local = conv2d(**args, strategy=strategy)
+            lowered_local = _lowered_call(call.kind, args, strategy)
         except Exception as exc:
             _raised(check, exc)
             continue
-        oracle_local = torch.nn.functional.conv2d(**to_float64(args))
+        oracle_local = getattr(torch.nn.functional, call.kind)(**to_float64(args))
         oracle = oracles.get(call.name)
         _finish(
             check,
@@ -434,6 +434,19 @@ def check_runtime_layers(
             max_workspace_bytes=max_workspace_bytes,
         )
     return checks
+
+
+def _lowered_call(kind: str, args: dict[str, Any], strategy: str) -> torch.Tensor:
+    """The call ``F.<kind>(**args)`` by :func:`lowerconv.functional.convolution`."""
+    args = dict(args)
+    return convolution(
+        args.pop("input"),
+        args.pop("weight"),
+        args.pop("bias", None),
+        transposed="transpose" in kind,
+        strategy=strategy,
+        **args,
+    )
 
 
 # -- one conv's verdict ----------------------------------------------------------------------
@@ -515,16 +528,14 @@ def _im2col_bytes(
 ) -> int | None:
     """The largest im2col buffer the conv's strategy allocates for this input
     (:func:`~lowerconv.strategies.workspace_bytes`; 0 for depthwise taps and 1x1 GEMMs)."""
-    if spec is None or conv_input.dim() not in (3, 4):
+    if spec is None or conv_input.dim() not in (spec.ndim + 1, spec.ndim + 2):
         return None
-    batch = conv_input.shape[0] if conv_input.dim() == 4 else 1
-    height, width = conv_input.shape[-2:]
+    batch = conv_input.shape[0] if conv_input.dim() == spec.ndim + 2 else 1
     return workspace_bytes(
         spec,
         strategy,
         batch,
-        height,
-        width,
+        *conv_input.shape[-spec.ndim :],
         dtype,
         device=conv_input.device.type,
         max_workspace_bytes=max_workspace_bytes,

@@ -28,14 +28,28 @@ from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
 from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .runtime import (
-    RuntimeLoweredConv2d,
+    RuntimeLoweredConv,
     RuntimeLowering,
     describe_call_site,
     trace_conv_calls,
 )
-from .sites import ConvSite, SkippedConv, find_conv_sites, skipped_conv_modules
+from .sites import (
+    ConvSite,
+    SkippedConv,
+    check_kinds,
+    find_conv_sites,
+    skipped_conv_modules,
+)
+from .spec import KINDS, ConvSpec
 from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions, choose_strategy
-from .trace import LoweringTracer, describe_trace_failure, trace
+from .trace import (
+    LoweringTracer,
+    conv_base,
+    conv_kind,
+    describe_trace_failure,
+    is_plain_conv,
+    trace,
+)
 
 __all__ = ["STRATEGY_NAMES", "lower"]
 
@@ -52,8 +66,14 @@ def lower(
     concrete_args: dict[str, Any] | None = None,
     max_workspace_bytes: int | None = None,
     example_inputs: Any = None,
+    kinds: Iterable[str] | None = None,
 ) -> nn.Module:
-    """Return ``model`` with every 2-D convolution computed by Unfold + matmul + reshape.
+    """Return ``model`` with every convolution computed by Unfold + matmul + reshape.
+
+    Every kind is lowered (:data:`lowerconv.KINDS`: ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``,
+    their subclasses and functional forms), so the result runs no convolution op; ``kinds``
+    narrows that (``kinds={"conv2d"}`` lowers ``Conv2d`` only, and the record lists the others
+    as left alone).  A transposed convolution becomes a GEMM and col2im (``F.fold``).
 
     ``model`` is an ``nn.Module`` or an already traced ``fx.GraphModule``.  It is deep-copied
     first and never changed, unless ``inplace=True``: then the result shares its parameters and
@@ -102,8 +122,11 @@ def lower(
         from .export import lower_program  # export builds on lower_graph, below
 
         _check_program_arguments(inplace, leaf_modules, concrete_args, example_inputs)
-        return lower_program(model, strategy=strategy, max_workspace_bytes=max_workspace_bytes)
+        return lower_program(
+            model, strategy=strategy, max_workspace_bytes=max_workspace_bytes, kinds=kinds
+        )
     _check_arguments(model, strategy, leaf_modules)
+    chosen = _check_kinds(model, kinds)
     inputs = None if example_inputs is None else normalize_example_inputs(model, example_inputs)
     try:
         options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
@@ -111,10 +134,13 @@ def lower(
         raise LoweringError(f"{err}; e.g. max_workspace_bytes=64 * 2**20 for 64 MiB") from err
     work = model if inplace else _copy_model(model)
     record = LoweringRecord(
-        model=type(model).__name__, strategy=strategy, max_workspace_bytes=max_workspace_bytes
+        model=type(model).__name__,
+        strategy=strategy,
+        max_workspace_bytes=max_workspace_bytes,
+        kinds=[k for k in KINDS if k in chosen],
     )
-    holders = _lower_conv_modules(work, strategy, options)
-    run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv2d)]
+    holders = _lower_conv_modules(work, strategy, options, chosen)
+    run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv)]
     try:
         traced = trace(
             work, leaf_modules=leaf_modules, leaf_objects=run_time, concrete_args=concrete_args
@@ -128,7 +154,7 @@ def lower(
             from .export import capture_and_lower
 
             try:
-                return capture_and_lower(work, inputs, strategy, options, record)
+                return capture_and_lower(work, inputs, strategy, options, record, kinds=chosen)
             except LoweringError as export_err:
                 record.export_error = str(export_err)
         else:
@@ -140,21 +166,23 @@ def lower(
         for holder in holders.values():
             record.lowered.extend(holder.lowered)
             record.skipped.extend(holder.skipped)
-        record.skipped.extend(skipped_conv_modules(work))
+        record.skipped.extend(skipped_conv_modules(work, kinds=chosen))
         _swap_conv_modules(work, holders)
-        RuntimeLowering(strategy, options.max_workspace_bytes).attach(work)
+        RuntimeLowering(strategy, options.max_workspace_bytes, chosen).attach(work)
         record.runtime.append("")
         setattr(work, RECORD_ATTR, record)
         _list_runtime_convs(work, record, inputs)
         return work
 
-    lowered, skipped = lower_graph(traced, strategy, options=options)
+    lowered, skipped = lower_graph(traced, strategy, options=options, kinds=chosen)
     record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
     record.skipped.extend(skipped)
-    record.skipped.extend(skipped_conv_modules(work, {s.name for s in record.skipped}))
+    already = {s.name for s in record.skipped}
+    record.skipped.extend(skipped_conv_modules(work, already, kinds=chosen))
     _swap_conv_modules(work, holders)
     for name in _user_leaves(traced, holders, leaf_modules):
-        RuntimeLowering(strategy, options.max_workspace_bytes).attach(work.get_submodule(name))
+        runtime = RuntimeLowering(strategy, options.max_workspace_bytes, chosen)
+        runtime.attach(work.get_submodule(name))
         record.runtime.append(name)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
     setattr(gm, RECORD_ATTR, record)
@@ -216,7 +244,8 @@ def _list_runtime_convs(lowered: nn.Module, record: LoweringRecord, inputs: tupl
                 LoweredConv(
                     name=call.name,
                     node="",
-                    target="F.conv2d",
+                    target=f"F.{call.kind}",
+                    kind=call.kind,
                     spec=call.spec,
                     strategy=f"{call.concrete_strategy} (run time)",
                     input_node="",
@@ -227,7 +256,7 @@ def _list_runtime_convs(lowered: nn.Module, record: LoweringRecord, inputs: tupl
                 )
             )
         elif call.called_from not in known:
-            reason = f"not lowered: {call.kind} (not a 2-D convolution), called from {site}"
+            reason = f"not lowered: {call.kind} (kinds= leaves it out), called from {site}"
             record.skipped.append(SkippedConv(call.name, "", call.kind, reason))
 
 
@@ -273,13 +302,14 @@ def lower_graph(
     *,
     name_prefix: str = "",
     options: StrategyOptions = DEFAULT_OPTIONS,
+    kinds: Iterable[str] | None = None,
 ) -> tuple[list[LoweredConv], list[SkippedConv]]:
     """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
 
     ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
     in the record are the larger model's.
     """
-    sites, skipped = find_conv_sites(gm)
+    sites, skipped = find_conv_sites(gm, kinds)
     graph = gm.graph
     lowered: list[LoweredConv] = []
     seen: dict[str, int] = {}
@@ -332,6 +362,7 @@ def _lower_site(
             source=name,
             source_target=target,
             options=options,
+            kind=site.conv_kind,
         )
         nodes = [output]
         concrete = f"{concrete} (dynamic)"
@@ -360,6 +391,7 @@ def _lower_site(
         strategy=concrete,
         input_node=input_name,
         output_node=output.name,
+        kind=site.conv_kind,
         nodes=[n.name for n in params + nodes],
     )
 
@@ -389,31 +421,49 @@ class _ConvHolder:
 
 
 def _lower_conv_modules(
-    work: nn.Module, strategy: str, options: StrategyOptions = DEFAULT_OPTIONS
+    work: nn.Module,
+    strategy: str,
+    options: StrategyOptions = DEFAULT_OPTIONS,
+    kinds: frozenset[str] = frozenset(KINDS),
 ) -> dict[int, _ConvHolder]:
-    """Lower every ``nn.Conv2d`` of ``work`` on its own, keyed by ``id`` of the conv.
+    """Lower every convolution module of ``work`` of ``kinds`` on its own, keyed by ``id``.
 
     A conv that traces on its own becomes a small lowered ``GraphModule``; a subclass whose
-    ``forward`` cannot be traced becomes a :class:`RuntimeLoweredConv2d`, which runs that
-    ``forward`` with its ``F.conv2d`` calls lowered.  On the graph path these hold the
-    parameters under their original names and keep ``model.layer1(x)`` working; on the
-    fallback path they are the lowering itself.
+    ``forward`` cannot be traced, and every transposed conv (which may be called with
+    ``output_size=``), becomes a :class:`RuntimeLoweredConv`, which runs that ``forward`` with
+    its ``F.conv*`` calls lowered.  On the graph path these hold the parameters under their
+    original names and keep ``model.layer1(x)`` working; on the fallback path they are the
+    lowering itself.
     """
     holders: dict[int, _ConvHolder] = {}
     for qualname, module in work.named_modules():
-        if isinstance(module, nn.Conv2d) and id(module) not in holders and qualname:
-            holders[id(module)] = _lower_conv_module(module, qualname, strategy, options)
+        base = conv_base(module)
+        if base is None or id(module) in holders or not qualname:
+            continue
+        if conv_kind(module) in kinds:
+            holders[id(module)] = _lower_conv_module(module, qualname, strategy, options, kinds)
     return holders
 
 
 def _lower_conv_module(
-    conv: nn.Conv2d, qualname: str, strategy: str, options: StrategyOptions = DEFAULT_OPTIONS
+    conv: nn.Module,
+    qualname: str,
+    strategy: str,
+    options: StrategyOptions = DEFAULT_OPTIONS,
+    kinds: frozenset[str] = frozenset(KINDS),
 ) -> _ConvHolder:
     tracer = LoweringTracer()
+    kind = conv_kind(conv)
+    # Reading a parametrized weight runs its parametrization (spectral norm's power iteration
+    # updates buffers): only plain convs' specs are read here.
+    spec = ConvSpec.from_module(conv) if is_plain_conv(conv) else None
     try:
         if conv._forward_pre_hooks or conv._forward_hooks:
             # Hooks may compute the weight (torch.nn.utils.weight_norm): they must keep running.
             raise _HasHooks("it has forward hooks, which must keep running")
+        if kind.startswith("conv_transpose"):
+            # Its output padding may come from output_size= at call time.
+            raise _HasHooks("a transposed convolution may take output_size= when called")
         graph = tracer.trace(conv)
     except Exception as exc:
         reason = (
@@ -425,19 +475,20 @@ def _lower_conv_module(
             name=qualname,
             node="",
             target=type(conv).__name__,
-            spec=None,
+            spec=spec,
             strategy=f"{strategy} (run time)",
             input_node="",
             output_node="",
             nodes=[],
             graph_module=qualname,
-            note=f"lowered at run time: {reason}; its F.conv2d calls run as im2col + matmul",
+            note=f"lowered at run time: {reason}; its F.{kind} calls run as im2col + matmul",
             mechanism="run time",
+            kind=kind,
         )
-        runtime = RuntimeLoweredConv2d(conv, strategy, options.max_workspace_bytes)
+        runtime = RuntimeLoweredConv(conv, strategy, options.max_workspace_bytes, kinds)
         return _ConvHolder(conv, runtime, [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
-    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname, options=options)
+    lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname, options=options, kinds=kinds)
     for conv_record in lowered:
         conv_record.graph_module = qualname
         if conv_record.name == qualname:
@@ -465,6 +516,8 @@ def _swap_conv_modules(work: nn.Module, holders: dict[int, _ConvHolder]) -> None
 
 
 _CONV_CONFIG_ATTRS = (
+    "transposed",
+    "output_padding",
     "in_channels",
     "out_channels",
     "kernel_size",
@@ -547,6 +600,16 @@ def _check_program_arguments(
             f"{', '.join(given)}: an ExportedProgram is already one graph with its own example "
             "inputs, and is never changed in place"
         )
+
+
+def _check_kinds(model: Any, kinds: Iterable[str] | None) -> frozenset[str]:
+    try:
+        return check_kinds(kinds)
+    except ValueError as err:
+        raise LoweringError(
+            f"lower({type(model).__name__}): {err}; e.g. kinds={{'conv2d'}} for Conv2d only, "
+            "or leave kinds=None to lower every kind"
+        ) from err
 
 
 def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> None:

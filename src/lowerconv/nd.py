@@ -179,6 +179,22 @@ def im2col_conv_nd(
     return result.squeeze(0) if unbatched else result
 
 
+def chunk_workspace(
+    spec: ConvSpec, batch: int, spatial: list[int], itemsize: int, limit: int
+) -> int:
+    """The largest im2col chunk :func:`im2col_conv_nd` builds for this input, in bytes."""
+    out_sizes = list(spec.output_size(*spatial))
+    plane = spec.in_channels * spec.kernel_numel * itemsize
+    for size in out_sizes[1:]:
+        plane *= size
+    image = plane * out_sizes[0]
+    if image * batch <= limit or min(out_sizes) <= 0 or batch == 0:
+        return image * batch
+    if image <= limit:
+        return min(batch, max(1, limit // image)) * image
+    return min(out_sizes[0], max(1, limit // max(plane, 1))) * plane
+
+
 def _rows_gemm(x, weight, bias, spec: ConvSpec) -> torch.Tensor:
     """One group: rows ``(N, *O, C*K)`` times the weight as ``(C_out, C*K)`` by ``gemm``."""
     n = spec.ndim
@@ -401,6 +417,15 @@ def col2im_nd(
     return out[lead + crop]
 
 
-# Leaves of the traced graph, like the 2-D kernels (see strategies._LEAVES).
-for _name in ("im2col_conv_nd", "depthwise_taps_nd", "col2im_nd", "conv_transpose_output_size"):
+# Leaves of the traced graph, like the 2-D kernels (see strategies._LEAVES), printed in
+# generated code under their own names with an import.
+_LEAVES = ("im2col_conv_nd", "depthwise_taps_nd", "col2im_nd", "conv_transpose_output_size")
+for _name in _LEAVES:
     torch.fx.wrap(_name)
+try:
+    from torch.fx.graph import _register_custom_builtin
+
+    for _name in _LEAVES:
+        _register_custom_builtin(_name, f"from lowerconv.nd import {_name}", globals()[_name])
+except ImportError:  # private API; without it the code still runs, under a longer name
+    pass

@@ -13,7 +13,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .sites import SkippedConv
-from .spec import ConvSpec
+from .spec import KINDS, ConvSpec
 
 __all__ = ["LoweredConv", "LoweringRecord", "SkippedConv", "lowering_record"]
 
@@ -34,6 +34,7 @@ class LoweredConv:
     ``mechanism`` is ``"graph"`` when nodes replace the conv, ``"run time"`` when its call is
     lowered as the model runs (an untraceable ``Conv2d`` subclass, or an ``F.conv2d`` call in a
     forward ``torch.fx`` could not trace); ``note`` then says where it is called from.
+    ``kind`` is the convolution's kind (``"conv2d"``, ``"conv_transpose3d"``...).
     """
 
     name: str
@@ -47,6 +48,7 @@ class LoweredConv:
     graph_module: str = ""
     note: str = ""
     mechanism: str = "graph"
+    kind: str = "conv2d"
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +63,7 @@ class LoweredConv:
             "graph_module": self.graph_module,
             "note": self.note,
             "mechanism": self.mechanism,
+            "kind": self.kind,
         }
 
 
@@ -92,6 +95,7 @@ class LoweringRecord:
     runtime_calls_listed: bool = False
     max_workspace_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
 
     @property
     def num_lowered(self) -> int:
@@ -116,6 +120,7 @@ class LoweringRecord:
             "runtime_calls_listed": self.runtime_calls_listed,
             "max_workspace_bytes": self.max_workspace_bytes,
             "notes": list(self.notes),
+            "kinds": list(self.kinds),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -127,7 +132,7 @@ class LoweringRecord:
         if self.skipped:
             text += f"; left {len(self.skipped)} alone"
         if self.runtime and not self.runtime_calls_listed:
-            text += "; F.conv2d calls lowered at run time (listed once the model runs)"
+            text += "; F.conv* calls lowered at run time (listed once the model runs)"
         return text
 
     def __str__(self) -> str:

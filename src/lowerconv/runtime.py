@@ -4,11 +4,13 @@ Two things defeat a graph: ``Conv2d`` subclasses whose ``forward`` computes its 
 plain Python (timm's ``Conv2dSame``), and whole models that ``torch.fx`` cannot trace at all
 (type checks, data-dependent branches: most Hugging Face models, kornia's filters).  Both keep
 running their ``forward`` as written, under :class:`Im2colMode`, a ``TorchFunctionMode`` that
-sends every ``F.conv2d``/``torch.conv2d`` call to :func:`lowerconv.functional.conv2d`: the same
-strategies as in a lowered graph, plain differentiable tensor ops (gradients reach whatever
-parameters built the kernel), and no convolution op.
+sends every ``F.conv*``/``F.conv_transpose*`` call (of the lowering's kinds) to
+:func:`lowerconv.functional.convolution`: the same strategies as in a lowered graph, plain
+differentiable tensor ops (gradients reach whatever parameters built the kernel), and no
+convolution op.  Transposed convolution modules always run this way, because their output
+padding may come from ``output_size=`` at call time.
 
-- :class:`RuntimeLoweredConv2d` wraps one ``Conv2d`` subclass;
+- :class:`RuntimeLoweredConv` wraps one convolution module;
 - :class:`RuntimeLowering` is a pair of forward hooks that runs a whole module's forward (the
   model on the fallback path, a ``leaf_modules=`` module on the graph path) under the mode.
 
@@ -33,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .functional import conv2d
-from .spec import ConvSpec
+from .functional import convolution
+from .spec import KINDS, ConvSpec
 from .strategies import choose_strategy
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "ConvCallRecorder",
     "Im2colMode",
     "ModuleLocator",
+    "RuntimeLoweredConv",
     "RuntimeLoweredConv2d",
     "RuntimeLowering",
     "observe_conv_calls",
@@ -50,8 +53,8 @@ __all__ = [
     "trace_conv_calls",
 ]
 
-# The functional convolutions a forward can call, by kind.  Only "conv2d" is lowered at run time;
-# the others are reported so that the record can list them as left alone.
+# The functional convolutions a forward can call, by kind.  Those of the lowering's kinds are
+# lowered at run time; the others are reported so that the record can list them as left alone.
 CONV_FUNCTIONS: dict[Any, str] = {
     F.conv1d: "conv1d",
     F.conv2d: "conv2d",
@@ -149,27 +152,38 @@ def _report(func: Any, args: tuple, kwargs: dict, output: Any, **how: Any) -> No
 
 
 class Im2colMode(TorchFunctionMode):
-    """Within this mode, ``F.conv2d``/``torch.conv2d`` calls run as im2col + matmul.
+    """Within this mode, ``F.conv*``/``torch.conv*`` calls of ``kinds`` (default: every kind)
+    run as im2col + matmul (transposed ones: GEMM + col2im).
 
     ``scope`` says who pushed the mode (``"model"`` or ``"module"``), for observers.
     """
 
     def __init__(
-        self, strategy: str = "unfold", max_workspace_bytes: int | None = None, scope: str = "model"
+        self,
+        strategy: str = "unfold",
+        max_workspace_bytes: int | None = None,
+        scope: str = "model",
+        kinds: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
         self.scope = scope
+        self.kinds = frozenset(KINDS) if kinds is None else frozenset(kinds)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.conv2d:
-            out = conv2d(
-                *args,
+        kind = CONV_FUNCTIONS.get(func)
+        if kind is not None and kind in self.kinds:
+            arguments = _bind(func, args, kwargs)
+            out = convolution(
+                arguments.pop("input"),
+                arguments.pop("weight"),
+                arguments.pop("bias", None),
+                transposed="transpose" in kind,
                 strategy=self.strategy,
                 max_workspace_bytes=self.max_workspace_bytes,
-                **kwargs,
+                **arguments,
             )
             _report(func, args, kwargs, out, scope=self.scope, lowered=True, strategy=self.strategy)
             return out
@@ -194,16 +208,22 @@ class ConvCallRecorder(TorchFunctionMode):
         return out
 
 
-class RuntimeLoweredConv2d(nn.Module):
-    """Runs a ``Conv2d`` subclass's own ``forward`` with its ``F.conv2d`` calls lowered.
+class RuntimeLoweredConv(nn.Module):
+    """Runs a convolution module's own ``forward`` with its ``F.conv*`` calls lowered: a
+    subclass whose ``forward`` cannot be traced, or a transposed conv (called with
+    ``output_size=`` or not).
 
     It shares the conv's parameter, buffer and child dictionaries, so ``state_dict()`` keys,
     ``.to()``, ``.train()`` and tied weights behave as before; the conv itself is kept out of
-    ``.modules()`` (no ``nn.Conv2d`` instance is reachable from the model).
+    ``.modules()`` (no convolution module is reachable from the model).
     """
 
     def __init__(
-        self, conv: nn.Conv2d, strategy: str, max_workspace_bytes: int | None = None
+        self,
+        conv: nn.Module,
+        strategy: str,
+        max_workspace_bytes: int | None = None,
+        kinds: frozenset[str] | None = None,
     ) -> None:
         super().__init__()
         self._parameters = conv._parameters
@@ -214,11 +234,13 @@ class RuntimeLoweredConv2d(nn.Module):
         object.__setattr__(self, "_wrapped_conv", conv)
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
+        self.kinds = kinds
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         conv = self._wrapped_conv
         conv.training = self.training
-        with Im2colMode(self.strategy, self.max_workspace_bytes, scope="module"):
+        kinds = self.__dict__.get("kinds")  # absent in modules pickled before it existed
+        with Im2colMode(self.strategy, self.max_workspace_bytes, scope="module", kinds=kinds):
             return conv(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -234,6 +256,9 @@ class RuntimeLoweredConv2d(nn.Module):
     def extra_repr(self) -> str:
         conv = self._wrapped_conv
         return f"{type(conv).__name__}({conv.extra_repr()}), strategy={self.strategy!r}"
+
+
+RuntimeLoweredConv2d = RuntimeLoweredConv  # its name when only Conv2d was lowered
 
 
 # -- whole modules ---------------------------------------------------------------------------------
@@ -253,9 +278,15 @@ class RuntimeLowering:
     ``module.forward(x)`` directly bypasses hooks, as it bypasses every hook in PyTorch.
     """
 
-    def __init__(self, strategy: str, max_workspace_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        strategy: str,
+        max_workspace_bytes: int | None = None,
+        kinds: frozenset[str] | None = None,
+    ) -> None:
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
+        self.kinds = kinds
 
     def attach(self, module: nn.Module) -> None:
         module.register_forward_pre_hook(self.enter, prepend=True)
@@ -263,7 +294,8 @@ class RuntimeLowering:
         object.__setattr__(module, RUNTIME_ATTR, self)
 
     def enter(self, module: nn.Module, args: tuple) -> None:
-        mode = Im2colMode(self.strategy, self.max_workspace_bytes, scope="model")
+        kinds = self.__dict__.get("kinds")
+        mode = Im2colMode(self.strategy, self.max_workspace_bytes, scope="model", kinds=kinds)
         mode.__enter__()
         _stack().append((self, mode))
 
@@ -333,8 +365,7 @@ class _CallTracer:
         base = call.called_from or "forward"
         self.counts[base] = self.counts.get(base, 0) + 1
         call.name = base if self.counts[base] == 1 else f"{base}#{self.counts[base]}"
-        if call.kind == "conv2d":
-            call.spec = _spec_of(call.arguments)
+        call.spec = _spec_of(call.kind, call.arguments)
         keep = self.keep_tensors
         if keep if isinstance(keep, bool) else keep(call):
             call.arguments = _snapshot(call.arguments)
@@ -368,19 +399,17 @@ def _snapshot(value: Any) -> Any:
     return value
 
 
-def _spec_of(arguments: dict[str, Any]) -> ConvSpec | None:
+def _spec_of(kind: str, arguments: dict[str, Any]) -> ConvSpec | None:
     weight = arguments.get("weight")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != int(kind[-2]) + 2:
         return None
+    names = ("stride", "padding", "dilation", "groups", "output_padding")
     try:
         return ConvSpec.from_conv_args(
             weight.shape,
             bias=arguments.get("bias") is not None,
-            **{
-                k: arguments[k]
-                for k in ("stride", "padding", "dilation", "groups")
-                if k in arguments
-            },
+            transposed="transpose" in kind,
+            **{k: arguments[k] for k in names if k in arguments},
         )
     except (ValueError, TypeError):
         return None

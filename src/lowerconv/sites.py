@@ -1,14 +1,18 @@
 """Step 2 of the pass: find every convolution in a traced graph and decide what to do with it.
 
-A *site* is one node computing a 2-D convolution, either a ``call_module`` of a plain
-``nn.Conv2d`` or a ``call_function`` of ``F.conv2d``/``torch.conv2d`` (also ``aten.conv2d`` and
-non-transposed 2-D ``aten.convolution`` in graphs that were traced at the ATen level).  Every
-other convolution (1-D, 3-D, transposed, deformable) is reported as skipped, never silently.
+A *site* is one node computing a convolution of a kind the pass lowers (:data:`KINDS`, all of
+them unless ``kinds=`` narrows it): a ``call_module`` of a plain ``nn.Conv1d/2d/3d`` or
+``nn.ConvTranspose1d/2d/3d``, or a ``call_function`` of ``F.conv*``/``F.conv_transpose*``
+(also ``aten.conv*``, ``aten.conv_transpose*`` and ``aten.convolution`` in graphs traced at the
+ATen level).  Every other convolution (a kind left out by ``kinds=``, deformable) is reported as
+skipped, never silently.
 """
 
 from __future__ import annotations
 
 import operator
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,40 +20,109 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .spec import ConvSpec
-from .trace import is_plain_conv2d
+from .spec import KINDS, ConvSpec, kind_of
+from .trace import CONV_MODULES, conv_base, is_plain_conv
 
-__all__ = ["ConvSite", "SkippedConv", "find_conv_sites", "other_conv_kind", "skipped_conv_modules"]
+__all__ = [
+    "ConvSite",
+    "SkippedConv",
+    "check_kinds",
+    "find_conv_sites",
+    "kind_of_label",
+    "other_conv_kind",
+    "skipped_conv_modules",
+]
 
-# Convolution-like modules that are not a 2-D convolution; reported as "not lowered: <kind>".
-_OTHER_CONV_MODULES: tuple[type, ...] = (
-    nn.Conv1d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
+aten = torch.ops.aten
+
+# Functional convolutions by target: (kind, label, argument names); kind None for the generic
+# ``aten.convolution``, whose kind is read from its arguments.
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_TRANSPOSED_ARGS = (
+    "input",
+    "weight",
+    "bias",
+    "stride",
+    "padding",
+    "output_padding",
+    "groups",
+    "dilation",
 )
-_OTHER_CONV_FUNCTIONS = {
-    F.conv1d: "conv1d",
-    F.conv3d: "conv3d",
-    F.conv_transpose1d: "conv_transpose1d",
-    F.conv_transpose2d: "conv_transpose2d",
-    F.conv_transpose3d: "conv_transpose3d",
-    torch.ops.aten.conv1d.default: "aten.conv1d",
-    torch.ops.aten.conv3d.default: "aten.conv3d",
+_GENERIC_ARGS = (
+    "input",
+    "weight",
+    "bias",
+    "stride",
+    "padding",
+    "dilation",
+    "transposed",
+    "output_padding",
+    "groups",
+)
+_FUNCTIONS: dict[Any, tuple[str | None, str, tuple[str, ...]]] = {}
+for _n in (1, 2, 3):
+    _plain, _transposed = kind_of(_n, False), kind_of(_n, True)
+    _FUNCTIONS[getattr(F, _plain)] = (_plain, f"F.{_plain}", _CONV_ARGS)
+    _FUNCTIONS[getattr(F, _transposed)] = (_transposed, f"F.{_transposed}", _TRANSPOSED_ARGS)
+    for _overload in ("default", "padding"):
+        _FUNCTIONS[getattr(getattr(aten, _plain), _overload)] = (
+            _plain,
+            f"aten.{_plain}",
+            _CONV_ARGS,
+        )
+    for _overload in ("input", "default"):
+        _op = getattr(getattr(aten, _transposed), _overload, None)
+        if _op is not None:
+            _FUNCTIONS[_op] = (_transposed, f"aten.{_transposed}", _TRANSPOSED_ARGS)
+_FUNCTIONS[aten.convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
+_FUNCTIONS[aten._convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
+
+_DEFAULTS = {
+    "bias": None,
+    "stride": 1,
+    "padding": 0,
+    "dilation": 1,
+    "groups": 1,
+    "output_padding": 0,
+    "transposed": False,
 }
-_CONV2D_FUNCTIONS = (F.conv2d, torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding)
-_ATEN_CONVOLUTION = (torch.ops.aten.convolution.default, torch.ops.aten._convolution.default)
+
+
+def check_kinds(kinds: Iterable[str] | None) -> frozenset[str]:
+    """``kinds=`` as a set of :data:`KINDS` (None: all of them); a ``ValueError`` naming any
+    unknown one."""
+    if kinds is None:
+        return frozenset(KINDS)
+    if isinstance(kinds, str):
+        kinds = {kinds}
+    chosen = frozenset(kinds)
+    unknown = sorted(k for k in chosen if k not in KINDS)
+    if unknown:
+        raise ValueError(
+            f"unknown convolution kind(s) {', '.join(map(repr, unknown))} in kinds=; valid "
+            f"kinds: {', '.join(KINDS)}"
+        )
+    return chosen
+
+
+def kind_of_label(label: str) -> str | None:
+    """The kind a record's label names: ``"ConvTranspose2d" -> "conv_transpose2d"``,
+    ``"F.conv3d" -> "conv3d"``, ``"aten.conv1d" -> "conv1d"``; None for another label."""
+    match = re.search(r"conv(_?transpose)?([123])d", label.lower())
+    if not match:
+        return None
+    return kind_of(int(match.group(2)), bool(match.group(1)))
 
 
 @dataclass
 class ConvSite:
-    """One 2-D convolution to lower.
+    """One convolution to lower.
 
     ``weight``/``bias`` are graph nodes (or None for no bias).  For a ``call_module`` site they
     are None until the pass creates ``get_attr`` nodes for the module's parameters, named by
     ``weight_target``/``bias_target``.  ``spec`` is None when the weight's shape is only known at
-    run time (a weight computed from the input), which the pass handles with a dynamic kernel.
+    run time (a weight computed from the input), which the pass handles with a dynamic kernel;
+    ``conv_kind`` is the convolution's kind (one of :data:`KINDS`) either way.
     """
 
     node: fx.Node
@@ -60,6 +133,7 @@ class ConvSite:
     spec: ConvSpec | None
     conv_args: dict[str, Any]
     module_type: str
+    conv_kind: str = "conv2d"
 
     # Operands are read from the node when asked: lowering an earlier conv replaces the nodes
     # that feed later ones (a conv feeding a conv directly).
@@ -96,6 +170,11 @@ class SkippedConv:
     kind: str
     reason: str
 
+    @property
+    def conv_kind(self) -> str | None:
+        """The kind (one of :data:`KINDS`) of the conv left alone, None for a deformable one."""
+        return kind_of_label(self.kind)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "node": self.node, "kind": self.kind, "reason": self.reason}
 
@@ -113,12 +192,18 @@ def source_name(node: fx.Node) -> str:
     return node.name
 
 
-def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedConv]]:
-    """Every 2-D convolution in ``gm``'s graph to lower, in graph order, and those left alone.
+def find_conv_sites(
+    gm: fx.GraphModule, kinds: Iterable[str] | None = None
+) -> tuple[list[ConvSite], list[SkippedConv]]:
+    """Every convolution of ``kinds`` (default: every kind) in ``gm``'s graph to lower, in graph
+    order, and the convolutions left alone.
 
-    ``Conv2d`` modules that are leaves but not plain (hooks, untraceable subclasses) are neither:
-    the pass replaces the module itself, which lowers them at run time.
+    Convolution modules that are leaves but not plain (hooks, untraceable subclasses) are
+    neither: the pass replaces the module itself, which lowers them at run time.  So is a
+    transposed convolution module called with ``output_size=``, whose output padding is only
+    known at run time.
     """
+    chosen = check_kinds(kinds)
     sites: list[ConvSite] = []
     skipped: list[SkippedConv] = []
     modules = dict(gm.named_modules())
@@ -126,54 +211,62 @@ def find_conv_sites(gm: fx.GraphModule) -> tuple[list[ConvSite], list[SkippedCon
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = modules.get(str(node.target))
-            if isinstance(module, nn.Conv2d) and is_plain_conv2d(module):
-                sites.append(_module_site(node, module))
-            elif (kind := other_conv_kind(module)) is not None:
-                skipped.append(_skip(node, kind, _WHY_NOT[kind]))
+            base = conv_base(module) if module is not None else None
+            if base is not None and _MODULE_KINDS[base] in chosen:
+                if is_plain_conv(module) and not _has_output_size(node):
+                    sites.append(_module_site(node, module))
+            elif (kind := other_conv_kind(module, chosen)) is not None:
+                skipped.append(_skip(node, kind, _why_not(kind, chosen)))
         elif node.op == "call_function":
-            if node.target in _CONV2D_FUNCTIONS:
-                sites.append(_function_site(node, static, aten=node.target is not F.conv2d))
-            elif node.target in _ATEN_CONVOLUTION:
-                site = _aten_convolution_site(node, static)
-                if isinstance(site, ConvSite):
-                    sites.append(site)
-                else:
-                    skipped.append(site)
-            elif node.target in _OTHER_CONV_FUNCTIONS:
-                kind = _OTHER_CONV_FUNCTIONS[node.target]
-                skipped.append(_skip(node, kind, "not a 2-D convolution"))
+            if node.target in _FUNCTIONS:
+                site = _function_site(node, static, chosen)
+                (sites if isinstance(site, ConvSite) else skipped).append(site)
             elif getattr(node.target, "__name__", "") == "deform_conv2d":
-                skipped.append(_skip(node, "deform_conv2d", "deformable offsets are not an im2col"))
+                skipped.append(_skip(node, "deform_conv2d", _why_not("deform_conv2d", chosen)))
     return sites, skipped
 
 
-_WHY_NOT = {
-    **{cls.__name__: "not a 2-D convolution" for cls in _OTHER_CONV_MODULES},
-    "DeformConv2d": "deformable offsets are not an im2col",
+_MODULE_KINDS: dict[type, str] = {
+    cls: kind_of(int(cls.__name__[-2]), "Transpose" in cls.__name__) for cls in CONV_MODULES
 }
 
 
-def other_conv_kind(module: nn.Module) -> str | None:
-    """``"ConvTranspose2d"``, ``"Conv3d"``, ...: the kind of a convolution module the pass does not
-    lower (its class name, or its nearest ``torch.nn``/torchvision base's); None for any other."""
-    for cls in _OTHER_CONV_MODULES:
-        if isinstance(module, cls):
-            return cls.__name__
-    if any(base.__name__ == "DeformConv2d" for base in type(module).__mro__):
+def _why_not(kind: str, chosen: frozenset[str]) -> str:
+    if kind_of_label(kind) is None:
+        return "deformable offsets are not an im2col"
+    included = ", ".join(sorted(chosen)) or "none"
+    return f"kinds= leaves {kind_of_label(kind)} out; it lowers {included}"
+
+
+def other_conv_kind(module: nn.Module | None, kinds: Iterable[str] | None = None) -> str | None:
+    """``"ConvTranspose2d"``, ``"DeformConv2d"``...: the kind of a convolution module the pass
+    does not lower (a kind left out of ``kinds``, or deformable), named by its nearest
+    ``torch.nn``/torchvision class; None for any other module."""
+    if module is None:
+        return None
+    chosen = check_kinds(kinds)
+    base = conv_base(module)
+    if base is not None:
+        return None if _MODULE_KINDS[base] in chosen else base.__name__
+    if any(cls.__name__ == "DeformConv2d" for cls in type(module).__mro__):
         return "DeformConv2d"
     return None
 
 
-def skipped_conv_modules(root: nn.Module, already: set[str] = frozenset()) -> list[SkippedConv]:
+def skipped_conv_modules(
+    root: nn.Module, already: set[str] = frozenset(), kinds: Iterable[str] | None = None
+) -> list[SkippedConv]:
     """Every convolution module of ``root`` the pass does not lower, by qualified name.
 
     ``already`` are names recorded elsewhere (a graph's ``call_module`` node of that module).
     """
+    chosen = check_kinds(kinds)
     found = []
     for name, module in root.named_modules():
-        kind = other_conv_kind(module)
+        kind = other_conv_kind(module, chosen)
         if kind is not None and name not in already:
-            found.append(SkippedConv(name, "", kind, f"not lowered: {kind} ({_WHY_NOT[kind]})"))
+            reason = f"not lowered: {kind} ({_why_not(kind, chosen)})"
+            found.append(SkippedConv(name, "", kind, reason))
     return found
 
 
@@ -181,59 +274,63 @@ def _skip(node: fx.Node, kind: str, reason: str) -> SkippedConv:
     return SkippedConv(source_name(node), node.name, kind, f"not lowered: {kind} ({reason})")
 
 
-def _module_site(node: fx.Node, conv: nn.Conv2d) -> ConvSite:
+def _has_output_size(node: fx.Node) -> bool:
+    return len(node.args) > 1 or node.kwargs.get("output_size") is not None
+
+
+def _module_site(node: fx.Node, conv: nn.Module) -> ConvSite:
     target = str(node.target)
+    spec = ConvSpec.from_module(conv)
+    conv_args = {
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "padding_mode": conv.padding_mode,
+    }
+    if spec.transposed:
+        conv_args.update(transposed=True, output_padding=conv.output_padding)
     return ConvSite(
         node=node,
         name=target,
         kind="module",
         weight_target=f"{target}.weight",
         bias_target=f"{target}.bias" if conv.bias is not None else None,
-        spec=ConvSpec.from_module(conv),
-        conv_args={
-            "stride": conv.stride,
-            "padding": conv.padding,
-            "dilation": conv.dilation,
-            "groups": conv.groups,
-            "padding_mode": conv.padding_mode,
-        },
+        spec=spec,
+        conv_args=conv_args,
         module_type=type(conv).__name__,
+        conv_kind=spec.kind,
     )
 
 
-_CONV2D_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_CONV2D_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-
-
-def _function_site(node: fx.Node, static: _StaticEvaluator, aten: bool) -> ConvSite:
-    args = dict(_CONV2D_DEFAULTS)
-    args.update(zip(_CONV2D_ARG_NAMES, node.args, strict=False))
+def _function_site(
+    node: fx.Node, static: _StaticEvaluator, chosen: frozenset[str]
+) -> ConvSite | SkippedConv:
+    kind, label, names = _FUNCTIONS[node.target]
+    args = dict(_DEFAULTS)
+    args.update(zip(names, node.args, strict=False))
     args.update(node.kwargs)
-    return _site_from_args(node, args, static, "aten.conv2d" if aten else "F.conv2d")
-
-
-def _aten_convolution_site(node: fx.Node, static: _StaticEvaluator) -> ConvSite | SkippedConv:
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed")
-    args = dict(zip((*names, "output_padding", "groups"), node.args, strict=False))
-    args.update(node.kwargs)
-    if args.get("transposed"):
-        return _skip(node, "aten.convolution(transposed)", "a transposed convolution")
-    if len(args["stride"]) != 2:
-        return _skip(node, f"aten.convolution({len(args['stride'])}-d)", "not a 2-D convolution")
-    conv_args = {k: args[k] for k in _CONV2D_ARG_NAMES}
-    return _site_from_args(node, conv_args, static, "aten.convolution")
-
-
-def _site_from_args(
-    node: fx.Node, args: dict[str, Any], static: _StaticEvaluator, module_type: str
-) -> ConvSite:
-    weight, bias = args["weight"], args["bias"]
+    if kind is None:  # aten.convolution: the kind is in its arguments
+        stride = args["stride"]
+        ndim = len(stride) if isinstance(stride, list | tuple) else None
+        if ndim not in (1, 2, 3) or isinstance(args["transposed"], fx.Node):
+            return _skip(node, label, "its kind is only known at run time")
+        kind = kind_of(ndim, bool(args["transposed"]))
+        label = f"aten.convolution({kind})" if kind != "conv2d" else label
+    if kind not in chosen:
+        return _skip(node, label, _why_not(kind, chosen))
+    transposed = kind.startswith("conv_transpose")
     conv_args = {k: args[k] for k in ("stride", "padding", "dilation", "groups")}
     conv_args["padding_mode"] = "zeros"
+    if transposed:
+        conv_args.update(transposed=True, output_padding=args["output_padding"])
+    weight, bias = args["weight"], args["bias"]
     spec = None
     weight_value = static.value(weight) if isinstance(weight, fx.Node) else weight
-    if isinstance(weight_value, torch.Tensor) and not any(
-        isinstance(v, fx.Node) for v in conv_args.values()
+    if (
+        isinstance(weight_value, torch.Tensor)
+        and not any(isinstance(v, fx.Node) for v in conv_args.values())
+        and weight_value.dim() == int(kind[-2]) + 2
     ):
         spec = ConvSpec.from_conv_args(weight_value.shape, bias=bias is not None, **conv_args)
     return ConvSite(
@@ -244,7 +341,8 @@ def _site_from_args(
         bias_target=None,
         spec=spec,
         conv_args=conv_args,
-        module_type=module_type,
+        module_type=label,
+        conv_kind=kind,
     )
 
 

@@ -344,7 +344,11 @@ class ConvSpec:
         ``K = in_channels/groups``, ``N = batch * input pixels``.
         """
         if self.transposed:
-            return (self.out_channels * self.kernel_numel, self.in_per_group, batch * _prod(spatial))
+            return (
+                self.out_channels * self.kernel_numel,
+                self.in_per_group,
+                batch * _prod(spatial),
+            )
         return (self.out_channels, self.patch_size, batch * _prod(self.output_size(*spatial)))
 
     def flops(self, batch: int, *spatial: int) -> int:

@@ -63,6 +63,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from . import nd
 from .autograd import ConvGeometry, GemmConv2d
 from .kernels import (
     _ONEDNN,
@@ -77,7 +78,6 @@ from .kernels import (
     plan_chunks,
     pointwise_gemm,
 )
-from . import nd
 from .spec import ConvSpec, conv_output_size
 
 __all__ = [
@@ -535,6 +535,61 @@ def _choose_other_kind(spec: ConvSpec) -> str:
 
 
 def workspace_bytes(
+    spec: ConvSpec,
+    strategy: str,
+    batch: int,
+    *spatial_and_dtype: int | torch.dtype,
+    device: str = "cpu",
+    max_workspace_bytes: int | None = None,
+    needs_grad: bool = False,
+) -> int:
+    """The largest im2col buffer ``strategy`` allocates for one call of this conv, in bytes:
+    ``workspace_bytes(spec, strategy, batch, *spatial_sizes, dtype)``.
+
+    2-D convolutions: see :func:`_workspace_bytes_2d`.  A 1-D conv counts as the 2-D conv it
+    runs as; a stride-1 transposed one (but ``unfold``) as its equivalent conv on the padded
+    input; another transposed one allocates its column matrix (``C_out*K x pixels``); a 3-D
+    conv builds nothing under ``depthwise``/``pointwise`` on the convs they are for, its whole
+    im2col under ``unfold``/``strided``/``patchify`` (a chunk of it under a cap), and one chunk
+    of images or output planes under ``nhwc``/``nchw``.
+    """
+    *spatial, dtype = spatial_and_dtype
+    sizes = [int(s) for s in spatial]
+    options = {"device": device, "max_workspace_bytes": max_workspace_bytes}
+    if spec.ndim == 2 and not spec.transposed:
+        return _workspace_bytes_2d(
+            spec, strategy, batch, *sizes, dtype, needs_grad=needs_grad, **options
+        )
+    name = strategy.split(" (")[0]
+    if name == "auto":
+        name = choose_strategy(spec)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if spec.transposed:
+        if name != "unfold" and all(s == 1 for s in spec.stride):
+            equivalent = spec.equivalent_conv()
+            padded = [
+                n + low + high for n, (low, high) in zip(sizes, equivalent.pad_per_dim, strict=True)
+            ]
+            unpadded = replace(equivalent, pad=(0,) * len(equivalent.pad))
+            return workspace_bytes(unpadded, name, batch, *padded, dtype, **options)
+        return spec.im2col_bytes(batch, *sizes, dtype)
+    if spec.ndim == 1:
+        return workspace_bytes(spec.lifted_to_2d(), name, batch, 1, *sizes, dtype, **options)
+    if name == "depthwise" and spec.is_depthwise:
+        return 0
+    if name == "pointwise" and all(k == 1 for k in spec.kernel_size):
+        return 0
+    if name == "patchify" and spec.is_patchify and spec.groups == 1 and max_workspace_bytes is None:
+        return spec.im2col_bytes(batch, *sizes, dtype)
+    if name in ("unfold", "strided") and max_workspace_bytes is None:
+        return spec.im2col_bytes(batch, *sizes, dtype)
+    limit = max_workspace_bytes if max_workspace_bytes is not None else sys.maxsize
+    if name not in ("unfold", "strided", "patchify"):
+        limit = chunk_limit(torch.device(device), max_workspace_bytes)
+    return nd.chunk_workspace(spec, batch, sizes, itemsize, limit)
+
+
+def _workspace_bytes_2d(
     spec: ConvSpec,
     strategy: str,
     batch: int,

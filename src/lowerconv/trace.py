@@ -20,26 +20,69 @@ from torch.nn.utils import parametrize
 
 from .errors import LoweringError
 
-__all__ = ["LoweringTracer", "is_plain_conv2d", "trace"]
+__all__ = [
+    "CONV_MODULES",
+    "LoweringTracer",
+    "conv_base",
+    "is_plain_conv",
+    "is_plain_conv2d",
+    "trace",
+]
+
+# The convolution modules the pass lowers, one per kind.
+CONV_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 
 
-def is_plain_conv2d(module: nn.Module) -> bool:
-    """An ``nn.Conv2d`` whose output is exactly ``F.conv2d`` of its own parameters.
+def conv_base(module: nn.Module) -> type[nn.Module] | None:
+    """The ``torch.nn`` convolution class ``module`` is an instance of (``nn.Conv2d`` for
+    ``nn.Conv2d`` and its subclasses), else None."""
+    return next((cls for cls in CONV_MODULES if isinstance(module, cls)), None)
+
+
+def conv_kind(module: nn.Module) -> str | None:
+    """``"conv2d"``, ``"conv_transpose3d"``...: the kind of a convolution module, from its class
+    (never from its weight, which a parametrization would compute); None for another module."""
+    base = conv_base(module)
+    if base is None:
+        return None
+    transposed = base.__name__.startswith("ConvTranspose")
+    return f"conv{'_transpose' if transposed else ''}{base.__name__[-2]}d"
+
+
+def is_plain_conv(module: nn.Module) -> bool:
+    """A convolution module whose output is exactly ``F.conv*`` of its own parameters.
 
     Subclasses with their own ``forward``, and convs whose weight is computed
     (``torch.nn.utils.parametrize``: weight or spectral norm) are not: they are traced into.
     Nor are convs with forward hooks, which may compute the weight (the old
     ``torch.nn.utils.weight_norm``): the pass keeps them as leaves, lowered at run time.
     """
+    base = conv_base(module)
+    if base is None:
+        return False
     cls = type(module)
+    same = all(
+        getattr(cls, method, None) is getattr(base, method, None)
+        for method in ("forward", "_conv_forward", "_output_padding")
+    )
     return (
-        isinstance(module, nn.Conv2d)
+        same
         and not isinstance(module, nn.modules.lazy.LazyModuleMixin)
-        and cls.forward is nn.Conv2d.forward
-        and cls._conv_forward is nn.Conv2d._conv_forward
         and not parametrize.is_parametrized(module)
         and not (module._forward_pre_hooks or module._forward_hooks)
     )
+
+
+def is_plain_conv2d(module: nn.Module) -> bool:
+    """:func:`is_plain_conv` for an ``nn.Conv2d``."""
+    return isinstance(module, nn.Conv2d) and is_plain_conv(module)
 
 
 def _holds_conv(module: nn.Module) -> bool:
@@ -71,8 +114,8 @@ class LoweringTracer(fx.Tracer):
             or id(m) in self.leaf_ids
         ):
             return True
-        if isinstance(m, nn.Conv2d):
-            return is_plain_conv2d(m)
+        if conv_base(m) is not None:
+            return is_plain_conv(m)
         if type(m).__module__.startswith("torchvision.ops") and not _holds_conv(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)

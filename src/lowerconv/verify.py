@@ -270,13 +270,14 @@ def _verify_on(
         record.skipped if record is not None else (),
         record.kinds if record is not None else KINDS,
     )
-    # The original's calls that a run-time lowering may have lowered: not those of Conv2d
+    # The original's calls that a run-time lowering may have lowered: not those of conv
     # modules, which the lowered model computes in holders of their own.
     holders = {c.graph_module for c in record.lowered if c.graph_module} if record else set()
     workspace_cap = record.max_workspace_bytes if record is not None else None
+    kinds = frozenset(record.kinds if record is not None else KINDS)
 
     def candidate(call: ConvCall) -> bool:
-        return call.kind == "conv2d" and call.called_from not in holders
+        return call.kind in kinds and call.called_from not in holders
 
     say(f"[{dev}] end to end: native, float64 oracle, lowered (conv ops audited)")
     with torch.no_grad(), MatchedRandomness():
