@@ -9,7 +9,9 @@ ratio lowered/native is a ratio of medians.  Also measured: the geometric mean o
 strategy and batch, each model's slowest lowered layers (the conv against its own lowering, on
 the input it really gets), the time ``lower()`` itself takes, the peak memory of a forward at the
 largest batch, and, for five models (``--training-models``), a training step in train mode
-(forward, cross-entropy, backward, SGD step) at batch 8 with its peak memory.
+(forward, cross-entropy, backward, SGD step) at batch 8 with its peak memory.  Opt-in,
+``--compile-models resnet18,mobilenet_v2``: each model lowered and ``torch.compile``d against the
+native model ``torch.compile``d, compile time included (minutes on a small CPU).
 
 Writes ``benchmarks/results.json`` and ``docs/performance.md`` (plus ``docs/performance.png`` when
 matplotlib, the ``plot`` extra, is installed).  Runs on CPU, and also on CUDA when one is present
@@ -75,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training-strategies", default="auto", help="comma-separated")
     parser.add_argument("--training-batch", type=int, default=8)
     parser.add_argument("--training-repeats", type=int, default=5, help="timed training steps")
+    parser.add_argument(
+        "--compile-models",
+        default="",
+        help="comma-separated models to time under torch.compile, lowered against native "
+        "(default none: compiling takes minutes)",
+    )
+    parser.add_argument("--compile-strategy", default="auto", help="the lowering compiled")
+    parser.add_argument("--compile-batch", type=int, default=1)
     return parser.parse_args(argv)
 
 
@@ -194,6 +204,37 @@ def measure_training(name, device, strategies, args) -> dict:
     }
 
 
+def measure_compiled(name, device, strategy, args) -> dict:
+    """``torch.compile`` of the lowered model against ``torch.compile`` of the native one:
+    each one's compile time (its first call), then both timed interleaved, and the error."""
+    model = make_model(name, device)
+    lowered = lowerconv.lower(model, strategy=strategy)
+    x = torch.randn(args.compile_batch, 3, args.image_size, args.image_size, device=device)
+    compiled = {"native": torch.compile(model), strategy: torch.compile(lowered)}
+    compile_seconds, outputs = {}, {}
+    with torch.no_grad():
+        for key, module in compiled.items():
+            start = time.perf_counter()
+            outputs[key] = module(x)
+            compile_seconds[key] = time.perf_counter() - start
+        timings = time_interleaved(
+            {key: (lambda m=m: m(x)) for key, m in compiled.items()},
+            repeats=args.repeats,
+            device=device,
+        )
+    native = timings["native"].median
+    return {
+        "model": name,
+        "batch": args.compile_batch,
+        "strategy": strategy,
+        "compile_seconds": compile_seconds,
+        "native": timings["native"].to_dict(),
+        "lowered": timings[strategy].to_dict(),
+        "ratio": timings[strategy].median / native,
+        "max_abs_error": (outputs[strategy] - outputs["native"]).abs().max().item(),
+    }
+
+
 def summarize_training(runs: list[dict], strategies: list[str]) -> dict:
     return {
         s: {
@@ -273,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     env = environment(torch.get_num_threads())
     print(f"torch {env['torch']}, {env['processor']}, {env['threads']} threads", flush=True)
-    entries, training = [], {}
+    compile_models = [m for m in args.compile_models.split(",") if m]
+    entries, training, compiled = [], {}, []
     for device in devices:
         print(f"{device.type}:", flush=True)
         for name in models:
@@ -289,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {name:20s} training step, batch {args.training_batch}: native "
                 f"{native_ms:8.1f} ms  {ratios}",
+                flush=True,
+            )
+        for name in compile_models:
+            compiled.append(measure_compiled(name, device, args.compile_strategy, args))
+            c = compiled[-1]
+            print(
+                f"  {name:20s} torch.compile, batch {c['batch']}: native "
+                f"{c['native']['median_ms']:8.1f} ms  {c['strategy']}={c['ratio']:.2f}x "
+                f"(compile {c['compile_seconds']['native']:.0f} s native, "
+                f"{c['compile_seconds'][c['strategy']]:.0f} s lowered)",
                 flush=True,
             )
         if runs:
@@ -316,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": training,
         "summary": summarize(entries, strategies, batches),
     }
+    if compiled:
+        results["compiled"] = compiled
     for device, per_strategy in results["summary"].items():
         for strategy, s in per_strategy.items():
             print(

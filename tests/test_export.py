@@ -65,6 +65,20 @@ class DataBranch(nn.Module):
         return y.relu() if y.sum() > 0 else y
 
 
+class CondBranch(nn.Module):
+    """torch.export captures a value branch written with torch.cond as a ``cond`` operator, whose
+    branches are graphs of their own; the isinstance check defeats torch.fx."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor, got {type(x).__name__}")
+        return torch.cond(x.sum() > 0, lambda t: self.conv(t), lambda t: self.conv(t) * 2, (x,))
+
+
 def shape_branch() -> nn.Module:
     torch.manual_seed(0)
     model = ShapeBranch()
@@ -156,6 +170,19 @@ def test_each_tier_that_failed_says_why() -> None:
     report = lowerconv.verify(DataBranch().eval(), X, timing=False)
     assert report.ok and report.lowering["export_error"] == record.export_error
     assert "torch.export tier failed" in str(report)
+
+
+def test_a_capture_with_control_flow_operators_falls_back() -> None:
+    model = CondBranch().eval()
+    lowered = lowerconv.lower(model, example_inputs=X)
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback"
+    assert "control-flow operators (cond)" in record.export_error
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(X), model(X), rtol=1e-4, atol=1e-5)
+    program = torch.export.export(model, (X,))
+    with pytest.raises(LoweringError, match=r"control-flow operators \(cond\)"):
+        lowerconv.lower(program)
 
 
 def test_without_example_inputs_export_is_not_tried() -> None:

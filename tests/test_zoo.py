@@ -48,7 +48,12 @@ SUBSET = [
         "list input; RPN and RoI heads with data-dependent shapes",
     ),
     ("r3d_18", "video", "graph", "Conv3d only: every conv left alone, reported"),
-    ("raft_small", "optical_flow", "fallback", "control flow on input shapes; float32 grids"),
+    (
+        "raft_small",
+        "optical_flow",
+        "export",
+        "control flow on input shapes, which torch.export follows; float32 grids",
+    ),
 ]
 # RAFT's documented minimum; video stays small; detection at a size where no two proposals tie
 SIZES = {"raft_small": 128, "r3d_18": 32, "fasterrcnn_mobilenet_v3_large_320_fpn": 224}

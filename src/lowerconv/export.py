@@ -153,6 +153,13 @@ def capture_and_lower(
 
     program = capture(work, inputs)
     gm = program.module()
+    control_flow = _higher_order_ops(gm)
+    if control_flow:
+        raise LoweringError(
+            f"torch.export captured {type(work).__name__} with control-flow operators "
+            f"({', '.join(control_flow)}), whose bodies are graphs of their own that the pass "
+            "does not lower, and that eager op audits cannot run"
+        )
     lowered, skipped = lower_graph(gm, strategy, options=options, **_kinds(kinds))
     record.path = "export"
     record.lowered = lowered
@@ -169,6 +176,16 @@ def capture_and_lower(
     preserved = gm.meta.setdefault("_user_preserved_attributes", {})
     preserved[RECORD_ATTR] = record
     return gm
+
+
+def _higher_order_ops(gm: fx.GraphModule) -> list[str]:
+    """The higher-order operators (``cond``, ``while_loop``...) ``gm``'s graph calls, by name."""
+    found = {
+        str(getattr(node.target, "__name__", node.target))
+        for node in gm.graph.nodes
+        if node.op == "call_function" and isinstance(node.target, torch._ops.HigherOrderOperator)
+    }
+    return sorted(found)
 
 
 def _kinds(kinds: Iterable[str] | None) -> dict[str, Any]:
@@ -226,6 +243,13 @@ def lower_program(
     args, kwargs = _example_inputs(program)
     dynamic_shapes = _dynamic_shapes(program, args, kwargs)
     gm = program.module()
+    control_flow = _higher_order_ops(gm)
+    if control_flow:
+        raise LoweringError(
+            f"the ExportedProgram calls control-flow operators ({', '.join(control_flow)}), "
+            "whose bodies are graphs of their own that the pass does not lower. Fix: export "
+            "the model without them (torch.cond, while_loop), e.g. for the input it will see"
+        )
     lowered, skipped = lower_graph(gm, strategy, options=options, **_kinds(kinds))
     record = LoweringRecord(
         model="ExportedProgram",
