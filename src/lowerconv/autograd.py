@@ -98,6 +98,15 @@ def _is_depthwise(weight_shape, geometry: ConvGeometry) -> bool:
     return geometry.groups > 1 and weight_shape[1] == 1
 
 
+def _is_pointwise(geometry: ConvGeometry) -> bool:
+    return (
+        geometry.kernel_size == (1, 1)
+        and geometry.stride == (1, 1)
+        and not any(geometry.zero_pad)
+        and geometry.groups == 1
+    )
+
+
 def conv2d_weight_grad(
     grad: torch.Tensor, input: torch.Tensor, weight_shape: torch.Size, geometry: ConvGeometry
 ) -> torch.Tensor:
@@ -105,6 +114,18 @@ def conv2d_weight_grad(
     if _is_depthwise(weight_shape, geometry):
         return _depthwise_weight_grad(grad, input, weight_shape, geometry)
     from .kernels import _use_onednn, input_window, output_tiles, plan_chunks
+
+    if _is_pointwise(geometry):
+        # The input is its own im2col: per image, dY (C_out, H*W) @ X (C, H*W)ᵀ, no copy.
+        flat_grad, flat_input = grad.flatten(2), input.flatten(2)
+        if not _use_onednn(flat_grad, flat_input, None) or not flat_input.is_contiguous():
+            return torch.einsum("nol,ncl->oc", flat_grad, flat_input).reshape(weight_shape)
+        grad_weight = _LINEAR(flat_grad[0], flat_input[0], None, "none", [], "")
+        for image in range(1, input.shape[0]):
+            grad_weight = _LINEAR.binary(
+                flat_grad[image], grad_weight, flat_input[image], None, "add"
+            )
+        return grad_weight.reshape(weight_shape)
 
     n, channels = input.shape[:2]
     c_out = weight_shape[0]
@@ -148,7 +169,11 @@ def conv2d_input_grad(
     """``dX`` of the conv for output gradient ``grad``: ``col2im(Wᵀ @ dY)``."""
     if _is_depthwise(weight.shape, geometry):
         return _depthwise_input_grad(grad, weight, input_shape, geometry)
-    from .kernels import im2col_gemm
+    from .kernels import im2col_gemm, pointwise_gemm
+
+    if _is_pointwise(geometry):
+        # Wᵀ (C, C_out) @ dY (C_out, H*W) per image: the forward's own 1x1 GEMM.
+        return pointwise_gemm(grad, weight.transpose(0, 1), None)
 
     n, channels, height, width = input_shape
     left, right, top, bottom = geometry.zero_pad
@@ -244,26 +269,41 @@ def _depthwise_weight_grad(grad, input, weight_shape, geometry: ConvGeometry) ->
     n, channels, height, width = input.shape
     multiplier = weight_shape[0] // channels
     kh, kw = geometry.kernel_size
+    sh, sw = geometry.stride
     out_h, out_w = grad.shape[-2:]
     hq, wq, taps = _phase_layout(height, width, geometry)
-    planes = input.reshape(n * channels, height, width)
-    grads = grad.reshape(n * channels, multiplier, out_h, out_w)
-    sh, sw = geometry.stride
-    plane_bytes = (hq * wq * sh * sw + multiplier * out_h * wq) * input.element_size()
-    block = max(1, _DEPTHWISE_BLOCK_BYTES // plane_bytes)
     run = out_h * wq
-    # (N*C, m, kh*kw): each plane's share of each tap's gradient, summed over images at the end.
-    per_plane = grad.new_empty((n * channels, multiplier, kh * kw))
-    for p0 in range(0, n * channels, block):
-        p1 = min(n * channels, p0 + block)
-        phases = _to_phases(planes[p0:p1], geometry, hq, wq)
-        widened = _widened(grads[p0:p1], wq)
+    # One padded, phase-split copy of the input and one widened copy of the output gradient.
+    phases = _to_phases(input.reshape(n * channels, height, width), geometry, hq, wq)
+    phases = phases.reshape(n, channels, sh, sw, hq * wq)
+    widened = _widened(grad.reshape(n * channels, multiplier, out_h, out_w), wq)
+    widened = widened.reshape(n, channels, multiplier, run)
+    # Each tap's products are summed over the images first, elementwise (fast), and reduced
+    # over the pixels once per tap; channels go in blocks whose images stay in cache across the
+    # taps.
+    channel_bytes = (n + 1) * multiplier * run + n * sh * sw * hq * wq
+    block = max(_MIN_CHANNEL_BLOCK, _DEPTHWISE_BLOCK_BYTES // (channel_bytes * grad.element_size()))
+    grad_weight = grad.new_zeros((kh * kw, channels, multiplier))
+    if n == 0:
+        return grad_weight.permute(1, 2, 0).reshape(weight_shape)
+    image_stride, channel_stride = phases.stride(0), phases.stride(1)
+    for c0 in range(0, channels, block):
+        c1 = min(channels, c0 + block)
+        grads = widened[:, c0:c1]
+        products = grad.new_empty(grads.shape)
         for t, (a, b, offset) in enumerate(taps):
-            # One dot product per plane: (P, m, run) @ (P, run, 1).
-            view = phases[:, a, b, offset : offset + run].unsqueeze(-1)
-            per_plane[p0:p1, :, t] = torch.bmm(widened, view).squeeze(-1)
-    grad_weight = per_plane.reshape(n, channels * multiplier, kh * kw).sum(0)
-    return grad_weight.reshape(weight_shape)
+            # (N, block, 1, run): the tap's window of every image's planes, one view.
+            start = phases.storage_offset() + c0 * channel_stride + (a * sw + b) * hq * wq + offset
+            view = phases.as_strided(
+                (n, c1 - c0, 1, run), (image_stride, channel_stride, 0, 1), start
+            )
+            torch.mul(grads, view, out=products)
+            torch.sum(products, (0, 3), out=grad_weight[t, c0:c1])
+    return grad_weight.permute(1, 2, 0).reshape(weight_shape)
+
+
+# Fewer channels per block than this cost more in per-op overhead than the cache saves.
+_MIN_CHANNEL_BLOCK = 8
 
 
 def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> torch.Tensor:

@@ -323,6 +323,9 @@ def pointwise_gemm(
     in memory (oneDNN reorders it while packing, so no transposed copy is made), and the
     product ``(C_out, H*W)`` is already the image's NCHW output.  Elsewhere: ``torch.matmul``.
     """
+    if _gemm_backward(input, weight, bias) and input.dim() == 4:
+        geometry = ConvGeometry((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, 0)
+        return GemmConv2d.apply(input, weight, bias, geometry, pointwise_gemm)
     weight_matrix = weight.flatten(1)
     flat = input.flatten(-2)
     if not _use_onednn(flat, weight_matrix, bias) or _needs_grad(flat, weight_matrix, bias):
