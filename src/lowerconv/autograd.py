@@ -309,7 +309,17 @@ _MIN_CHANNEL_BLOCK = 8
 def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> torch.Tensor:
     n, channels, height, width = input_shape
     multiplier = weight.shape[0] // channels
-    left, _, top, _ = geometry.zero_pad
+    left, right, top, bottom = geometry.zero_pad
+    span_h, span_w = geometry.span
+    flipped_pad = (span_w - 1 - left, span_w - 1 - right, span_h - 1 - top, span_h - 1 - bottom)
+    if geometry.stride == (1, 1) and multiplier == 1 and min(flipped_pad) >= 0:
+        from .kernels import depthwise_taps
+
+        # Stride 1: the full correlation of dY with the flipped taps, by the forward's kernel.
+        flipped = weight.flip(-2, -1)
+        return depthwise_taps(
+            grad, flipped, None, geometry.kernel_size, (1, 1), geometry.dilation, flipped_pad
+        )
     (kh, kw), (sh, sw) = geometry.kernel_size, geometry.stride
     out_h, out_w = grad.shape[-2:]
     hq, wq, taps = _phase_layout(height, width, geometry)
