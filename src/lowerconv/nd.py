@@ -202,7 +202,7 @@ def _rows_gemm(x, weight, bias, spec: ConvSpec) -> torch.Tensor:
     out_sizes = patches.shape[-2 * n : -n]
     rows = patches.movedim(1, n + 1).flatten(-n - 1)  # (N, *O, C*K)
     out = gemm(rows, weight.flatten(1), bias)  # (N, *O, C_out)
-    return out.movedim(-1, 1).contiguous().reshape(x.shape[0], -1, *out_sizes)
+    return out.movedim(-1, 1).contiguous().reshape(x.shape[0], spec.out_channels, *out_sizes)
 
 
 def pointwise_nd(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
