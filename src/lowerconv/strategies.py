@@ -516,13 +516,22 @@ def choose_strategy(spec: ConvSpec) -> str:
 
 
 def _choose_other_kind(spec: ConvSpec) -> str:
-    """``auto`` for the other kinds: a 1-D conv as its 2-D self; a stride-1 transposed one as
-    its equivalent plain conv; a strided transposed one by GEMM + col2im (``nhwc``'s fast GEMM);
-    3-D convs by the 2-D rules' shapes (1x1x1, patchify, depthwise, grouped, else ``nhwc``)."""
+    """``auto`` for the other kinds, by rule (measured on r3d_18's and a DCGAN generator's
+    layers, CPU float32; ``docs/performance.md``):
+
+    - a 1-D conv: what the 2-D rules pick for it on a height-1 input;
+    - a stride-1 transposed conv: what they pick for its equivalent plain conv;
+    - a strided transposed conv: ``unfold``, ``torch.matmul`` then ``F.fold`` (the fast GEMM's
+      transposes cost more than they save here);
+    - a 3-D conv: ``pointwise`` (1x1x1), ``patchify``, ``depthwise`` where they apply, else
+      ``nchw``: channel-major im2col in cache-sized chunks and one matmul per group, which
+      writes the channel-first output directly (row-per-pixel ``nhwc`` pays a transposed copy
+      of every chunk in 3-D).
+    """
     if spec.transposed:
         if all(s == 1 for s in spec.stride):
             return choose_strategy(spec.equivalent_conv())
-        return "nhwc"
+        return "unfold"
     if spec.ndim == 1:
         return choose_strategy(spec.lifted_to_2d())
     if all(k == 1 for k in spec.kernel_size):
@@ -531,7 +540,7 @@ def _choose_other_kind(spec: ConvSpec) -> str:
         return "patchify"
     if spec.is_depthwise:
         return "depthwise"
-    return "nchw" if spec.groups > 1 else "nhwc"
+    return "nchw"
 
 
 def workspace_bytes(
@@ -608,7 +617,9 @@ def _workspace_bytes_2d(
     ``depthwise`` and ``pointwise`` build none (0); ``unfold``, ``strided`` and ``patchify`` the
     whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
     (:func:`~lowerconv.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs (CPU,
-    float32, no gradient) a ``kw``-wide buffer ``kh`` times smaller.
+    float32) a ``kw``-wide buffer ``kh`` times smaller.  ``needs_grad`` changes none of it: a
+    conv that needs a gradient runs this same forward with gradients off, and its backward
+    (:mod:`lowerconv.autograd`) recomputes the columns in chunks under the same limit.
     """
     strategy = strategy.split(" (")[0]  # "unfold (run time)" -> "unfold"
     if strategy == "auto":
@@ -646,7 +657,6 @@ def _workspace_bytes_2d(
         and _ONEDNN
         and device == "cpu"
         and dtype == torch.float32
-        and not needs_grad
     )
     if row_gemms:
         row_bytes = out_w * kw * spec.in_channels * itemsize
