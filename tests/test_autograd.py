@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -190,3 +191,20 @@ class SizesSeen(TorchDispatchMode):
                 if isinstance(t, torch.Tensor):
                     self.sizes.append(t.untyped_storage().nbytes())
         return out
+
+
+@pytest.mark.parametrize("strategy", ["nhwc", "nchw", "pointwise", "depthwise"])
+def test_inplace_activation_after_a_lowered_conv(strategy):
+    # efficientnet's SiLU(inplace=True) follows its convs: autograd must allow it.
+    conv, x = _conv_and_input(
+        dict(in_channels=4, out_channels=4, kernel_size=1, groups=1), (2, 4, 5, 5)
+    )
+    if strategy == "depthwise":
+        conv, x = _conv_and_input(
+            dict(in_channels=4, out_channels=4, kernel_size=3, groups=4), (2, 4, 5, 5)
+        )
+    out = STRATEGIES[strategy](x, conv.weight, conv.bias, ConvSpec.from_module(conv))
+    got = torch.autograd.grad(F.silu(out, inplace=True).sum(), (x, conv.weight))
+    want = torch.autograd.grad(F.silu(conv(x)).sum(), (x, conv.weight))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)

@@ -70,7 +70,11 @@ class GemmConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias, geometry: ConvGeometry, compute: Callable):
-        return compute(input, weight, bias)
+        output = compute(input, weight, bias)
+        # A view of a tensor made in here (a reshaped GEMM result) could not be modified in
+        # place afterwards (an inplace activation); detached, it is a tensor of its own, and
+        # nothing else holds its storage.
+        return output.detach() if output._is_view() else output
 
     @staticmethod
     def setup_context(ctx, inputs, output):
