@@ -11,6 +11,8 @@ own.  Everything between the two is replaced:
     <!-- file examples/my_models.py --> a ```python block holding that file
     <!-- default image sizes -->       a table of the torchvision models whose default
                                        ``--image-size`` is not 224, from ``lowerconv.models``
+    <!-- lowered code KIND -->         a ```python block: the forward that ``lower()`` (strategy
+                                       ``unfold``) emits for one conv of that kind
 
 So never edit inside a region: change the parser's help text or the file, then run this.
 ``tests/test_docs.py`` fails, naming this command, while any region differs from what it writes.
@@ -31,7 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HELP_COLUMNS = 100
 
-START = r"<!-- (?P<what>lowerconv(?: [^>]*)? --help|file [^ >]+|default image sizes) -->"
+START = (
+    r"<!-- (?P<what>lowerconv(?: [^>]*)? --help|file [^ >]+|default image sizes"
+    r"|lowered code [a-z0-9_]+) -->"
+)
 START_LINE = re.compile(f"^{START}$")
 REGION = re.compile(f"^{START}\n(?P<body>.*?)^<!-- end -->$", re.MULTILINE | re.DOTALL)
 
@@ -89,6 +94,30 @@ def default_image_sizes() -> str:
     return "\n".join(lines) + "\n"
 
 
+# One conv of each kind, as ``lowered code KIND`` shows it: (module, a comment on it).
+KIND_EXAMPLES = {
+    "conv1d": "nn.Conv1d(16, 32, 5, stride=2, padding=2)",
+    "conv2d": "nn.Conv2d(16, 32, 3, padding=1)",
+    "conv3d": "nn.Conv3d(16, 32, 3, padding=1)",
+    "conv_transpose1d": "nn.ConvTranspose1d(32, 16, 4, stride=2, padding=1)",
+    "conv_transpose2d": "nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)",
+    "conv_transpose3d": "nn.ConvTranspose3d(32, 16, 2, stride=2)",
+}
+
+
+def lowered_code(kind: str) -> str:
+    """The forward ``lower()`` emits for ``nn.Sequential(<one conv of kind>)``."""
+    from torch import nn  # noqa: F401  (the examples are evaluated with it)
+
+    import lowerconv
+
+    source = KIND_EXAMPLES[kind]
+    model = eval(f"nn.Sequential({source})")
+    code = lowerconv.lower(model).code.strip()
+    header = f"# lowerconv.lower(nn.Sequential({source})).code"
+    return f"```python\n{header}\n{code}\n```\n"
+
+
 def generate(what: str, root: Path = ROOT) -> str:
     """The body of the region whose start marker says ``what``."""
     if what.startswith("lowerconv"):
@@ -98,6 +127,8 @@ def generate(what: str, root: Path = ROOT) -> str:
         return f"```python\n{(root / path).read_text()}```\n"
     if what == "default image sizes":
         return default_image_sizes()
+    if what.startswith("lowered code "):
+        return lowered_code(what.removeprefix("lowered code "))
     raise ValueError(f"unknown generated region {what!r}")
 
 
