@@ -88,10 +88,14 @@ def lower(
     traced into; ``concrete_args`` is passed to the tracer.
 
     Returns an ``fx.GraphModule`` (the *graph path*).  Where ``torch.fx`` cannot trace the whole
-    model, it returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their
+    model and ``example_inputs`` are given, it captures the model with ``torch.export`` (non-strict)
+    on them and returns that one lowered ATen graph, specialised to their shapes, dtype, device
+    and train/eval mode (the *export path*, :mod:`lowerconv.export`).  Where that fails too, it
+    returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their
     own and whose forward runs under run-time lowering, so every other ``F.conv2d`` call it makes
     (a kernel built in ``forward``) runs as im2col + matmul too (the *fallback path*);
-    ``strict=True`` raises :class:`LoweringError` instead.  ``leaf_modules`` are lowered at run
+    ``strict=True`` raises :class:`LoweringError` instead of either.  An
+    ``ExportedProgram`` is lowered into another one (:func:`lowerconv.export.lower_program`).  ``leaf_modules`` are lowered at run
     time the same way.  Either way :func:`lowerconv.lowering_record` tells what was done, and why;
     run-time convs are listed there when ``example_inputs`` (a tensor or a tuple of the
     model's positional arguments) are given to run the model on once.
