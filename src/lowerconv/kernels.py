@@ -21,6 +21,10 @@ is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
     A depthwise convolution as a sum of shifted views times per-channel weights, in blocks of
     planes that fit the cache.
 
+A call that needs a gradient (eager, float32 or float64) runs the same code with gradients off
+inside :class:`~lowerconv.autograd.GemmConv2d`, whose backward is GEMMs and col2im rather than
+autograd through the gathers; a tracer's call records the plain ops.
+
 Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 """
 
