@@ -8,6 +8,7 @@ The pass, in the order data flows through it:
 - :mod:`lowerconv.strategies`   the eager im2col arithmetic that replaces a conv
 - :mod:`lowerconv.emit`         splicing that arithmetic into the graph, with provenance
 - :mod:`lowerconv.lower`        :func:`lower`, the whole pass; :mod:`lowerconv.record` what it did
+- :mod:`lowerconv.export`       the export tier, ``lower(ExportedProgram)``, ONNX and ``.pt2`` files
 
 Then the proof and the tools around it:
 
@@ -18,7 +19,7 @@ Then the proof and the tools around it:
 - :mod:`lowerconv.timing`       A/B interleaved timing and CUDA peak memory
 - :mod:`lowerconv.report`       :class:`VerificationReport`: tables, Markdown, versioned JSON
 - :mod:`lowerconv.testing`      ``assert_lowering_close`` for users' test suites
-- :mod:`lowerconv.cli`          the ``lowerconv`` command (``verify``, ``graph``, ``zoo``)
+- :mod:`lowerconv.cli`          the ``lowerconv`` command (``verify``, ``graph``, ``export``, ``zoo``)
 - :mod:`lowerconv.errors`       :class:`LoweringError` and :class:`VerificationError`
 """
 
