@@ -137,13 +137,18 @@ def trace(
 ) -> fx.GraphModule:
     """Symbolically trace ``model`` with :class:`LoweringTracer`.
 
-    ``leaf_objects`` are module instances to keep as leaves (the pass passes ``Conv2d``
-    subclasses that cannot be traced on their own).  A ``GraphModule`` is returned as is.  A failure raises :class:`LoweringError` naming the model,
+    ``leaf_objects`` are module instances to keep as leaves (the pass passes conv subclasses
+    that cannot be traced on their own).  A bare transposed conv is traced for calls without
+    ``output_size=``.  A ``GraphModule`` is returned as is.  A failure raises
+    :class:`LoweringError` naming the model,
     the module being traced when it failed, the last node recorded, and the tracer's message.
     """
     if isinstance(model, fx.GraphModule):
         return model
     tracer = LoweringTracer(leaf_modules, leaf_objects)
+    if concrete_args is None and is_plain_conv(model) and getattr(model, "transposed", False):
+        # A bare transposed conv as the model: its forward branches on output_size=.
+        concrete_args = {"output_size": None}
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:
