@@ -83,7 +83,7 @@ examples:
   lowerconv export resnet18 -o resnet18_lowered.pt2 --strategy auto
   lowerconv export mobilenet_v3_small -o mnv3.onnx --batch-size 2 --dynamic-batch
 
-The model is captured with torch.export (non-strict) on its example input, every 2-D
+The model is captured with torch.export (non-strict) on its example input, every
 convolution of the captured graph is lowered (lowerconv.lower(ExportedProgram)), and the
 result is written as a torch.export archive (.pt2) or as ONNX (.onnx, the onnx extra).
 The graph is specialised to the input's shape unless --dynamic-batch keeps dimension 0
@@ -257,7 +257,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         parents=[_debug_option()],
         help="write the lowered model as ONNX (.onnx) or a torch.export archive (.pt2)",
         description=(
-            "Capture MODEL with torch.export, lower every 2-D convolution in the graph, and\n"
+            "Capture MODEL with torch.export, lower every convolution in the graph, and\n"
             "write it to FILE; print the ops it holds, by count."
         ),
         epilog=EXPORT_EPILOG,
@@ -571,7 +571,7 @@ def run_export(args: argparse.Namespace) -> int:
         kinds = ", ".join(sorted({s.kind for s in record.skipped})) or "see lowerconv graph"
         print(f"convolution ops left: {', '.join(left)} (not lowered: {kinds})")
     else:
-        print("no convolution op: every 2-D convolution is an im2col + matmul")
+        print("no convolution op left: every convolution is computed by GEMMs")
     return EXIT_OK
 
 

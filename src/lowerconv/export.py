@@ -160,11 +160,12 @@ def capture_and_lower(
             f"({', '.join(control_flow)}), whose bodies are graphs of their own that the pass "
             "does not lower, and that eager op audits cannot run"
         )
-    lowered, skipped = lower_graph(gm, strategy, options=options, **_kinds(kinds))
+    lowered, skipped = lower_graph(gm, strategy, options=options, kinds=kinds)
     record.path = "export"
     record.lowered = lowered
     record.skipped.extend(skipped)
-    record.skipped.extend(skipped_conv_modules(work, {s.name for s in record.skipped}))
+    already = {s.name for s in record.skipped}
+    record.skipped.extend(skipped_conv_modules(work, already, kinds=kinds))
     record.notes.append(
         f"captured with torch.export (non-strict) on inputs {_describe(inputs)}: the lowered "
         "graph is specialised to those shapes, that dtype and device"
@@ -188,11 +189,6 @@ def _higher_order_ops(gm: fx.GraphModule) -> list[str]:
     return sorted(found)
 
 
-def _kinds(kinds: Iterable[str] | None) -> dict[str, Any]:
-    """``kinds=`` for :func:`lower_graph` when one was chosen (its default lowers 2-D convs)."""
-    return {} if kinds is None else {"kinds": kinds}
-
-
 def _describe(inputs: Any) -> str:
     parts = [
         "x".join(map(str, leaf.shape)) if isinstance(leaf, torch.Tensor) else repr(leaf)
@@ -211,9 +207,10 @@ def lower_program(
     max_workspace_bytes: int | None = None,
     kinds: Iterable[str] | None = None,
 ) -> ExportedProgram:
-    """``lowerconv.lower(ep)``: an ``ExportedProgram`` computing every 2-D convolution by im2col.
+    """``lowerconv.lower(ep)``: an ``ExportedProgram`` computing every convolution by GEMMs.
 
     The program is unlifted (``ep.module()``), lowered by :func:`lowerconv.lower.lower_graph`
+    (every kind of convolution, or those of ``kinds=``)
     and exported again, non-strict, on example inputs rebuilt from its placeholders, with each
     symbolic dimension given back as a ``Dim`` of the same range (an input exported with a
     dynamic batch still takes any batch).  The result has the same call signature, and the same
@@ -250,7 +247,7 @@ def lower_program(
             "whose bodies are graphs of their own that the pass does not lower. Fix: export "
             "the model without them (torch.cond, while_loop), e.g. for the input it will see"
         )
-    lowered, skipped = lower_graph(gm, strategy, options=options, **_kinds(kinds))
+    lowered, skipped = lower_graph(gm, strategy, options=options, kinds=kinds)
     record = LoweringRecord(
         model="ExportedProgram",
         strategy=strategy,
