@@ -258,7 +258,8 @@ def _to_phases(planes: torch.Tensor, geometry: ConvGeometry, hq: int, wq: int) -
     if (sh, sw) == (1, 1):
         return padded.reshape(planes.shape[0], 1, 1, hq * wq)
     phases = padded.reshape(planes.shape[0], hq, sh, wq, sw).permute(0, 2, 4, 1, 3)
-    return phases.reshape(planes.shape[0], sh, sw, hq * wq)
+    # Contiguous: with one phase in a dimension the reshape could be a strided view instead.
+    return phases.contiguous().reshape(planes.shape[0], sh, sw, hq * wq)
 
 
 def _widened(grad: torch.Tensor, wq: int) -> torch.Tensor:
