@@ -32,21 +32,26 @@ shifted views times per-channel weights, no im2col buffer), `nchw` for grouped c
 3-channel stems (channel-major im2col and a matmul per group, in chunks, writing NCHW directly)
 and `nhwc` for the rest (channels-last im2col in chunks of at most
 8 MiB, each multiplied by one GEMM). On CPU in float32 the fast strategies' GEMM is oneDNN's
-(`torch.ops.mkldnn._linear_pointwise`, the matmul PyTorch's own mkldnn linear layers use): on this
-AMD CPU, MKL's `sgemm` behind `torch.matmul` runs at about half its speed. No convolution op runs
-in any lowered model.
+(`torch.ops.mkldnn._linear_pointwise`, the matmul PyTorch's own mkldnn linear layers use): on AMD
+CPUs, MKL's `sgemm` behind `torch.matmul` runs at about half its speed. No convolution op runs
+in any lowered model, forward or backward.
 
 Where `auto` still loses time (see the slowest layers below): depthwise convs, whose `kh*kw`
 elementwise passes cannot match one fused native kernel (2-5x per layer, more for 5x5 and 7x7
-kernels on small images); 3-channel stems, whose GEMM is too thin to hide the im2col copy; and
-grouped convs with small groups (regnet's), which become many small batched matmuls.
+kernels on small images), in training too (their backward is `kh*kw` more passes for `dW` and
+as many for `dX`), which is what keeps mobilenet_v2 and efficientnet_b0 furthest from native;
+3-channel stems, whose GEMM is too thin to hide the im2col copy; and grouped convs with small
+groups (regnet's), which become many small batched matmuls.
 """
 
 
-ONE_THREAD_NOTE = """ With one thread PyTorch's own
-1x1 convolutions run on MKL's GEMM rather than oneDNN (its `use_mkldnn` rule), which is why
-pointwise-heavy models (resnet50, densenet121) come out faster than native here; with two or more
-threads native 1x1 convs run on oneDNN too."""
+ONE_THREAD_NOTE = """ One thread (`--threads 1`): on
+two cores shared with other jobs, two threads made every op wait at OpenMP's barriers for a
+descheduled thread, native models included (a native mobilenet_v2 training step took longer with
+two threads than with one), which measures the machine's load more than the code. With one thread
+PyTorch's own 1x1 convolutions run on its slow im2col-free path rather than oneDNN (the
+`use_mkldnn` rule), which is why pointwise-heavy models (resnet50, densenet121) can come out
+faster than native here; with two or more threads native 1x1 convs run on oneDNN too."""
 
 
 def _fmt_ratio(value: float | None) -> str:
