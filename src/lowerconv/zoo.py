@@ -46,14 +46,14 @@ REALWORLD_CATEGORIES = tuple(LIBRARIES)
 
 # Skipped by default for time and memory on a 2-core, 24 GB machine. The first four have over
 # 300 M parameters, so their float64 oracle alone needs several GB and minutes per forward; the
-# MViTs accept only 16x224x224 clips (64-71 GFLOPs) and hold no Conv2d (only Conv3d).
+# MViTs accept only 16x224x224 clips (64-71 GFLOPs: minutes per float64 forward).
 LARGE_MODELS = {
     "vit_h_14": "632 M parameters",
     "regnet_y_128gf": "645 M parameters",
     "vit_l_16": "304 M parameters",
     "vit_l_32": "306 M parameters",
-    "mvit_v1_b": "only 16x224x224 clips, 71 GFLOPs, no Conv2d",
-    "mvit_v2_s": "only 16x224x224 clips, 64 GFLOPs, no Conv2d",
+    "mvit_v1_b": "only 16x224x224 clips, 71 GFLOPs",
+    "mvit_v2_s": "only 16x224x224 clips, 64 GFLOPs",
 }
 
 # Image side per category: small enough to keep a full run near an hour on 2 cores (a float64
@@ -261,8 +261,9 @@ class ZooReport:
             f"one, {settings.get('repeats', '?')} repeats interleaved in one process: a quick "
             "check, taken while other jobs shared the machine; "
             "[performance.md](performance.md) measures speed with care.",
-            "- **left alone**: convolutions that are not 2-D (`Conv3d` in video models; "
-            "`ConvTranspose2d`), listed in each model's record as `not lowered: <kind>`.",
+            "- **left alone**: convolutions the pass did not lower, listed in each model's record "
+            "as `not lowered: <kind>`: only deformable ones, since every kind (Conv1d/2d/3d, "
+            "ConvTranspose1d/2d/3d) is lowered; **convs lowered** counts every kind.",
             "- Detection models are verified in float64: their outputs are boxes after score "
             "thresholds and NMS, which float32 rounding alone can change.",
             *_realworld_text(self.rows, env),
