@@ -205,7 +205,7 @@ def test_traceable_models_stay_on_the_graph_path() -> None:
 # -- lower(ExportedProgram) ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["unfold", "strided"])
+@pytest.mark.parametrize("strategy", ["unfold", "strided", "auto"])
 def test_lowered_program_keeps_a_dynamic_batch(strategy: str) -> None:
     model = small_cnn()
     program = torch.export.export(model, (X,), dynamic_shapes=({0: Dim("batch", max=64)},))

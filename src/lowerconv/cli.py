@@ -87,7 +87,7 @@ The model is captured with torch.export (non-strict) on its example input, every
 convolution of the captured graph is lowered (lowerconv.lower(ExportedProgram)), and the
 result is written as a torch.export archive (.pt2) or as ONNX (.onnx, the onnx extra).
 The graph is specialised to the input's shape unless --dynamic-batch keeps dimension 0
-symbolic (a batch of at least 2 is needed; strategies unfold and strided keep it)."""
+symbolic (a batch of at least 2 is needed)."""
 
 MODELS_EPILOG = """\
 examples:

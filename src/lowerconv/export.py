@@ -213,7 +213,8 @@ def lower_program(
     (every kind of convolution, or those of ``kinds=``)
     and exported again, non-strict, on example inputs rebuilt from its placeholders, with each
     symbolic dimension given back as a ``Dim`` of the same range (an input exported with a
-    dynamic batch still takes any batch).  The result has the same call signature, and the same
+    dynamic batch still takes any batch; its im2col is then not chunked by images, whatever
+    ``max_workspace_bytes`` says, as a graph cannot loop a symbolic number of times).  The result has the same call signature, and the same
     parameters and buffers (``ep.state_dict`` keys) as its state; ``ep`` is not changed.
 
     The record is the attribute ``_lowerconv_record`` of the returned program, which
@@ -263,18 +264,12 @@ def lower_program(
                 gm, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False
             )
     except Exception as exc:
-        dynamic = (
-            " The program has symbolic dimensions: the strategies that plan im2col chunks on "
-            "a concrete batch (nhwc, nchw, pointwise, patchify, depthwise, so auto) cannot keep "
-            "them; 'unfold' and 'strided' do."
-            if dynamic_shapes is not None
-            else ""
-        )
+        dynamic = " with its symbolic dimensions" if dynamic_shapes is not None else ""
         raise LoweringError(
             f"re-exporting the lowered ExportedProgram ({len(lowered)} conv(s), strategy "
-            f"{strategy!r}) failed: {type(exc).__name__}: "
-            f"{(str(exc).strip().splitlines() or [''])[0]}.{dynamic} Fix: "
-            "lowerconv.lower(ep, strategy='unfold')"
+            f"{strategy!r}){dynamic} failed: {type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0]}. Fix: try "
+            "lowerconv.lower(ep, strategy='unfold'), the plainest graph"
         ) from exc
     renamed = _carry_provenance(result.graph, provenance)
     for conv in record.lowered:

@@ -161,6 +161,10 @@ def plan_chunks(
     Raises ``ValueError`` when not even one output pixel's patch fits.
     """
     pixel = patch_size * itemsize
+    if not isinstance(batch, int):
+        # A symbolic batch (torch.export with a Dim): a graph cannot loop a symbolic number of
+        # times, so the batch is one chunk, whatever max_bytes says.
+        return ChunkPlan(batch, out_h, out_w, batch * out_h * out_w * pixel, 1)
     if pixel > max_bytes:
         raise ValueError(
             f"max_workspace_bytes={max_bytes} is smaller than one output pixel's im2col column "
