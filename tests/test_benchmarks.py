@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -30,3 +33,33 @@ def test_peak_memory_on_cpu_prints_no_profiler_noise():
     )
     assert int(done.stdout) >= 256 * 256 * 4  # the product's buffer, at least
     assert "USDT" not in done.stderr and "gpuGetDeviceCount" not in done.stderr, done.stderr
+
+
+COMPILE_ROW = """
+import sys
+import run
+
+run.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_the_compile_row_times_lowered_and_native_compiled(tmp_path: Path):
+    # Opt-in, and minutes long even for squeezenet at 32 pixels: Inductor compiles two models.
+    out = tmp_path / "compile.json"
+    argv = ["--models", "", "--training-models", "", "--compile-models", "squeezenet1_1"]
+    argv += ["--image-size", "32", "--repeats", "2", "--threads", "1", "--devices", "cpu"]
+    argv += ["--no-docs", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "-c", COMPILE_ROW, *argv],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=True,
+    )
+    (row,) = json.loads(out.read_text())["compiled"]
+    assert row["model"] == "squeezenet1_1" and row["strategy"] == "auto"
+    assert set(row["compile_seconds"]) == {"native", "auto"}
+    assert row["lowered"]["median_ms"] > 0 and row["native"]["median_ms"] > 0
+    assert row["max_abs_error"] < 1e-4
