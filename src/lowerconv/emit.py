@@ -37,8 +37,9 @@ class Provenance:
     ``source`` is the qualified name of the convolution (``layer1.0.conv1``), ``source_node`` the
     name of the graph node it replaced, ``source_target`` what that node called (``nn.Conv2d``,
     ``F.conv2d``...), ``strategy`` the strategy that produced the node, ``role`` the node's part
-    in it (``unfold``, ``matmul``, ``reshape``, ...), ``spec`` the conv's configuration, and
-    ``is_output`` marks the node whose value replaces the convolution's output.
+    in it (``unfold``, ``matmul``, ``reshape``, ...), ``spec`` the conv's configuration,
+    ``is_output`` marks the node whose value replaces the convolution's output, and ``kind`` is
+    the conv's kind (``"conv2d"``, ``"conv_transpose3d"``...).
     """
 
     source: str
@@ -48,6 +49,7 @@ class Provenance:
     role: str
     spec: dict | None = field(default=None, compare=False)
     is_output: bool = False
+    kind: str = "conv2d"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +110,9 @@ def emit_lowered_conv(
             copy = graph.node_copy(node, lambda n: env[n])
             copy.meta.pop("is_wrapped", None)
             copy._rename(f"{base_name}_{roles[node]}")
-            prov = Provenance(source, anchor.name, source_target, strategy, roles[node], spec_dict)
+            prov = Provenance(
+                source, anchor.name, source_target, strategy, roles[node], spec_dict, kind=spec.kind
+            )
             stamp(copy, anchor, prov)
             env[node] = copy
             new_nodes.append(copy)
@@ -186,6 +190,6 @@ def emit_dynamic_conv(
         node = graph.call_function(convolution, (input, weight, bias), kwargs)
     node._rename(f"{base_name}_im2col_{kind}")
     role = f"im2col_{kind}"
-    prov = Provenance(source, anchor.name, source_target, strategy, role, None, True)
+    prov = Provenance(source, anchor.name, source_target, strategy, role, None, True, kind)
     stamp(node, anchor, prov)
     return node

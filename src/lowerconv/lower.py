@@ -347,7 +347,8 @@ def _lower_site(
             if attr is None:
                 continue
             param = graph.create_node("get_attr", attr, name=f"{base}_{role}")
-            stamp(param, node, Provenance(name, node.name, target, concrete, role, None))
+            prov = Provenance(name, node.name, target, concrete, role, None, kind=site.conv_kind)
+            stamp(param, node, prov)
             params.append(param)
             if role == "weight":
                 weight = param
