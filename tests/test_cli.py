@@ -583,3 +583,13 @@ def test_verify_says_why_each_tier_failed(tiny, tmp_path, capsys):
     assert data["path"] == "fallback"
     assert "could not capture Gated" in data["lowering"]["export_error"]
     assert "torch.fx tier failed" in out and "torch.export tier failed" in out
+
+
+def test_export_of_a_model_torch_export_cannot_capture_is_exit_2(tiny, tmp_path, capsys):
+    target = tmp_path / "gated.pt2"
+    code, out, err = run(
+        ["export", tiny.replace(":make", ":Gated"), *SMALL, "-o", str(target)], capsys
+    )
+    assert code == 2 and out == ""
+    assert "could not capture Gated" in err and "Traceback" not in err
+    assert not target.exists()
