@@ -1059,8 +1059,8 @@ def test_output_size_is_computed_per_call_not_baked_in():
 
 
 class UntraceableKinds(nn.Module):
-    """A data-dependent branch torch.fx cannot trace, around a Conv1d, a ConvTranspose2d, and an
-    F.conv3d call with a parameter kernel."""
+    """A data-dependent branch torch.fx cannot trace, around a Conv1d, a ConvTranspose2d called
+    with ``output_size=``, and an F.conv3d call with a parameter kernel."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1071,7 +1071,9 @@ class UntraceableKinds(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, L) with L = 4 * m
         y = self.c1d(x)
         y = torch.relu(y) if y.sum() > 0 else -y
-        y = self.up(y.unflatten(-1, (4, -1)))  # (N, 2, 8, 2m)
+        y = y.unflatten(-1, (4, -1))
+        # One row more than the stride alone gives: output_padding (1, 0), chosen at run time.
+        y = self.up(y, output_size=(2 * y.shape[-2] + 1, 2 * y.shape[-1]))  # (N, 2, 9, 2m)
         return F.conv3d(y.unsqueeze(1), self.kernel, padding=1, stride=(1, 2, 1))
 
 
