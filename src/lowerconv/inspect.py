@@ -25,6 +25,7 @@ from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .runtime import ConvCall, trace_conv_calls
 from .spec import ConvSpec, padding_text
 from .strategies import workspace_bytes
+from .subgraph import FreshArgs
 
 __all__ = ["ConvRow", "GraphInspection", "format_bytes", "format_count", "inspect_lowered"]
 
@@ -312,7 +313,7 @@ def lowered_code(lowered: nn.Module) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-class _NodeTrackingShapeProp(ShapeProp):
+class _NodeTrackingShapeProp(FreshArgs, ShapeProp):
     """ShapeProp that remembers the node it is running, to name it when that node fails."""
 
     def run_node(self, n: fx.Node):

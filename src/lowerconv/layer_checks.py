@@ -40,7 +40,7 @@ from .report import LayerCheck
 from .runtime import ConvCall
 from .spec import ConvSpec
 from .strategies import workspace_bytes
-from .subgraph import conv_subgraph, provenance
+from .subgraph import FreshArgs, conv_subgraph, provenance
 from .trace import trace
 
 __all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers", "check_runtime_layers"]
@@ -49,7 +49,7 @@ __all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers", "chec
 # -- the graph path --------------------------------------------------------------------------
 
 
-class _Capture(fx.Interpreter):
+class _Capture(FreshArgs, fx.Interpreter):
     """Runs a graph and keeps (a copy of) the values of the nodes named in ``wanted`` only."""
 
     def __init__(self, gm: fx.GraphModule, wanted: Iterable[str]) -> None:

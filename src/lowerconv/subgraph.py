@@ -12,7 +12,31 @@ from .emit import META_KEY, Provenance
 from .errors import LoweringError
 from .record import LoweredConv
 
-__all__ = ["conv_subgraph", "provenance"]
+__all__ = ["FreshArgs", "conv_subgraph", "provenance"]
+
+
+class FreshArgs:
+    """An ``fx.Interpreter`` mixin that passes each node fresh ``list``/``dict`` arguments.
+
+    A graph's generated code builds its list literals anew on every call, but the interpreter
+    hands a function the node's own ``immutable_list``: code that edits its argument in place
+    (torchvision's Swin3D ``_get_window_and_shift_size``) then raises.  Copies behave as the
+    generated code does.
+    """
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)  # type: ignore[misc]
+        return _fresh(args), _fresh(kwargs)
+
+
+def _fresh(value):
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
 
 
 def provenance(node: fx.Node) -> Provenance | None:
