@@ -47,7 +47,7 @@ SUBSET = [
         "fallback",
         "list input; RPN and RoI heads with data-dependent shapes",
     ),
-    ("r3d_18", "video", "graph", "Conv3d only: every conv left alone, reported"),
+    ("r3d_18", "video", "graph", "Conv3d only: every conv lowered by the N-d im2col"),
     (
         "raft_small",
         "optical_flow",
@@ -66,19 +66,18 @@ def test_zoo_subset_lowers_and_verifies(name: str, category: str, path: str, why
     assert row.category == category
     assert row.status == "pass", row.note
     assert row.path == path, why
-    assert row.convs_lowered == len(_conv2d_calls(name))  # every Conv2d the forward runs
-    if category == "video":
-        assert row.convs_lowered == 0 and row.convs_left_alone > 0
+    assert row.convs_lowered == len(_conv_calls(name))  # every conv the forward runs
+    assert row.convs_left_alone == 0
     if category == "detection":
         assert row.dtype == "float64"
     assert row.lowered_error is not None and row.lowered_error <= 1e-4
 
 
-def _conv2d_calls(name: str) -> set[str]:
+def _conv_calls(name: str) -> set[str]:
     resolved = resolve_model(name, image_size=SIZES.get(name, 64))
     called: set[str] = set()
     for qualname, module in resolved.model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.modules.conv._ConvNd):
             module.register_forward_hook(lambda *_, q=qualname: called.add(q))
     with torch.no_grad():
         resolved.model(*resolved.example_inputs)
@@ -193,7 +192,7 @@ def test_zoo_command_writes_json_and_markdown(tmp_path, capsys) -> None:
     data = json.loads(json_path.read_text())
     assert data["schema"] == "lowerconv.zoo/1"
     assert [row["model"] for row in data["rows"]] == ["squeezenet1_1", "r3d_18"]
-    assert data["rows"][1]["convs_left_alone"] == 20
+    assert (data["rows"][1]["convs_lowered"], data["rows"][1]["convs_left_alone"]) == (20, 0)
     markdown = md_path.read_text()
     assert markdown.startswith("# The torchvision model zoo")
     assert "| squeezenet1_1 " in markdown
