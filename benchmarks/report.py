@@ -86,6 +86,7 @@ def write_markdown(results: dict, path: Path, plot: Path | None) -> None:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         lines += _model_table(results, device, strategies, batches)
+        lines += _kind_table(results, device, strategies, batches)
         training = results["training"].get(device)
         if training and "runs" in training:
             lines += _training_table(training, device)
@@ -136,6 +137,39 @@ def _training_table(training: dict, device: str) -> list[str]:
     row += [f"max {summary[s]['peak_memory_ratio_max']:.2f}x" for s in strategies]
     lines += ["| " + " | ".join(row) + " |", ""]
     return lines
+
+
+KIND_NOTE = """\
+Models whose convolutions are not 2-D (`benchmarks/kind_models.py`): `r3d_18` (`Conv3d`, 8x112x112
+clips), a DCGAN generator (`ConvTranspose2d`, 100-d code to a 64x64 image) and a speech encoder
+(`Conv1d`, wav2vec 2.0's layout, one second of 16 kHz audio); same protocol as above. Not in the
+geomean.
+"""
+
+
+def _kind_table(results: dict, device: str, strategies: list[str], batches: list[int]) -> list[str]:
+    entries = [e for e in results.get("kind_models", []) if e["device"] == device]
+    if not entries:
+        return []
+    head = ["model", "kind"]
+    for b in batches:
+        head += [f"native ms (b{b})", *[f"`{s}` (b{b})" for s in strategies]]
+    head += [f"peak mem `{s}`" for s in strategies] + ["`auto` chose"]
+    lines = [f"### Other convolution kinds ({device})", "", KIND_NOTE]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in entries:
+        row = [entry["model"], f"`{entry['kind']}`"]
+        for b in batches:
+            result = entry["batches"].get(str(b))
+            if result is None:
+                row += [""] * (1 + len(strategies))
+                continue
+            row.append(f"{result['native']['median_ms']:.1f}")
+            row += [_fmt_ratio(result["strategies"][s]["ratio"]) for s in strategies]
+        row += [_fmt_ratio(entry["peak_memory"]["ratio"][s]) for s in strategies]
+        row.append(", ".join(f"{k} {v}" for k, v in entry["chosen"].items()))
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def _model_table(

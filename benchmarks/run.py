@@ -37,6 +37,7 @@ import lowerconv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import layer_times, peak_memory_bytes, time_interleaved
+from kind_models import KIND_MODELS, measure_kind_model
 from report import write_markdown, write_plot
 
 MODELS = [
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--training-models",
         default=",".join(TRAINING_MODELS),
         help="comma-separated models whose training step is timed ('' to skip)",
+    )
+    parser.add_argument(
+        "--kind-models",
+        default=",".join(KIND_MODELS),
+        help="comma-separated models of the other conv kinds, timed at --batches ('' to skip): "
+        + ", ".join(KIND_MODELS),
     )
     parser.add_argument("--training-strategies", default="auto", help="comma-separated")
     parser.add_argument("--training-batch", type=int, default=8)
@@ -315,11 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(torch.get_num_threads())
     print(f"torch {env['torch']}, {env['processor']}, {env['threads']} threads", flush=True)
     compile_models = [m for m in args.compile_models.split(",") if m]
-    entries, training, compiled = [], {}, []
+    kind_models = [m for m in args.kind_models.split(",") if m]
+    unknown_models = [m for m in kind_models if m not in KIND_MODELS]
+    if unknown_models:
+        print(
+            f"unknown --kind-models {unknown_models}; valid: {list(KIND_MODELS)}", file=sys.stderr
+        )
+        return 2
+    entries, training, compiled, kinds = [], {}, [], []
     for device in devices:
         print(f"{device.type}:", flush=True)
         for name in models:
             entries.append(measure_model(name, device, batches, strategies, args))
+        for name in kind_models:
+            kinds.append(measure_kind_model(name, device, batches, strategies, args))
         runs = []
         for name in training_models:
             runs.append(measure_training(name, device, training_strategies, args))
@@ -359,12 +375,14 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(
                 ["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
             ),
+            "kind_models": kind_models,
             "training_models": training_models,
             "training_strategies": training_strategies,
             "training_batch": args.training_batch,
             "training_repeats": args.training_repeats,
         },
         "models": entries,
+        "kind_models": kinds,
         "training": training,
         "summary": summarize(entries, strategies, batches),
     }
