@@ -423,3 +423,44 @@ def test_workspace_bytes_is_the_largest_buffer_the_strategy_allocates(strategy, 
     else:
         assert max(buffers) == predicted, (sorted(seen.sizes), predicted)
     assert predicted <= spec.im2col_bytes(shape[0], shape[2], shape[3], torch.float32)
+
+
+# The other kinds: (strategy, module, input shape).
+KIND_WORKSPACE_CASES = [
+    ("unfold", lambda: nn.Conv3d(4, 6, 3, padding=1), (2, 4, 5, 6, 7)),
+    ("nchw", lambda: nn.Conv3d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 6, 7)),
+    ("strided", lambda: nn.Conv3d(4, 6, (1, 3, 3), stride=(1, 2, 2)), (1, 4, 3, 9, 9)),
+    ("depthwise", lambda: nn.Conv3d(4, 4, 3, padding=1, groups=4), (2, 4, 5, 6, 7)),
+    ("unfold", lambda: nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1), (2, 4, 5, 6)),
+    ("unfold", lambda: nn.ConvTranspose3d(4, 3, 3, stride=2), (2, 4, 3, 4, 5)),
+    ("unfold", lambda: nn.ConvTranspose1d(4, 3, 4, stride=2), (2, 4, 9)),
+    ("nchw", lambda: nn.Conv1d(4, 6, 5, padding=2), (2, 4, 30)),
+]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "make", "shape"),
+    KIND_WORKSPACE_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(KIND_WORKSPACE_CASES)],
+)
+def test_workspace_bytes_of_the_other_kinds(strategy, make, shape):
+    from lowerconv.strategies import workspace_bytes
+
+    torch.manual_seed(0)
+    conv = make()
+    x = torch.randn(shape)
+    spec = ConvSpec.from_module(conv)
+    with torch.no_grad():
+        out = conv(x)
+        with LargestAllocation() as seen:
+            STRATEGIES[strategy](x, conv.weight, conv.bias, spec)
+    predicted = workspace_bytes(spec, strategy, shape[0], *shape[2:], torch.float32)
+    padded_shape = [n + lo + hi for n, (lo, hi) in zip(shape[2:], spec.pad_per_dim, strict=True)]
+    padded = shape[0] * shape[1] * 4 * int(torch.tensor(padded_shape).prod())
+    plain = {x.nbytes, out.nbytes, padded}
+    buffers = [size for size in seen.sizes if size not in plain]
+    if predicted == 0:
+        assert max(buffers, default=0) <= max(x.nbytes, out.nbytes), seen.sizes
+    else:
+        assert max(buffers) == predicted, (sorted(seen.sizes), predicted)
+    assert predicted <= spec.im2col_bytes(shape[0], *shape[2:], torch.float32)
