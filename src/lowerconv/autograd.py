@@ -315,18 +315,20 @@ def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> 
     n, channels, height, width = input_shape
     multiplier = weight.shape[0] // channels
     left, right, top, bottom = geometry.zero_pad
-    span_h, span_w = geometry.span
+    (span_h, span_w), (sh, sw) = geometry.span, geometry.stride
+    out_h, out_w = grad.shape[-2:]
     flipped_pad = (span_w - 1 - left, span_w - 1 - right, span_h - 1 - top, span_h - 1 - bottom)
-    if geometry.stride == (1, 1) and multiplier == 1 and min(flipped_pad) >= 0:
+    if (sh, sw) == (1, 1) and multiplier == 1 and min(flipped_pad) >= 0:
         from .kernels import depthwise_taps
 
-        # Stride 1: the full correlation of dY with the flipped taps, by the forward's kernel.
+        # Stride 1: the full correlation of dY with the flipped taps, by the forward's
+        # cache-blocked kernel: exactly the forward's work.  (Strided, that correlation would
+        # run over the input's size, sh*sw times the taps' own work: the phases below do less.)
         flipped = weight.flip(-2, -1)
         return depthwise_taps(
             grad, flipped, None, geometry.kernel_size, (1, 1), geometry.dilation, flipped_pad
         )
-    (kh, kw), (sh, sw) = geometry.kernel_size, geometry.stride
-    out_h, out_w = grad.shape[-2:]
+    kh, kw = geometry.kernel_size
     hq, wq, taps = _phase_layout(height, width, geometry)
     grads = grad.reshape(n * channels, multiplier, out_h, out_w)
     # (kh*kw, C, m, 1), each tap's scale of each plane's gradient.
