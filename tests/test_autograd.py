@@ -211,3 +211,38 @@ def test_inplace_activation_after_a_lowered_conv(strategy):
     want = torch.autograd.grad(F.silu(conv(x)).sum(), (x, conv.weight))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_compiled_training_step_holds_standard_ops_and_the_original_gradients():
+    # Under torch.compile the lowered forward records its plain ops (GemmConv2d is eager
+    # only), so AOTAutograd's forward and backward graphs hold no conv and no private op.
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.Conv2d(16, 8, 1),
+        nn.Conv2d(8, 8, 4, stride=4),
+    )
+    lowered = lowerconv.lower(model, strategy="auto")
+    targets: list[str] = []
+
+    def record(graph, _inputs):
+        targets.extend(str(n.target) for n in graph.graph.nodes if n.op == "call_function")
+        return make_boxed_func(graph)
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=record, bw_compiler=record)
+
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(lowered, backend=backend)(x).sum().backward()
+    assert targets, "nothing was compiled"
+    assert [t for t in targets if CONV_OP.search(t) or "mkldnn" in t] == [], targets
+    model(x).sum().backward()
+    for got, want in zip(lowered.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)
