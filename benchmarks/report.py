@@ -156,6 +156,9 @@ def _kind_table(results: dict, device: str, strategies: list[str], batches: list
         head += [f"native ms (b{b})", *[f"`{s}` (b{b})" for s in strategies]]
     head += [f"peak mem `{s}`" for s in strategies] + ["`auto` chose"]
     lines = [f"### Other convolution kinds ({device})", "", KIND_NOTE]
+    command = results["config"].get("kind_models_command")
+    if command:
+        lines += [f"Measured separately, one thread: `{command}`.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in entries:
         row = [entry["model"], f"`{entry['kind']}`"]
