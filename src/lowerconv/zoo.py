@@ -255,8 +255,10 @@ class ZooReport:
             "- **native err** / **lowered err**: the largest error of the native model / the "
             "lowered model against the float64 oracle, over all output tensors, as "
             "max |error| / max |oracle output| (`normalized_max_abs` in the JSON report).",
-            "- **path**: `graph` when the whole model traced into one graph, `fallback` when "
-            "torch.fx could not trace it and each conv was lowered on its own.",
+            "- **path**: `graph` when the whole model traced into one graph, `export` when "
+            "torch.fx could not trace it and torch.export captured it as one graph on its inputs, "
+            "`fallback` when neither could and each conv module was lowered on its own (the rest "
+            "at run time).",
             "- **CPU lowered/native**: median forward time of the lowered model over the native "
             f"one, {settings.get('repeats', '?')} repeats interleaved in one process: a quick "
             "check, taken while other jobs shared the machine; "
