@@ -29,8 +29,10 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 __all__ = [
     "LayerTime",
     "Timing",
+    "compare_forwards",
     "layer_times",
     "peak_memory_bytes",
+    "peak_memory_ratios",
     "time_interleaved",
 ]
 
@@ -219,3 +221,50 @@ def layer_times(
                 )
             )
     return results
+
+
+def compare_forwards(
+    model: nn.Module,
+    lowered: dict[str, nn.Module],
+    x: torch.Tensor,
+    *,
+    repeats: int,
+    device: torch.device,
+) -> dict:
+    """``model`` against each lowering on ``x``, interleaved, under ``no_grad``: the native
+    timing, and per strategy its timing, ratio (of medians) and largest absolute error."""
+    with torch.no_grad():
+        reference = model(x)
+        errors = {s: (m(x) - reference).abs().max().item() for s, m in lowered.items()}
+        candidates = {"native": lambda: model(x)}
+        candidates.update({s: (lambda m=m: m(x)) for s, m in lowered.items()})
+        timings = time_interleaved(candidates, repeats=repeats, device=device)
+    native = timings["native"]
+    return {
+        "native": native.to_dict(),
+        "strategies": {
+            s: {
+                **timings[s].to_dict(),
+                "ratio": timings[s].median / native.median,
+                "max_abs_error": errors[s],
+            }
+            for s in lowered
+        },
+    }
+
+
+def peak_memory_ratios(
+    model: nn.Module, lowered: dict[str, nn.Module], x: torch.Tensor, device: torch.device
+) -> dict:
+    """The peak memory of one forward of ``model`` and of each lowering on ``x`` (after a warm
+    forward of each: oneDNN's primitive caches, the allocator's pools), and lowered/native."""
+    with torch.no_grad():
+        for m in [model, *lowered.values()]:
+            m(x)
+        peaks = {"native": peak_memory_bytes(lambda: model(x), device)}
+        peaks.update({s: peak_memory_bytes(lambda m=m: m(x), device) for s, m in lowered.items()})
+    return {
+        "batch": x.shape[0],
+        "bytes": peaks,
+        "ratio": {s: peaks[s] / peaks["native"] for s in lowered},
+    }

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-from harness import peak_memory_bytes, time_interleaved
+from harness import compare_forwards, peak_memory_ratios
 from torch import nn
 
 import lowerconv
@@ -84,42 +84,13 @@ def measure_kind_model(name, device, batches, strategies, args) -> dict:
     generator = torch.Generator().manual_seed(0)
     for batch in batches:
         x = torch.randn(shape(batch), generator=generator).to(device)
-        with torch.no_grad():
-            reference = model(x)
-            errors = {s: (m(x) - reference).abs().max().item() for s, m in lowered.items()}
-            candidates = {"native": lambda x=x: model(x)}
-            candidates.update({s: (lambda m=m, x=x: m(x)) for s, m in lowered.items()})
-            timings = time_interleaved(candidates, repeats=args.repeats, device=device)
-        native = timings["native"]
-        entry["batches"][str(batch)] = {
-            "input": list(x.shape),
-            "native": native.to_dict(),
-            "strategies": {
-                s: {
-                    **timings[s].to_dict(),
-                    "ratio": timings[s].median / native.median,
-                    "max_abs_error": errors[s],
-                }
-                for s in strategies
-            },
-        }
-        line = " ".join(
-            f"{s}={entry['batches'][str(batch)]['strategies'][s]['ratio']:.2f}x" for s in strategies
-        )
-        print(
-            f"  {name:20s} batch {batch}: native {native.median * 1e3:8.1f} ms  {line}", flush=True
-        )
+        result = compare_forwards(model, lowered, x, repeats=args.repeats, device=device)
+        entry["batches"][str(batch)] = {"input": list(x.shape), **result}
+        line = " ".join(f"{s}={result['strategies'][s]['ratio']:.2f}x" for s in strategies)
+        native_ms = result["native"]["median_ms"]
+        print(f"  {name:20s} batch {batch}: native {native_ms:8.1f} ms  {line}", flush=True)
     x = torch.randn(shape(max(batches)), generator=generator).to(device)
-    with torch.no_grad():
-        for m in [model, *lowered.values()]:
-            m(x)
-        peaks = {"native": peak_memory_bytes(lambda: model(x), device)}
-        peaks.update({s: peak_memory_bytes(lambda m=m: m(x), device) for s, m in lowered.items()})
-    entry["peak_memory"] = {
-        "batch": max(batches),
-        "bytes": peaks,
-        "ratio": {s: peaks[s] / peaks["native"] for s in lowered},
-    }
+    entry["peak_memory"] = peak_memory_ratios(model, lowered, x, device)
     return entry
 
 

@@ -36,7 +36,13 @@ from torch import nn
 import lowerconv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import layer_times, peak_memory_bytes, time_interleaved
+from harness import (
+    compare_forwards,
+    layer_times,
+    peak_memory_bytes,
+    peak_memory_ratios,
+    time_interleaved,
+)
 from kind_models import KIND_MODELS, measure_kind_model
 from report import write_markdown, write_plot
 
@@ -117,21 +123,7 @@ def measure_model(name, device, batches, strategies, args) -> dict:
     entry["batches"] = {}
     for batch in batches:
         x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
-        with torch.no_grad():
-            reference = model(x)
-            errors = {s: (m(x) - reference).abs().max().item() for s, m in lowered.items()}
-            candidates = {"native": lambda x=x: model(x)}
-            candidates.update({s: (lambda m=m, x=x: m(x)) for s, m in lowered.items()})
-            timings = time_interleaved(candidates, repeats=args.repeats, device=device)
-        native = timings["native"]
-        result = {"native": native.to_dict(), "strategies": {}}
-        for strategy in strategies:
-            t = timings[strategy]
-            result["strategies"][strategy] = {
-                **t.to_dict(),
-                "ratio": t.median / native.median,
-                "max_abs_error": errors[strategy],
-            }
+        result = compare_forwards(model, lowered, x, repeats=args.repeats, device=device)
         if args.layer_repeats and "auto" in strategies:
             layers = layer_times(model, x, "auto", repeats=args.layer_repeats, device=device)
             layers.sort(key=lambda layer: layer.excess_ms, reverse=True)
@@ -142,21 +134,10 @@ def measure_model(name, device, batches, strategies, args) -> dict:
             }
         entry["batches"][str(batch)] = result
         line = " ".join(f"{s}={result['strategies'][s]['ratio']:.2f}x" for s in strategies)
-        print(
-            f"  {name:20s} batch {batch}: native {native.median * 1e3:8.1f} ms  {line}", flush=True
-        )
-    peak_batch = max(batches)
-    x = torch.randn(peak_batch, 3, args.image_size, args.image_size, device=device)
-    with torch.no_grad():
-        for m in [model, *lowered.values()]:
-            m(x)  # warm: oneDNN's primitive caches, the allocator's pools
-        peaks = {"native": peak_memory_bytes(lambda: model(x), device)}
-        peaks.update({s: peak_memory_bytes(lambda m=m: m(x), device) for s, m in lowered.items()})
-    entry["peak_memory"] = {
-        "batch": peak_batch,
-        "bytes": peaks,
-        "ratio": {s: peaks[s] / peaks["native"] for s in lowered},
-    }
+        native_ms = result["native"]["median_ms"]
+        print(f"  {name:20s} batch {batch}: native {native_ms:8.1f} ms  {line}", flush=True)
+    x = torch.randn(max(batches), 3, args.image_size, args.image_size, device=device)
+    entry["peak_memory"] = peak_memory_ratios(model, lowered, x, device)
     return entry
 
 

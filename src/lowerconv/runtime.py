@@ -36,7 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .functional import convolution
-from .spec import KINDS, ConvSpec
+from .spec import CONV_ARGS, CONV_TRANSPOSE_ARGS, KINDS, ConvSpec
 from .strategies import choose_strategy
 
 __all__ = [
@@ -63,18 +63,6 @@ CONV_FUNCTIONS: dict[Any, str] = {
     F.conv_transpose2d: "conv_transpose2d",
     F.conv_transpose3d: "conv_transpose3d",
 }
-
-_CONV_ARG_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_TRANSPOSED_ARG_NAMES = (
-    "input",
-    "weight",
-    "bias",
-    "stride",
-    "padding",
-    "output_padding",
-    "groups",
-    "dilation",
-)
 
 
 @dataclass
@@ -135,7 +123,7 @@ def observe_conv_calls(callback: Callable[[ConvCall], None]) -> Iterator[None]:
 
 
 def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    names = _TRANSPOSED_ARG_NAMES if "transpose" in CONV_FUNCTIONS[func] else _CONV_ARG_NAMES
+    names = CONV_TRANSPOSE_ARGS if "transpose" in CONV_FUNCTIONS[func] else CONV_ARGS
     bound = dict(zip(names, args, strict=False))
     bound.update(kwargs)
     return bound

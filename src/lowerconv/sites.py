@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .spec import KINDS, ConvSpec, kind_of
+from .spec import CONV_ARGS, CONV_TRANSPOSE_ARGS, KINDS, ConvSpec, kind_of
 from .trace import CONV_MODULES, conv_base, is_plain_conv
 
 __all__ = [
@@ -37,17 +37,6 @@ aten = torch.ops.aten
 
 # Functional convolutions by target: (kind, label, argument names); kind None for the generic
 # ``aten.convolution``, whose kind is read from its arguments.
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_TRANSPOSED_ARGS = (
-    "input",
-    "weight",
-    "bias",
-    "stride",
-    "padding",
-    "output_padding",
-    "groups",
-    "dilation",
-)
 _GENERIC_ARGS = (
     "input",
     "weight",
@@ -62,18 +51,18 @@ _GENERIC_ARGS = (
 _FUNCTIONS: dict[Any, tuple[str | None, str, tuple[str, ...]]] = {}
 for _n in (1, 2, 3):
     _plain, _transposed = kind_of(_n, False), kind_of(_n, True)
-    _FUNCTIONS[getattr(F, _plain)] = (_plain, f"F.{_plain}", _CONV_ARGS)
-    _FUNCTIONS[getattr(F, _transposed)] = (_transposed, f"F.{_transposed}", _TRANSPOSED_ARGS)
+    _FUNCTIONS[getattr(F, _plain)] = (_plain, f"F.{_plain}", CONV_ARGS)
+    _FUNCTIONS[getattr(F, _transposed)] = (_transposed, f"F.{_transposed}", CONV_TRANSPOSE_ARGS)
     for _overload in ("default", "padding"):
         _FUNCTIONS[getattr(getattr(aten, _plain), _overload)] = (
             _plain,
             f"aten.{_plain}",
-            _CONV_ARGS,
+            CONV_ARGS,
         )
     for _overload in ("input", "default"):
         _op = getattr(getattr(aten, _transposed), _overload, None)
         if _op is not None:
-            _FUNCTIONS[_op] = (_transposed, f"aten.{_transposed}", _TRANSPOSED_ARGS)
+            _FUNCTIONS[_op] = (_transposed, f"aten.{_transposed}", CONV_TRANSPOSE_ARGS)
 _FUNCTIONS[aten.convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
 _FUNCTIONS[aten._convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 __all__ = [
+    "CONV_ARGS",
+    "CONV_TRANSPOSE_ARGS",
     "KINDS",
     "PADDING_MODES",
     "ConvSpec",
@@ -36,6 +38,20 @@ KINDS = (
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+)
+
+
+# The positional parameters of F.conv1d/2d/3d and of F.conv_transpose1d/2d/3d, in order.
+CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+CONV_TRANSPOSE_ARGS = (
+    "input",
+    "weight",
+    "bias",
+    "stride",
+    "padding",
+    "output_padding",
+    "groups",
+    "dilation",
 )
 
 
