@@ -44,16 +44,13 @@ __all__ = [
 REALWORLD_CATEGORIES = tuple(LIBRARIES)
 
 
-# Skipped by default for time and memory on a 2-core, 24 GB machine. The first four have over
-# 300 M parameters, so their float64 oracle alone needs several GB and minutes per forward; the
-# MViTs accept only 16x224x224 clips (64-71 GFLOPs: minutes per float64 forward).
+# Skipped by default for time and memory on a 2-core, 24 GB machine: over 300 M parameters, so
+# their float64 oracle alone needs several GB and minutes per forward.
 LARGE_MODELS = {
     "vit_h_14": "632 M parameters",
     "regnet_y_128gf": "645 M parameters",
     "vit_l_16": "304 M parameters",
     "vit_l_32": "306 M parameters",
-    "mvit_v1_b": "only 16x224x224 clips, 71 GFLOPs",
-    "mvit_v2_s": "only 16x224x224 clips, 64 GFLOPs",
 }
 
 # Image side per category: small enough to keep a full run near an hour on 2 cores (a float64
