@@ -268,3 +268,18 @@ def peak_memory_ratios(
         "bytes": peaks,
         "ratio": {s: peaks[s] / peaks["native"] for s in lowered},
     }
+
+
+def lower_each(model: nn.Module, strategies: Sequence[str]) -> tuple[dict, dict, dict[str, int]]:
+    """``model`` lowered once per strategy: the lowered models, the seconds each ``lower()``
+    took, and how many convs ``auto`` gave each strategy (empty without ``auto``)."""
+    import lowerconv
+
+    lowered, seconds = {}, {}
+    for strategy in strategies:
+        start = time.perf_counter()
+        lowered[strategy] = lowerconv.lower(model, strategy=strategy)
+        seconds[strategy] = time.perf_counter() - start
+    auto = lowered.get("auto")
+    chosen = lowerconv.lowering_record(auto).strategies_used() if auto is not None else {}
+    return lowered, seconds, chosen

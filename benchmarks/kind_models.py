@@ -14,15 +14,12 @@ Each entry builds a model (random weights, seed 0, eval mode) and its input for 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
-from harness import compare_forwards, peak_memory_ratios
+from harness import compare_forwards, lower_each, peak_memory_ratios
 from torch import nn
-
-import lowerconv
 
 
 def dcgan_generator(latent: int = 100, width: int = 64) -> nn.Module:
@@ -68,17 +65,13 @@ def measure_kind_model(name, device, batches, strategies, args) -> dict:
     build, shape, kind = KIND_MODELS[name]
     torch.manual_seed(0)
     model = build().eval().to(device)
-    lowered, lower_seconds = {}, {}
-    for strategy in strategies:
-        start = time.perf_counter()
-        lowered[strategy] = lowerconv.lower(model, strategy=strategy)
-        lower_seconds[strategy] = time.perf_counter() - start
+    lowered, lower_seconds, chosen = lower_each(model, strategies)
     entry: dict = {
         "model": name,
         "kind": kind,
         "device": device.type,
         "lower_seconds": lower_seconds,
-        "chosen": _chosen(lowered.get("auto")),
+        "chosen": chosen,
         "batches": {},
     }
     generator = torch.Generator().manual_seed(0)
@@ -92,12 +85,3 @@ def measure_kind_model(name, device, batches, strategies, args) -> dict:
     x = torch.randn(shape(max(batches)), generator=generator).to(device)
     entry["peak_memory"] = peak_memory_ratios(model, lowered, x, device)
     return entry
-
-
-def _chosen(lowered: nn.Module | None) -> dict[str, int]:
-    if lowered is None:
-        return {}
-    counts: dict[str, int] = {}
-    for conv in lowerconv.lowering_record(lowered).lowered:
-        counts[conv.strategy] = counts.get(conv.strategy, 0) + 1
-    return counts

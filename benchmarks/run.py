@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     compare_forwards,
     layer_times,
+    lower_each,
     peak_memory_bytes,
     peak_memory_ratios,
     time_interleaved,
@@ -112,14 +113,9 @@ def geomean(values: list[float]) -> float:
 
 def measure_model(name, device, batches, strategies, args) -> dict:
     model = make_model(name, device)
-    lower_seconds = {}
-    lowered = {}
-    for strategy in strategies:
-        start = time.perf_counter()
-        lowered[strategy] = lowerconv.lower(model, strategy=strategy)
-        lower_seconds[strategy] = time.perf_counter() - start
+    lowered, lower_seconds, chosen = lower_each(model, strategies)
     entry: dict = {"model": name, "device": device.type, "lower_seconds": lower_seconds}
-    entry["chosen"] = _chosen_strategies(lowered.get("auto"))
+    entry["chosen"] = chosen
     entry["batches"] = {}
     for batch in batches:
         x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
@@ -139,15 +135,6 @@ def measure_model(name, device, batches, strategies, args) -> dict:
     x = torch.randn(max(batches), 3, args.image_size, args.image_size, device=device)
     entry["peak_memory"] = peak_memory_ratios(model, lowered, x, device)
     return entry
-
-
-def _chosen_strategies(lowered: nn.Module | None) -> dict[str, int]:
-    if lowered is None:
-        return {}
-    counts: dict[str, int] = {}
-    for conv in lowerconv.lowering_record(lowered).lowered:
-        counts[conv.strategy] = counts.get(conv.strategy, 0) + 1
-    return counts
 
 
 def measure_training(name, device, strategies, args) -> dict:
