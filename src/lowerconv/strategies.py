@@ -517,7 +517,7 @@ def choose_strategy(spec: ConvSpec) -> str:
 
 def _choose_other_kind(spec: ConvSpec) -> str:
     """``auto`` for the other kinds, by rule (measured on r3d_18's and a DCGAN generator's
-    layers, CPU float32; ``docs/performance.md``):
+    layers, CPU float32, by ``python benchmarks/kind_layers.py``):
 
     - a 1-D conv: what the 2-D rules pick for it on a height-1 input;
     - a stride-1 transposed conv: what they pick for its equivalent plain conv;
