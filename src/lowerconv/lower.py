@@ -465,15 +465,15 @@ def _lower_conv_module(
     try:
         if conv._forward_pre_hooks or conv._forward_hooks:
             # Hooks may compute the weight (torch.nn.utils.weight_norm): they must keep running.
-            raise _HasHooks("it has forward hooks, which must keep running")
+            raise _RunTimeOnly("it has forward hooks, which must keep running")
         if kind.startswith("conv_transpose"):
             # Its output padding may come from output_size= at call time.
-            raise _HasHooks("a transposed convolution may take output_size= when called")
+            raise _RunTimeOnly("a transposed convolution may take output_size= when called")
         graph = tracer.trace(conv)
     except Exception as exc:
         reason = (
             str(exc)
-            if isinstance(exc, _HasHooks)
+            if isinstance(exc, _RunTimeOnly)
             else describe_trace_failure(conv, tracer, exc).splitlines()[0]
         )
         lowered = LoweredConv(
@@ -508,8 +508,8 @@ def _lower_conv_module(
     return _ConvHolder(conv, gm, lowered, skipped)
 
 
-class _HasHooks(Exception):
-    pass
+class _RunTimeOnly(Exception):
+    """A conv module that must run its own forward (lowered at run time); says why."""
 
 
 def _swap_conv_modules(work: nn.Module, holders: dict[int, _ConvHolder]) -> None:
