@@ -1089,3 +1089,23 @@ def test_deepcopy_keeps_tensor_constants_and_state_dict() -> None:
     torch.testing.assert_close(copied(x), model(x))
     assert list(copied.state_dict()) == list(model.state_dict()) == ["conv.weight", "conv.bias"]
     assert lowerconv.lowering_record(copied).num_lowered == 1
+
+
+def test_a_lowering_traced_under_a_patch_does_not_serve_later_lowerings():
+    # The traced strategy graphs are cached per lowering only: one traced while F.unfold was
+    # patched (a mock in a test, as examples/catch_a_wrong_lowering.py does) holds the patch.
+    from unittest import mock
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    real_unfold = F.unfold
+    with mock.patch("torch.nn.functional.unfold", lambda *a, **k: real_unfold(*a, **k) * 2):
+        wrong = lowerconv.lower(model, strategy="unfold")
+        with torch.no_grad():
+            assert not torch.allclose(wrong(x), model(x))
+    right = lowerconv.lower(model, strategy="unfold")
+    with torch.no_grad():
+        torch.testing.assert_close(right(x), model(x))

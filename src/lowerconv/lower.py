@@ -24,7 +24,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
+from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp, strategy_graph
 from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .runtime import (
@@ -122,6 +122,11 @@ def lower(
             _1 = getattr(self, "1")(_0_reshape);  _0_reshape = None
             return _1
     """
+    # Each lowering traces its strategies afresh: a traced graph holds the function objects the
+    # strategy called (F.unfold, torch.matmul), and one traced while the caller had patched
+    # them (a test, a mock) must not serve a later lowering.  Within one lowering the cache
+    # still shares one traced graph among the convs of one configuration.
+    strategy_graph.cache_clear()
     if isinstance(model, torch.export.ExportedProgram):
         from .export import lower_program  # export builds on lower_graph, below
 
