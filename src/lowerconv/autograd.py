@@ -11,8 +11,9 @@ fast paths as inference) and gives the conv its textbook gradients:
   chunk limit, :func:`~lowerconv.kernels.chunk_limit`), so a training step keeps only what a
   native conv keeps, the input and the weight;
 - ``dX = col2im(Wᵀ @ dY)`` (``F.fold``), or, for a stride-1 one-group conv, the same thing
-  computed as a convolution of ``dY`` with the flipped, transposed kernel, by the forward's own
-  im2col + GEMM (:func:`~lowerconv.kernels.im2col_gemm`);
+  computed as a convolution of ``dY`` with the flipped, transposed kernel, by one GEMM per
+  kernel tap on shifted views (:func:`~lowerconv.kernels.tap_gemms`, which hands small outputs
+  to the im2col GEMM);
 - depthwise convs (one input channel per group): ``dW`` as one dot product per plane and tap
   and ``dX`` as the taps' shifted multiply-adds scattered back, both on flattened planes in
   blocks that stay in cache, with a strided conv's input split into its ``sh x sw`` phases so
@@ -173,7 +174,7 @@ def conv2d_input_grad(
     """``dX`` of the conv for output gradient ``grad``: ``col2im(Wᵀ @ dY)``."""
     if _is_depthwise(weight.shape, geometry):
         return _depthwise_input_grad(grad, weight, input_shape, geometry)
-    from .kernels import im2col_gemm, pointwise_gemm
+    from .kernels import pointwise_gemm, tap_gemms
 
     if _is_pointwise(geometry):
         # Wᵀ (C, C_out) @ dY (C_out, H*W) per image: the forward's own 1x1 GEMM.
@@ -185,20 +186,14 @@ def conv2d_input_grad(
     flipped_pad = (span_w - 1 - left, span_w - 1 - right, span_h - 1 - top, span_h - 1 - bottom)
     if geometry.groups == 1 and geometry.stride == (1, 1) and min(flipped_pad) >= 0:
         # A stride-1 conv's dX is the "full" correlation of dY with the flipped kernel, its
-        # input and output channels swapped: the forward's own fast im2col + GEMM.
+        # input and output channels swapped: the forward's tap GEMMs (which hand small outputs
+        # to the im2col GEMM), no col2im.
         flipped = weight.transpose(0, 1).flip(-2, -1)
         # Its patches have C_out*kh*kw values, which may be more than the forward's.
         pixel_bytes = flipped[0].numel() * grad.element_size()
-        return im2col_gemm(
-            grad,
-            flipped,
-            None,
-            geometry.kernel_size,
-            (1, 1),
-            geometry.dilation,
-            flipped_pad,
-            max(geometry.workspace_bytes, pixel_bytes),
-        )
+        limit = max(geometry.workspace_bytes, pixel_bytes)
+        kernel, dilation = geometry.kernel_size, geometry.dilation
+        return tap_gemms(grad, flipped, None, kernel, (1, 1), dilation, flipped_pad, 1, limit)
     g = geometry.groups
     c_out = weight.shape[0]
     kh, kw = geometry.kernel_size

@@ -17,6 +17,9 @@ is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
     that each chunk's im2col buffer stays under a byte limit (see :func:`plan_chunks`).
 :func:`pointwise_gemm`
     A 1x1 convolution as one GEMM per image on the NCHW planes as they lie in memory.
+:func:`tap_gemms`
+    A stride-1 one-group convolution as one GEMM per kernel tap, each on a shifted view of the
+    flattened padded input, summed in place: no im2col buffer at all.
 :func:`depthwise_taps`
     A depthwise convolution as a sum of shifted views times per-channel weights, in blocks of
     planes that fit the cache.
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .autograd import GRAD_DTYPES, ConvGeometry, GemmConv2d
+from .autograd import GRAD_DTYPES, ConvGeometry, GemmConv2d, _phase_layout, _to_phases
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
@@ -50,6 +53,7 @@ __all__ = [
     "output_tiles",
     "plan_chunks",
     "pointwise_gemm",
+    "tap_gemms",
 ]
 
 # The im2col chunk the fast strategies aim for on CPU: large enough that the GEMM runs at full
@@ -320,6 +324,108 @@ def _kernel_row_gemms(
                 )
             result[image, :, r0:r1] = acc.view(r1 - r0, out_w, c_out).movedim(-1, 0)
     return result
+
+
+# On CPU, outputs of fewer pixels than this run im2col + GEMM instead (measured on 3x3 convs
+# of 16-256 channels at 14-112 pixels a side, batch 1 and 8: below 28x28 the per-image, per-tap
+# GEMMs are too thin).
+_TAPS_MIN_PIXELS = 28 * 28
+
+
+def tap_gemms(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    zero_pad: tuple[int, int, int, int],
+    groups: int = 1,
+    max_workspace_bytes: int | None = None,
+) -> torch.Tensor:
+    """A convolution as ``kh*kw`` GEMMs on shifted views of its input, summed in place.
+
+    Unstrided, each image's padded planes are flattened to ``(C, Hp*Wp)``.  Output pixel ``(oh,
+    ow)``, placed at ``oh*Wp + ow`` of a "wide" output plane (``Wp`` columns, of which the first
+    ``OW`` are outputs), reads input element ``oh*Wp + ow + i*dh*Wp + j*dw`` for kernel tap
+    ``(i, j)``.  So tap ``(i, j)``'s contribution to the whole wide plane is one GEMM,
+    ``W[:, :, i, j] (C_out, C) @ X[:, off : off + OH*Wp]``, whose second operand is a plain
+    strided view of the input (row stride ``Hp*Wp``): BLAS reads it in place, and each product
+    is added into the same output.  A strided conv first splits the padded input into its
+    ``sh x sw`` phases (one copy), each flattened the same way: every tap then reads one phase,
+    unstrided.  Grouped convs make each tap a batched GEMM, one per group.  Nothing is copied
+    but the padded (or phase-split) input, with a spare zero row for the last tap's overhang,
+    and the ``OW`` columns of each wide row; the cost is ``Wp/OW`` times the GEMM work.
+
+    ``input`` is ``(N, C, H, W)`` or ``(C, H, W)``, ``zero_pad`` ``(left, right, top, bottom)``.
+    Eager CPU calls run image by image (each image's planes stay in cache across the taps);
+    tracers and other devices record one batched ``matmul`` per tap and their sum.  Half
+    precision is summed in float32, as a native convolution does.  On CPU, a one-group conv
+    with an output of fewer than ``28*28`` pixels runs :func:`im2col_gemm` instead, under
+    ``max_workspace_bytes`` (which the tap GEMMs, building no im2col buffer, never need).
+    """
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if _gemm_backward(input, weight, bias):
+        limit = chunk_limit(input.device, max_workspace_bytes)
+        geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, groups, limit)
+
+        def compute(x, w, b):
+            return tap_gemms(x, w, b, kernel_size, stride, dilation, zero_pad, groups, limit)
+
+        result = GemmConv2d.apply(input, weight, bias, geometry, compute)
+        return result.squeeze(0) if unbatched else result
+    geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, groups, 0)
+    n, channels, height, width = input.shape
+    out_h, out_w = geometry.output_hw(height, width)
+    eager_cpu = input.device.type == "cpu" and not _traced(input, weight, bias)
+    if eager_cpu and groups == 1 and out_h * out_w < _TAPS_MIN_PIXELS:
+        # Small planes make thin GEMMs, one per image and tap: the im2col GEMM does better.
+        limit = chunk_limit(input.device, max_workspace_bytes)
+        result = im2col_gemm(input, weight, bias, kernel_size, stride, dilation, zero_pad, limit)
+        return result.squeeze(0) if unbatched else result
+    out_dtype = input.dtype
+    if input.dtype not in GRAD_DTYPES:
+        input, weight = input.float(), weight.float()
+        bias = bias.float() if bias is not None else None
+    hq, wq, offsets = _phase_layout(height, width, geometry)
+    sh, sw = stride
+    # (N, g, C/g, sh*sw, hq*wq): every phase of every plane, flattened.
+    phases = _to_phases(input.reshape(n * channels, height, width), geometry, hq, wq)
+    phases = phases.reshape(n, groups, channels // groups, sh * sw, hq * wq)
+    wide = out_h * wq
+    c_out = weight.shape[0]
+    kh, kw = kernel_size
+    # (kh*kw, g, C_out/g, C/g): each tap's weight matrices.
+    taps = weight.reshape(groups, c_out // groups, channels // groups, kh * kw).permute(3, 0, 1, 2)
+    if eager_cpu and not _needs_grad(input, weight, bias):
+        taps = taps.contiguous()
+        out = input.new_empty((n, groups, c_out // groups, wide))
+        for image in range(n):
+            acc = out[image] if groups > 1 else out[image, 0]
+            for t, (a, b, offset) in enumerate(offsets):
+                view = phases[image, :, :, a * sw + b, offset : offset + wide]
+                tap = taps[t]
+                if groups == 1:
+                    view, tap = view[0], tap[0]
+                if t == 0:
+                    torch.matmul(tap, view, out=acc)
+                elif groups > 1:
+                    acc.baddbmm_(tap, view)
+                else:
+                    acc.addmm_(tap, view)
+        if bias is not None:
+            out += bias.reshape(groups, -1, 1)
+    else:
+        out = None
+        for t, (a, b, offset) in enumerate(offsets):
+            product = torch.matmul(taps[t], phases[:, :, :, a * sw + b, offset : offset + wide])
+            out = product if out is None else out + product
+        if bias is not None:
+            out = out + bias.reshape(groups, -1, 1)
+    result = out.reshape(n, c_out, out_h, wq)[..., :out_w].contiguous().to(out_dtype)
+    return result.squeeze(0) if unbatched else result
 
 
 def pointwise_gemm(

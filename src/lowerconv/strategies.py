@@ -27,6 +27,13 @@ Strategies:
     :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
     :func:`~lowerconv.kernels.gemm`, oneDNN's matmul on CPU float32.  One graph node,
     :func:`~lowerconv.kernels.im2col_gemm`, does the chunked part.  Grouped convs: ``nchw``.
+``taps``
+    No im2col at all: a conv is the sum over its ``kh*kw`` kernel taps of ``W[:, :, i, j]
+    (C_out, C) @`` a shifted view of the flattened, padded input (split into its stride's
+    phases first, one copy), one GEMM per tap and image (a batched one per group) added in
+    place into a "wide" output (:func:`~lowerconv.kernels.tap_gemms`).  On CPU, a one-group
+    conv with an output under 28x28 pixels runs ``nhwc``'s im2col instead (its GEMMs would be
+    too thin).  Depthwise convs: ``depthwise``.
 ``nchw``
     Channel-major im2col from strided views of the NCHW input, chunk by chunk, each chunk's
     columns in ``(g, C/g*kh*kw, OH*OW)`` order so that one matmul per group writes the NCHW
@@ -68,6 +75,7 @@ from .autograd import ConvGeometry, GemmConv2d
 from .kernels import (
     _ONEDNN,
     _ROW_GEMMS_MIN_PIXELS,
+    _TAPS_MIN_PIXELS,
     _gemm_backward,
     chunk_limit,
     depthwise_taps,
@@ -77,6 +85,7 @@ from .kernels import (
     output_tiles,
     plan_chunks,
     pointwise_gemm,
+    tap_gemms,
 )
 from .spec import ConvSpec, conv_output_size
 
@@ -94,6 +103,7 @@ __all__ = [
     "pointwise_conv2d",
     "run_in_chunks",
     "strided_conv2d",
+    "taps_conv2d",
     "unfold_conv2d",
 ]
 
@@ -287,6 +297,27 @@ def nhwc_conv2d(
     )
 
 
+def taps_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """A conv as one GEMM per kernel tap on shifted views of the padded input (split into its
+    stride's phases first), summed in place (one graph node,
+    :func:`~lowerconv.kernels.tap_gemms`): no im2col buffer."""
+    if spec.is_depthwise:
+        return depthwise_conv2d(input, weight, bias, spec, options)
+    zero_pad = spec.pad
+    if spec.padding_mode != "zeros" and any(spec.pad):
+        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
+        zero_pad = (0, 0, 0, 0)
+    cap = _workspace_cap(options)
+    kernel, stride, dilation, groups = spec.kernel_size, spec.stride, spec.dilation, spec.groups
+    return tap_gemms(input, weight, bias, kernel, stride, dilation, zero_pad, groups, cap)
+
+
 def nchw_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -399,6 +430,7 @@ _CONV2D_STRATEGIES: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
     "nhwc": nhwc_conv2d,
+    "taps": taps_conv2d,
     "nchw": nchw_conv2d,
     "pointwise": pointwise_conv2d,
     "patchify": patchify_conv2d,
@@ -498,9 +530,15 @@ def choose_strategy(spec: ConvSpec) -> str:
     - a 1x1 kernel (any stride, groups or padding): ``pointwise``, a matmul with no copy;
     - kernel == stride, no padding or dilation, one group: ``patchify``;
     - ``groups == in_channels``: ``depthwise``, shifted multiply-adds with no im2col buffer;
-    - other grouped convs, and patches of at most 64 values (3-channel 3x3 stems): ``nchw``,
-      chunked channel-major im2col + a matmul per group, which writes NCHW directly;
-    - anything else: ``nhwc``, chunked channels-last im2col + GEMM.
+    - stride 1, more than 4 input channels, and a group of them or patches of more than 64
+      values: ``taps``, one GEMM per kernel tap (a batched one per group) on shifted views, no
+      im2col (on CPU it hands one-group outputs under 28x28 pixels to ``nhwc`` at run time);
+    - other grouped convs, patches of at most 64 values and inputs of at most 4 channels
+      (3-channel stems, 3x3 to 7x7): ``nchw``, chunked channel-major im2col + a matmul per
+      group, which writes NCHW directly;
+    - anything else (strided convs): ``nhwc``, chunked channels-last im2col + GEMM.
+
+    The numbers behind these rules are ``python benchmarks/auto_rules.py``'s.
     """
     if spec.ndim != 2 or spec.transposed:
         return _choose_other_kind(spec)
@@ -510,7 +548,11 @@ def choose_strategy(spec: ConvSpec) -> str:
         return "patchify"
     if spec.is_depthwise:
         return "depthwise"
-    if spec.groups > 1 or spec.patch_size <= _FEW_VALUES_PER_PATCH:
+    few_channels = spec.in_channels <= _FEW_CHANNELS
+    few_values = spec.patch_size <= _FEW_VALUES_PER_PATCH
+    if spec.stride == (1, 1) and not few_channels and (spec.groups > 1 or not few_values):
+        return "taps"
+    if spec.groups > 1 or few_values or few_channels:
         return "nchw"
     return "nhwc"
 
@@ -617,8 +659,10 @@ def _workspace_bytes_2d(
     ``depthwise`` and ``pointwise`` build none (0); ``unfold``, ``strided`` and ``patchify`` the
     whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
     (:func:`~lowerconv.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs (CPU,
-    float32) a ``kw``-wide buffer ``kh`` times smaller.  ``needs_grad`` changes none of it: a
-    conv that needs a gradient runs this same forward with gradients off, and its backward
+    float32) a ``kw``-wide buffer ``kh`` times smaller; ``taps`` none where it runs its tap
+    GEMMs (grouped convs, and on CPU one-group convs with outputs of at least 28x28 pixels),
+    else ``nhwc``'s.
+    ``needs_grad`` changes none of it: a conv that needs a gradient runs this same forward with gradients off, and its backward
     (:mod:`lowerconv.autograd`) recomputes the columns in chunks under the same limit.
     """
     strategy = strategy.split(" (")[0]  # "unfold (run time)" -> "unfold"
@@ -633,6 +677,14 @@ def _workspace_bytes_2d(
             return 0
         strategy = "nhwc"
     if strategy == "patchify" and not (spec.is_patchify and spec.groups == 1):
+        strategy = "nhwc"
+    if strategy == "taps":
+        out_h, out_w = spec.output_hw(height, width)
+        by_taps = device != "cpu" or out_h * out_w >= _TAPS_MIN_PIXELS
+        if spec.is_depthwise:
+            return 0
+        if spec.groups > 1 or by_taps:
+            return 0
         strategy = "nhwc"
     if strategy == "nhwc" and spec.groups > 1:
         strategy = "nchw"
@@ -669,6 +721,10 @@ def _workspace_bytes_2d(
 # Patches of at most this many values (a 3x3 stem over 3 channels has 27) go to ``nchw``: they
 # make a GEMM too thin for oneDNN to pay for ``nhwc``'s transposes (measured on 3-channel stems).
 _FEW_VALUES_PER_PATCH = 64
+# Inputs of at most this many channels go to ``nchw`` whatever the kernel: channels-last runs of
+# 3 values make ``nhwc``'s gather slow (a 7x7 stride-2 RGB stem: nhwc 2.9-3.2x native, nchw
+# 1.6-2.0x, at batch 1 and 8: `python benchmarks/auto_rules.py`).
+_FEW_CHANNELS = 4
 
 
 # Each is one readable node in the lowered graph (shape arithmetic, a GEMM, a chunked loop),
@@ -680,6 +736,7 @@ _LEAVES = {
     "gemm": "lowerconv.kernels",
     "im2col_gemm": "lowerconv.kernels",
     "pointwise_gemm": "lowerconv.kernels",
+    "tap_gemms": "lowerconv.kernels",
     "run_in_chunks": "lowerconv.strategies",
 }
 for _name in _LEAVES:
