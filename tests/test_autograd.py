@@ -9,9 +9,6 @@ arithmetic (strides that do not divide the input, dilation, asymmetric padding, 
 
 from __future__ import annotations
 
-import collections
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,9 +20,9 @@ from lowerconv import ConvSpec
 from lowerconv.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
 from lowerconv.kernels import _ONEDNN
 from lowerconv.strategies import STRATEGIES, StrategyOptions
+from op_names import CONV_OP, OpNames
 
 RTOL, ATOL = 1e-10, 1e-11
-CONV_OP = re.compile(r"conv(?!ert)")
 
 # (id, nn.Conv2d keyword arguments, input shape)
 CASES = [
@@ -119,16 +116,6 @@ def test_gemm_backward_passes_gradcheck():
         assert torch.autograd.gradcheck(
             lambda i, w, b, fn=fn, spec=spec: fn(i, w, b, spec), (inp, module.weight, module.bias)
         )  # fmt: skip
-
-
-class OpNames(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names[str(func)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

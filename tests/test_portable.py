@@ -7,15 +7,13 @@ graph dead-ends in every exporter and compiler that lacks that op.
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
 from lowerconv.kernels import _ONEDNN
+from op_names import OpNames
 
 
 def small_cnn() -> nn.Module:
@@ -29,16 +27,6 @@ def small_cnn() -> nn.Module:
         nn.Conv2d(16, 8, 1),
         nn.Conv2d(8, 8, 4, stride=4),
     ).eval()
-
-
-class OpNames(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names[str(func)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def private_or_conv(names) -> list[str]:

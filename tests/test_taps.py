@@ -9,9 +9,7 @@ cap; half precision; ``auto``'s rule and ``workspace_bytes``; and a lowered mode
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import re
 
 import pytest
 import torch
@@ -19,16 +17,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
 from conv_space import conv_configs
 from lowerconv import ConvSpec, kernels, strategies
 from lowerconv.kernels import DEFAULT_WORKSPACE_BYTES
 from lowerconv.strategies import STRATEGIES, StrategyOptions, choose_strategy, workspace_bytes
+from op_names import CONV_OP, OpNames
 
 RTOL, ATOL = 1e-9, 1e-10
-CONV_OP = re.compile(r"conv(?!ert)")
 TAPS = STRATEGIES["taps"]
 
 
@@ -47,24 +44,6 @@ class Spy:
         if self.fail:
             raise AssertionError(f"{self.fn.__name__} ran; the tap GEMMs should have")
         return self.fn(*args, **kwargs)
-
-
-class OpNames(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names[str(func)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def gemms(self) -> int:
-        return sum(n for name, n in self.names.items() if re.match(r"aten\.(mm|addmm)", name))
-
-    @property
-    def convs(self) -> list[str]:
-        return [name for name in self.names if CONV_OP.search(name)]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,33 @@
+"""Which ATen ops a block of code dispatched: the tests' one way of proving no conv op ran."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# "conv" in an op's name, but not "convert" (aten._convert_indices_from_coo_to_csr...).
+CONV_OP = re.compile(r"conv(?!ert)")
+
+
+class OpNames(TorchDispatchMode):
+    """Counts every ATen op dispatched while active, by name (``aten.mm.default``...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def gemms(self) -> int:
+        """How many ``mm``/``addmm`` calls ran."""
+        return sum(n for name, n in self.names.items() if re.match(r"aten\.(mm|addmm)", name))
+
+    @property
+    def convs(self) -> list[str]:
+        """The convolution ops that ran (none, in any lowered model)."""
+        return [name for name in self.names if CONV_OP.search(name)]
