@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -23,3 +24,25 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(params=["blas", "onednn"])
+def gemm_engine(request, monkeypatch):
+    """Run a test under each CPU GEMM engine the kernels choose between (``torch.matmul``, and
+    oneDNN's matmul where this torch has it), whichever this machine picks by default."""
+    from lowerconv import kernels
+
+    if request.param == "onednn" and not kernels._onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear op")
+    monkeypatch.setattr(kernels, "_ONEDNN", request.param == "onednn")
+    return request.param
+
+
+@pytest.fixture
+def onednn_gemm(monkeypatch):
+    """oneDNN's GEMM engine, for the tests of the code only it runs."""
+    from lowerconv import kernels
+
+    if not kernels._onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear op")
+    monkeypatch.setattr(kernels, "_ONEDNN", True)

@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lowerconv
 from lowerconv import ConvSpec
 from lowerconv.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
-from lowerconv.kernels import _ONEDNN
 from lowerconv.strategies import STRATEGIES, StrategyOptions
 from op_names import CONV_OP, OpNames
 
@@ -151,8 +150,8 @@ def test_training_step_of_a_lowered_model_runs_no_conv_and_no_view_scatter(dtype
         torch.testing.assert_close(got, expected, **tol)
 
 
-@pytest.mark.skipif(not _ONEDNN, reason="the kernel-row GEMMs need oneDNN's linear op")
-def test_workspace_bytes_with_a_gradient_is_the_forward_buffer_it_allocates():
+def test_workspace_bytes_with_a_gradient_is_the_forward_buffer_it_allocates(onednn_gemm):
+    # The kernel-row GEMMs, whose buffer is the one predicted, need oneDNN's linear op.
     from lowerconv.strategies import workspace_bytes
 
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import lowerconv
-from lowerconv.kernels import _ONEDNN
 from op_names import OpNames
 
 
@@ -50,8 +49,7 @@ def test_exported_graph_has_only_portable_ops(strategy: str, grad: bool) -> None
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not _ONEDNN, reason="this torch build has no oneDNN linear op")
-def test_eager_auto_keeps_the_fast_cpu_gemm() -> None:
+def test_eager_auto_keeps_the_fast_cpu_gemm(onednn_gemm) -> None:
     # The guard hides oneDNN from tracers only: eager inference still takes it.
     lowered = lowerconv.lower(small_cnn(), strategy="auto")
     with torch.no_grad(), OpNames() as seen:

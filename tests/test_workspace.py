@@ -151,7 +151,7 @@ class OpRecorder(TorchDispatchMode):
 @pytest.mark.parametrize(
     "kwargs, shape", [c[1:] for c in FLOAT32_CASES], ids=[c[0] for c in FLOAT32_CASES]
 )
-def test_float32_fast_paths_match_conv2d_and_run_no_conv(kwargs, shape, strategy):
+def test_float32_fast_paths_match_conv2d_and_run_no_conv(kwargs, shape, strategy, gemm_engine):
     torch.manual_seed(0)
     conv = nn.Conv2d(**kwargs)
     x = torch.randn(shape)
@@ -172,7 +172,7 @@ def test_float32_gradients_through_the_onednn_gemm():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
-def test_gemm_is_linear_and_uses_onednn_for_float32():
+def test_gemm_is_linear_and_uses_onednn_for_float32(onednn_gemm):
     torch.manual_seed(0)
     a, b, bias = torch.randn(2, 5, 16), torch.randn(7, 16), torch.randn(7)
     with OpRecorder() as recorder:
@@ -319,7 +319,9 @@ def test_auto_rules():
 
     assert choose_strategy(spec(shape=(64, 256, 1, 1))) == "pointwise"
     assert choose_strategy(spec(shape=(64, 256, 1, 1), stride=2)) == "pointwise"
-    assert choose_strategy(spec(shape=(768, 3, 16, 16), stride=16)) == "patchify"
+    assert choose_strategy(spec(shape=(768, 3, 16, 16), stride=16)) == "nchw"
+    assert choose_strategy(spec(shape=(192, 96, 2, 2), stride=2)) == "nchw"
+    assert choose_strategy(spec(shape=(768, 384, 2, 2), stride=2)) == "nhwc"
     assert choose_strategy(spec(shape=(96, 1, 7, 7), padding=3, groups=96)) == "depthwise"
     assert choose_strategy(spec(shape=(48, 8, 3, 3), padding=1, groups=6)) == "taps"
     assert choose_strategy(spec(shape=(48, 8, 3, 3), stride=2, padding=1, groups=6)) == "nchw"
@@ -467,3 +469,18 @@ def test_workspace_bytes_of_the_other_kinds(strategy, make, shape):
     else:
         assert max(buffers) == predicted, (sorted(seen.sizes), predicted)
     assert predicted <= spec.im2col_bytes(shape[0], *shape[2:], torch.float32)
+
+
+def test_the_gemm_engine_follows_lowerconv_gemm(monkeypatch):
+    from lowerconv import kernels
+
+    monkeypatch.setenv("LOWERCONV_GEMM", "blas")
+    assert kernels._choose_gemm_engine() is False
+    monkeypatch.setenv("LOWERCONV_GEMM", "onednn")
+    assert kernels._choose_gemm_engine() is kernels._onednn_linear_available()
+    monkeypatch.setenv("LOWERCONV_GEMM", "")
+    intel = kernels._cpu_vendor() == "GenuineIntel"
+    assert kernels._choose_gemm_engine() is (kernels._onednn_linear_available() and not intel)
+    monkeypatch.setenv("LOWERCONV_GEMM", "mkl")
+    with pytest.raises(ValueError, match="LOWERCONV_GEMM must be 'onednn' or 'blas', got 'mkl'"):
+        kernels._choose_gemm_engine()

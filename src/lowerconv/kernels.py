@@ -5,10 +5,11 @@ steps cannot be traced that way, because what they do depends on the tensors at 
 is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
 
 :func:`gemm`
-    ``a @ b.T + bias``: the one matrix product of a lowered convolution.  On CPU in float32 it
-    runs oneDNN's matmul (the inner-product primitive PyTorch uses for ``mkldnn`` linear layers),
-    which on AMD CPUs is about twice as fast as MKL's ``sgemm`` behind ``torch.matmul``; every
-    other device, dtype, and any call that needs gradients, runs ``torch.addmm``/``matmul``.
+    ``a @ b.T + bias``: the one matrix product of a lowered convolution.  On CPU in float32,
+    except on Intel CPUs (see :func:`_choose_gemm_engine`), it runs oneDNN's matmul (the
+    inner-product primitive PyTorch uses for ``mkldnn`` linear layers), which on AMD CPUs is
+    about twice as fast as MKL's ``sgemm`` behind ``torch.matmul``; every other device, dtype,
+    and any call that needs gradients, runs ``torch.addmm``/``matmul``.
     So does any call a tracer makes (torch.export, torch.compile, make_fx, jit.trace): traced
     graphs hold portable ``aten`` ops only, never the private oneDNN one.  Either way it is a
     GEMM: no convolution op runs.
@@ -34,6 +35,8 @@ Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 from __future__ import annotations
 
 import math
+import os
+import platform
 import sys
 from dataclasses import dataclass
 
@@ -72,7 +75,35 @@ def _onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-_ONEDNN = _onednn_linear_available()
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``...), or ``""``."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _choose_gemm_engine() -> bool:
+    """Whether CPU float32 GEMMs run oneDNN's matmul rather than ``torch.matmul`` (MKL or
+    OpenBLAS).  ``LOWERCONV_GEMM=onednn`` or ``=blas`` decides; by default oneDNN, where
+    available, on CPUs that are not Intel's: measured on an AMD EPYC, MKL's sgemm ran at about
+    half oneDNN's speed; on an Intel Xeon (AVX-512) it matches oneDNN on im2col GEMMs and runs
+    1x1 convs 1.5-2.7x faster (oneDNN repacks the activation, its "weight" there, every call).
+    """
+    choice = os.environ.get("LOWERCONV_GEMM", "").strip().lower()
+    if choice not in ("", "onednn", "blas"):
+        raise ValueError(f"LOWERCONV_GEMM must be 'onednn' or 'blas', got {choice!r}")
+    if choice == "blas" or not _onednn_linear_available():
+        return False
+    return choice == "onednn" or _cpu_vendor() != "GenuineIntel"
+
+
+# Read at call time (tests switch it to run both engines' code).
+_ONEDNN = _choose_gemm_engine()
 
 
 def _traced(*tensors: torch.Tensor | None) -> bool:
@@ -233,6 +264,7 @@ def im2col_gemm(
 
         result = GemmConv2d.apply(input, weight, bias, geometry, compute)
         return result.squeeze(0) if unbatched else result
+    input, weight, bias = without_autograd(input, weight, bias)
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
     left, right, top, bottom = zero_pad
     nhwc = input.movedim(1, -1)
@@ -376,6 +408,7 @@ def tap_gemms(
 
         result = GemmConv2d.apply(input, weight, bias, geometry, compute)
         return result.squeeze(0) if unbatched else result
+    input, weight, bias = without_autograd(input, weight, bias)
     geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, groups, 0)
     n, channels, height, width = input.shape
     out_h, out_w = geometry.output_hw(height, width)
@@ -440,6 +473,7 @@ def pointwise_gemm(
     if _gemm_backward(input, weight, bias) and input.dim() == 4:
         geometry = ConvGeometry((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, 0)
         return GemmConv2d.apply(input, weight, bias, geometry, pointwise_gemm)
+    input, weight, bias = without_autograd(input, weight, bias)
     weight_matrix = weight.flatten(1)
     flat = input.flatten(-2)
     if not _use_onednn(flat, weight_matrix, bias) or _needs_grad(flat, weight_matrix, bias):
@@ -463,6 +497,19 @@ def pointwise_gemm(
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def without_autograd(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors, detached unless a gradient is to flow through them here.
+
+    For code that computes none: ``torch.matmul`` looks at its operands' ``requires_grad`` (not
+    at grad mode), and for a weight that requires grad (a model's parameter, even under
+    ``no_grad``) it folds a batched product into one GEMM through transposed copies of the
+    activations: measured 3.4x slower on a 1x1 conv, 1.4x on a 7x7 stem.
+    """
+    if _needs_grad(*tensors):
+        return tensors
+    return tuple(t.detach() if t is not None else None for t in tensors)
 
 
 def _gemm_backward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

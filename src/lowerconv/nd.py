@@ -35,7 +35,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .kernels import chunk_limit, gemm
+from .kernels import chunk_limit, gemm, without_autograd
 from .spec import ConvSpec, transposed_output_size
 
 __all__ = [
@@ -126,6 +126,7 @@ def im2col_conv_nd(
     unbatched = input.dim() == n + 1
     if unbatched:
         input = input.unsqueeze(0)
+    input, weight, bias = without_autograd(input, weight, bias)
     if any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
     unpadded = ConvSpec(

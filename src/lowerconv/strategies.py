@@ -70,10 +70,9 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from . import nd
+from . import kernels, nd
 from .autograd import ConvGeometry, GemmConv2d
 from .kernels import (
-    _ONEDNN,
     _ROW_GEMMS_MIN_PIXELS,
     _TAPS_MIN_PIXELS,
     _gemm_backward,
@@ -86,6 +85,7 @@ from .kernels import (
     plan_chunks,
     pointwise_gemm,
     tap_gemms,
+    without_autograd,
 )
 from .spec import ConvSpec, conv_output_size
 
@@ -184,6 +184,7 @@ def run_in_chunks(
 
         result = GemmConv2d.apply(input, weight, bias, geometry, compute)
         return result.squeeze(0) if unbatched else result
+    input, weight, bias = without_autograd(input, weight, bias)
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     n, _, hp, wp = input.shape
@@ -528,8 +529,10 @@ def choose_strategy(spec: ConvSpec) -> str:
     The rules, first match wins:
 
     - a 1x1 kernel (any stride, groups or padding): ``pointwise``, a matmul with no copy;
-    - kernel == stride, no padding or dilation, one group: ``patchify``;
     - ``groups == in_channels``: ``depthwise``, shifted multiply-adds with no im2col buffer;
+    - kernel == stride, no padding or dilation, one group (a patch embedding, a downsampling
+      layer): ``nchw`` for patches of up to 1024 values, else ``nhwc`` (``patchify``'s
+      reshape-and-permute copy is slow for small kernels over many channels);
     - stride 1, more than 4 input channels, and a group of them or patches of more than 64
       values: ``taps``, one GEMM per kernel tap (a batched one per group) on shifted views, no
       im2col (on CPU it hands one-group outputs under 28x28 pixels to ``nhwc`` at run time);
@@ -544,10 +547,13 @@ def choose_strategy(spec: ConvSpec) -> str:
         return _choose_other_kind(spec)
     if spec.kernel_size == (1, 1):
         return "pointwise"
-    if spec.is_patchify and spec.groups == 1:
-        return "patchify"
     if spec.is_depthwise:
         return "depthwise"
+    if spec.is_patchify and spec.groups == 1:
+        # Channel-major im2col beats patchify's channels-last copy, whose runs are kw values
+        # long (convnext's 2x2 downsampling: 1.1-1.5x native against 2.7-4.5x), up to patches
+        # of about a thousand values, where nhwc's GEMM takes over.
+        return "nchw" if spec.patch_size <= _NCHW_PATCHIFY_VALUES else "nhwc"
     few_channels = spec.in_channels <= _FEW_CHANNELS
     few_values = spec.patch_size <= _FEW_VALUES_PER_PATCH
     if spec.stride == (1, 1) and not few_channels and (spec.groups > 1 or not few_values):
@@ -706,7 +712,7 @@ def _workspace_bytes_2d(
         and spec.stride[0] == 1
         and kh > 1
         and out_h * out_w >= _ROW_GEMMS_MIN_PIXELS
-        and _ONEDNN
+        and kernels._ONEDNN
         and device == "cpu"
         and dtype == torch.float32
     )
@@ -725,6 +731,9 @@ _FEW_VALUES_PER_PATCH = 64
 # 3 values make ``nhwc``'s gather slow (a 7x7 stride-2 RGB stem: nhwc 2.9-3.2x native, nchw
 # 1.6-2.0x, at batch 1 and 8: `python benchmarks/auto_rules.py`).
 _FEW_CHANNELS = 4
+# Kernel == stride convs with patches of at most this many values go to ``nchw``, others to
+# ``nhwc`` (measured on convnext's stem and downsampling layers and vit_b_16's patch embedding).
+_NCHW_PATCHIFY_VALUES = 1024
 
 
 # Each is one readable node in the lowered graph (shape arithmetic, a GEMM, a chunked loop),
