@@ -26,22 +26,27 @@ machine: when other jobs run beside it, single timings swing by tens of percent;
 interleaving and the medians keep the *ratios* steadier than the times.{thread_note}
 
 The strategies (see `lowerconv.strategies`): `unfold` is the textbook `F.unfold` + matmul +
-reshape; `auto` picks per convolution: `pointwise` for 1x1 convs (a GEMM on the NCHW planes as
-they lie), `patchify` for kernel == stride (reshape + permute + GEMM), `depthwise` (a sum of
-shifted views times per-channel weights, no im2col buffer), `nchw` for grouped convs and
-3-channel stems (channel-major im2col and a matmul per group, in chunks, writing NCHW directly)
-and `nhwc` for the rest (channels-last im2col in chunks of at most
-8 MiB, each multiplied by one GEMM). On CPU in float32 the fast strategies' GEMM is oneDNN's
-(`torch.ops.mkldnn._linear_pointwise`, the matmul PyTorch's own mkldnn linear layers use): on AMD
-CPUs, MKL's `sgemm` behind `torch.matmul` runs at about half its speed. No convolution op runs
-in any lowered model, forward or backward.
+reshape; `auto` picks per convolution (the per-layer measurements behind each rule:
+`python benchmarks/auto_rules.py`): `pointwise` for 1x1 convs (a GEMM on the NCHW planes as
+they lie), `depthwise` (a sum of shifted views times per-channel weights, no im2col buffer),
+`taps` for stride-1 convs (one GEMM per kernel tap on a shifted view of the flattened padded
+input, added in place: no im2col buffer; a batched GEMM per group for grouped convs; on CPU,
+one-group outputs under 28x28 pixels run `nhwc`'s im2col instead), `nchw` for kernel == stride
+convs, strided grouped convs and 3-channel stems (channel-major im2col and a matmul per group,
+in chunks, writing NCHW directly) and `nhwc` for the rest (channels-last im2col in chunks of at
+most 8 MiB, each multiplied by one GEMM). The CPU float32 GEMM engine is `torch.matmul` (MKL) on
+Intel CPUs and oneDNN's matmul elsewhere (on AMD CPUs MKL's `sgemm` ran at about half its
+speed); `LOWERCONV_GEMM=onednn|blas` overrides it. No convolution op runs in any lowered model,
+forward or backward.
 
 Where `auto` still loses time (see the slowest layers below): depthwise convs, whose `kh*kw`
-elementwise passes cannot match one fused native kernel (2-5x per layer, more for 5x5 and 7x7
-kernels on small images), in training too (their backward is `kh*kw` more passes for `dW` and
-as many for `dX`), which is what keeps mobilenet_v2 and efficientnet_b0 furthest from native;
-3-channel stems, whose GEMM is too thin to hide the im2col copy; and grouped convs with small
-groups (regnet's), which become many small batched matmuls.
+elementwise passes cannot match one fused native kernel (2-4x per layer for 3x3 kernels, 5-10x
+for 5x5 and 7x7), in training too (their backward is `kh*kw` more passes for `dW` and as many
+for `dX`), which is what keeps mobilenet_v2, efficientnet_b0, mnasnet1_0 and convnext_tiny
+furthest from native (measured: a banded-matrix GEMM per kernel row, and a per-channel axpy
+per tap, were no faster); regnet's grouped convs with groups of 8 channels, strided (about 3x,
+`nchw`) and unstrided (2-3x, `taps`); and 3-channel stems (1.5-2.5x), whose GEMM is too thin to
+hide the im2col copy.
 """
 
 
@@ -49,9 +54,9 @@ ONE_THREAD_NOTE = """ One thread (`--threads 1`): on
 two cores shared with other jobs, two threads made every op wait at OpenMP's barriers for a
 descheduled thread, native models included (a native mobilenet_v2 training step took longer with
 two threads than with one), which measures the machine's load more than the code. With one thread
-PyTorch's own 1x1 convolutions run on its slow im2col-free path rather than oneDNN (the
-`use_mkldnn` rule), which is why pointwise-heavy models (resnet50, densenet121) can come out
-faster than native here; with two or more threads native 1x1 convs run on oneDNN too."""
+PyTorch's own 1x1 convolutions run on its im2col-free path rather than oneDNN (the
+`use_mkldnn` rule), as fast as the lowered 1x1 GEMM here; with two or more threads native 1x1
+convs run on oneDNN."""
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -113,8 +118,9 @@ One SGD step in train mode: forward, cross-entropy, backward, the optimizer's st
 {batch}, native and lowered interleaved, {repeats} timed steps each; peak memory is the most bytes
 one step had allocated at once, lowered/native. The lowered convs' backward is their own
 (`lowerconv.autograd`): `dW = dY @ colsᵀ` with the im2col columns recomputed chunk by chunk,
-`dX` by col2im or, for stride-1 convs, the flipped kernel's im2col + GEMM, depthwise convs by
-per-plane dot products and shifted multiply-adds; no convolution op runs in either direction.
+`dX` by col2im or, for stride-1 convs, the flipped kernel's tap GEMMs (as `taps` runs forward),
+depthwise convs by per-plane dot products and shifted multiply-adds; no convolution op runs in
+either direction.
 """
 
 
