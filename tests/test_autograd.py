@@ -13,13 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
 from lowerconv import ConvSpec
 from lowerconv.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
 from lowerconv.strategies import STRATEGIES, StrategyOptions
-from op_names import CONV_OP, OpNames
+from op_names import CONV_OP, OpNames, StorageSizes
 
 RTOL, ATOL = 1e-10, 1e-11
 
@@ -158,28 +157,12 @@ def test_workspace_bytes_with_a_gradient_is_the_forward_buffer_it_allocates(oned
     conv = nn.Conv2d(16, 8, 3, padding=1)
     x = torch.randn(1, 16, 40, 40, requires_grad=True)
     spec = ConvSpec.from_module(conv)
-    with OpNames() as seen, SizesSeen() as sizes:
+    with OpNames() as seen, StorageSizes() as sizes:
         STRATEGIES["nhwc"](x, conv.weight, conv.bias, spec)
     predicted = workspace_bytes(spec, "nhwc", 1, 40, 40, torch.float32, needs_grad=True)
     assert predicted == workspace_bytes(spec, "nhwc", 1, 40, 40, torch.float32)
     assert predicted in sizes.sizes, (sorted(sizes.sizes), predicted, seen.names)
     assert predicted < spec.im2col_bytes(1, 40, 40, torch.float32)
-
-
-class SizesSeen(TorchDispatchMode):
-    """The storage size of every tensor a non-view op returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: list[int] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            for t in torch.utils._pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    self.sizes.append(t.untyped_storage().nbytes())
-        return out
 
 
 @pytest.mark.parametrize("strategy", ["nhwc", "nchw", "pointwise", "depthwise"])

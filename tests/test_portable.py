@@ -16,7 +16,8 @@ from op_names import OpNames
 
 
 def small_cnn() -> nn.Module:
-    """One conv per fast strategy: nchw stem, nhwc (row GEMMs at 32x32), depthwise, 1x1, patchify."""
+    """One conv per fast strategy under auto: nchw stem, taps (32x32 outputs), depthwise, 1x1,
+    and a kernel == stride conv (nchw)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),

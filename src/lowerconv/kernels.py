@@ -435,21 +435,22 @@ def tap_gemms(
     if eager_cpu and not _needs_grad(input, weight, bias):
         taps = taps.contiguous()
         out = input.new_empty((n, groups, c_out // groups, wide))
+        # Each group's bias as a column, the addend of the first tap's product.
+        addend = None if bias is None else bias.reshape(groups, -1, 1)
+        if groups == 1:
+            taps, phases = taps[:, 0], phases[:, 0]
+            addend = None if addend is None else addend[0]
+        first = torch.addmm if groups == 1 else torch.baddbmm
         for image in range(n):
-            acc = out[image] if groups > 1 else out[image, 0]
+            acc = out[image, 0] if groups == 1 else out[image]
             for t, (a, b, offset) in enumerate(offsets):
-                view = phases[image, :, :, a * sw + b, offset : offset + wide]
-                tap = taps[t]
-                if groups == 1:
-                    view, tap = view[0], tap[0]
-                if t == 0:
-                    torch.matmul(tap, view, out=acc)
-                elif groups > 1:
-                    acc.baddbmm_(tap, view)
+                view = phases[image, ..., a * sw + b, offset : offset + wide]
+                if t > 0:
+                    (acc.addmm_ if groups == 1 else acc.baddbmm_)(taps[t], view)
+                elif addend is None:
+                    torch.matmul(taps[t], view, out=acc)
                 else:
-                    acc.addmm_(tap, view)
-        if bias is not None:
-            out += bias.reshape(groups, -1, 1)
+                    first(addend, taps[t], view, out=acc)
     else:
         out = None
         for t, (a, b, offset) in enumerate(offsets):
