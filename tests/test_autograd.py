@@ -116,6 +116,69 @@ def test_gemm_backward_passes_gradcheck():
         )  # fmt: skip
 
 
+# (strategy, nn.Conv2d keyword arguments, input shape): each fast strategy on a conv it
+# serves with its own kernel (taps: stride 1 and 28x28 outputs, so the tap GEMMs run).
+SECOND_DERIVATIVE_CASES = [
+    ("nhwc", dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1), (1, 2, 7, 6)),
+    (
+        "nchw",
+        dict(in_channels=4, out_channels=4, kernel_size=3, groups=2, padding=(1, 0)),
+        (2, 4, 5, 6),
+    ),
+    ("taps", dict(in_channels=2, out_channels=2, kernel_size=3, padding=1), (1, 2, 28, 28)),
+    ("pointwise", dict(in_channels=3, out_channels=2, kernel_size=1), (2, 3, 4, 5)),
+    (
+        "depthwise",
+        dict(in_channels=3, out_channels=6, kernel_size=3, groups=3, stride=(1, 2), padding=1),
+        (1, 3, 6, 7),
+    ),
+    ("unfold", dict(in_channels=2, out_channels=2, kernel_size=2, dilation=2), (1, 2, 6, 5)),
+]
+
+
+@pytest.mark.parametrize(
+    "strategy, kwargs, shape", SECOND_DERIVATIVE_CASES, ids=[c[0] for c in SECOND_DERIVATIVE_CASES]
+)
+def test_second_derivatives_through_the_gemm_backward(strategy, kwargs, shape):
+    # create_graph=True (gradient penalties, Hessian-vector products): GemmConv2d's backward
+    # recomputes the forward's plain ops and differentiates them, so double backward works and
+    # equals the native conv's.
+    conv, x = _conv_and_input(kwargs, shape)
+    spec = ConvSpec.from_module(conv)
+    fn = STRATEGIES[strategy]
+    options = StrategyOptions(4096) if strategy == "unfold" else None
+    out = fn(x, conv.weight, conv.bias, spec, options)
+    assert type(out.grad_fn).__name__ == "GemmConv2dBackward", out.grad_fn
+    assert torch.autograd.gradgradcheck(
+        lambda i, w, b: fn(i, w, b, spec, options), (x, conv.weight, conv.bias)
+    )
+    # A gradient penalty's gradient, against the native conv's.
+    params = (x, conv.weight, conv.bias)
+    results = []
+    for forward in (lambda: fn(x, conv.weight, conv.bias, spec, options), lambda: conv(x)):
+        (grad_x,) = torch.autograd.grad(forward().square().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(grad_x.square().sum(), params, allow_unused=True))
+    for name, got, want in zip(("input", "weight", "bias"), *results, strict=True):
+        if want is None:
+            assert got is None or not got.any(), name
+        else:
+            torch.testing.assert_close(
+                got, want, rtol=RTOL, atol=ATOL, msg=lambda m, n=name: f"{n}: {m}"
+            )
+
+
+def test_second_derivatives_record_no_conv_op():
+    conv, x = _conv_and_input(
+        dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (1, 2, 6, 6)
+    )
+    spec = ConvSpec.from_module(conv)
+    with OpNames() as ops:
+        out = STRATEGIES["nhwc"](x, conv.weight, conv.bias, spec)
+        (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        torch.autograd.grad(grad_x.square().sum(), conv.weight)
+    assert not ops.convs, ops.convs
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_training_step_of_a_lowered_model_runs_no_conv_and_no_view_scatter(dtype):
     torch.manual_seed(0)

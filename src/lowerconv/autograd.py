@@ -26,13 +26,22 @@ so a traced graph holds standard ops only (see :func:`~lowerconv.kernels._traced
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ConvGeometry", "GemmConv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+__all__ = [
+    "ConvGeometry",
+    "GemmConv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "plain_autograd",
+    "recording_plain_ops",
+]
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,33 @@ _LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 GRAD_DTYPES = (torch.float32, torch.float64)
 
 
+_PLAIN = threading.local()
+
+
+@contextlib.contextmanager
+def plain_autograd() -> Iterator[None]:
+    """Within it, the kernels record their plain ops for autograd instead of taking
+    :class:`GemmConv2d`'s formulas (what a second derivative differentiates)."""
+    previous = getattr(_PLAIN, "active", False)
+    _PLAIN.active = True
+    try:
+        yield
+    finally:
+        _PLAIN.active = previous
+
+
+def recording_plain_ops() -> bool:
+    """Whether :func:`plain_autograd` is active in this thread."""
+    return getattr(_PLAIN, "active", False)
+
+
 class GemmConv2d(torch.autograd.Function):
     """A batched ``(N, C, H, W)`` convolution whose forward is ``compute(input, weight, bias)``
     (any lowering of it, run with gradients off) and whose backward is the GEMM formulas above.
+
+    A backward that must itself be differentiable (``create_graph=True``: gradient penalties,
+    Hessian-vector products) recomputes the forward's plain ops under :func:`plain_autograd`
+    and differentiates them, so the second derivative is autograd's, still with no conv op.
     """
 
     @staticmethod
@@ -79,15 +112,18 @@ class GemmConv2d(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, geometry, _ = inputs
+        input, weight, bias, geometry, compute = inputs
         ctx.save_for_backward(input, weight)
         ctx.geometry = geometry
+        ctx.compute = compute
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         geometry = ctx.geometry
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad, input, weight)
         grad = grad.contiguous()
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -97,6 +133,25 @@ class GemmConv2d(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_input, grad_weight, grad_bias, None, None
+
+
+def _differentiable_backward(ctx, grad, input, weight):
+    # The forward again, as plain ops autograd records (the saved input and weight carry their
+    # own history), differentiated with create_graph: the gradients are functions of grad,
+    # input and weight that autograd can differentiate once more.
+    needs_input, needs_weight = ctx.needs_input_grad[:2]
+    x = input if needs_input else input.detach()
+    w = weight if needs_weight else weight.detach()
+    wanted = [t for t, needed in ((x, needs_input), (w, needs_weight)) if needed]
+    grads = iter(())
+    if wanted:
+        with plain_autograd():
+            output = ctx.compute(x, w, None)
+        grads = iter(torch.autograd.grad(output, wanted, grad, create_graph=True))
+    grad_input = next(grads) if needs_input else None
+    grad_weight = next(grads) if needs_weight else None
+    grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_input, grad_weight, grad_bias, None, None
 
 
 def _is_depthwise(weight_shape, geometry: ConvGeometry) -> bool:

@@ -34,6 +34,7 @@ Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -43,7 +44,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .autograd import GRAD_DTYPES, ConvGeometry, GemmConv2d, _phase_layout, _to_phases
+from .autograd import (
+    GRAD_DTYPES,
+    ConvGeometry,
+    GemmConv2d,
+    _phase_layout,
+    _to_phases,
+    recording_plain_ops,
+)
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
@@ -518,6 +526,7 @@ def _gemm_backward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     that need a gradient, in a dtype its formulas serve (tracers differentiate the plain ops)."""
     return (
         _needs_grad(input, weight, bias)
+        and not recording_plain_ops()
         and not _traced(input, weight, bias)
         and input.dtype in GRAD_DTYPES
         and weight.dtype == input.dtype
@@ -585,81 +594,135 @@ def depthwise_taps(
     return result.squeeze(0) if unbatched else result
 
 
-# Outputs of at least this many pixels per plane are computed plane by plane (unstrided
-# kernels of at most 3x3: the first number), smaller ones channels-last: measured on
-# mobilenet/efficientnet/convnext layers (AVX-512).
+# Outputs of at least this many pixels per plane are computed plane by plane (kernels of at
+# most 3x3: the first number), smaller ones channels-last: measured on the depthwise layers of
+# mobilenet_v2/v3, mnasnet, efficientnet_b0 and convnext_tiny (AVX-512).
 _SMALL_KERNEL_MIN_PIXELS = 28 * 28
 _PLANAR_MIN_PIXELS = 48 * 48
-# Bytes of input and output planes per block of the planar path: about half an L2 cache.
-_PLANAR_BLOCK_BYTES = 2 * 2**20
+# Bytes of input and output planes per block of the planar path: about two L2 caches (smaller
+# blocks cost more in per-op overhead than the cache saves).
+_PLANAR_BLOCK_BYTES = 4 * 2**20
+
+
+@functools.lru_cache(maxsize=1024)
+def _tap_rectangles(height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad):
+    """For each kernel tap ``(i, j)`` whose window meets the input: the tap's index, the output
+    rectangle ``(row0, row1, col0, col1)`` of the outputs whose input pixel is inside the
+    unpadded input, and that rectangle's first input ``(row, col)``.  Largest rectangles first,
+    so that the first tap covers the whole output whenever any does.
+
+    Output row ``r`` of tap row ``i`` reads input row ``r*sh + i*dh - top``; the zero padding
+    adds nothing, so a tap skips the outputs whose pixel lies in it instead of reading zeros.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, _, top, _ = zero_pad
+
+    def span(offset: int, step: int, size: int, outputs: int) -> tuple[int, int]:
+        # The outputs o with 0 <= o*step + offset < size.
+        first = -(offset // step) if offset < 0 else 0
+        last = min(outputs, (size - 1 - offset) // step + 1) if offset < size else 0
+        return first, max(first, last)
+
+    rectangles = []
+    for i in range(kh):
+        r0, r1 = span(i * dh - top, sh, height, out_h)
+        for j in range(kw):
+            c0, c1 = span(j * dw - left, sw, width, out_w)
+            if r0 < r1 and c0 < c1:
+                first = (r0 * sh + i * dh - top, c0 * sw + j * dw - left)
+                rectangles.append((i * kw + j, (r0, r1, c0, c1), first))
+    rectangles.sort(key=lambda t: -(t[1][1] - t[1][0]) * (t[1][3] - t[1][2]))
+    return tuple(rectangles)
+
+
+def _sum_taps(acc, x, taps, rectangles, stride, full, plain_views):
+    """``acc[..., rows, cols, :, :] += x[window] * taps[t]`` over the rectangles, in place, with
+    ``acc``'s and ``x``'s spatial dimensions at ``(-4, -3)``; the first tap is a product into
+    ``acc`` when it covers it all (``full``).
+
+    ``plain_views``: slice the views (what autograd and tracers record) rather than build each
+    with one ``as_strided`` call, which costs a third of the slicing's per-tap overhead (small
+    planes are all overhead).
+    """
+    sh, sw = stride
+    x_strides, acc_strides = list(x.stride()), list(acc.stride())
+    x_base, acc_base = x.storage_offset(), acc.storage_offset()
+    for k, (t, (r0, r1, c0, c1), (row, col)) in enumerate(rectangles):
+        count_h, count_w = r1 - r0, c1 - c0
+        if plain_views:
+            rows = slice(row, row + sh * (count_h - 1) + 1, sh)
+            cols = slice(col, col + sw * (count_w - 1) + 1, sw)
+            view = x[..., rows, cols, :, :]
+            target = acc[..., r0:r1, c0:c1, :, :]
+        else:
+            x_size = [*x.shape[:-4], count_h, count_w, *x.shape[-2:]]
+            x_stride = [*x_strides[:-4], x_strides[-4] * sh, x_strides[-3] * sw, *x_strides[-2:]]
+            x_offset = x_base + row * x_strides[-4] + col * x_strides[-3]
+            view = x.as_strided(x_size, x_stride, x_offset)
+            acc_size = [*acc.shape[:-4], count_h, count_w, *acc.shape[-2:]]
+            acc_offset = acc_base + r0 * acc_strides[-4] + c0 * acc_strides[-3]
+            target = acc.as_strided(acc_size, acc_strides, acc_offset)
+        if k == 0 and full and not _needs_grad(view, taps):
+            torch.mul(view, taps[t], out=target)
+        else:
+            target.addcmul_(view, taps[t])
 
 
 def _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pad):
-    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
-    left, right, top, bottom = zero_pad
-    # (N, Hp, Wp, C, 1): every tap scales the contiguous channel dimension.
-    x = F.pad(input.movedim(1, -1), (0, 0, left, right, top, bottom)).unsqueeze(-1)
-    hp, wp = x.shape[1], x.shape[2]
-    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    acc = None
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
-            cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
-            view, tap = x[:, rows, cols], taps[i * kw + j]
-            acc = view * tap if acc is None else acc.addcmul_(view, tap)
+    n, channels, height, width = input.shape
+    multiplier = taps.shape[-1]
+    out_h, out_w = _output_size(height, width, kernel_size, stride, dilation, zero_pad)
+    # (N, H, W, C, 1): every tap scales the contiguous channel dimension, and no padding is
+    # copied: each tap sums over the outputs its pixels reach.
+    x = input.movedim(1, -1).to(taps.dtype).contiguous().unsqueeze(-1)
+    rectangles = _tap_rectangles(
+        height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad
+    )
+    full = bool(rectangles) and _covers(rectangles[0], out_h, out_w)
+    if full and not _needs_grad(x, taps):
+        acc = x.new_empty((n, out_h, out_w, channels, multiplier))
+    else:
+        acc = x.new_zeros((n, out_h, out_w, channels, multiplier))
+    plain_views = _needs_grad(x, taps) or _traced(x, taps)
+    _sum_taps(acc, x, taps, rectangles, stride, full, plain_views)
     # (N, OH, OW, C, m) -> (N, C, m, OH, OW)
     return acc.permute(0, 3, 4, 1, 2).contiguous()
 
 
 def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
-    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
-    left, right, top, bottom = zero_pad
     n, channels, height, width = input.shape
     multiplier = taps.shape[-1]
-    hp, wp = height + top + bottom, width + left + right
-    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    planes = input.reshape(n * channels, height, width)
-    out = input.new_empty((n * channels, multiplier, out_h, out_w))
-    # (kh*kw, N*C, m, 1): the scale of each plane, for each tap.
-    plane_taps = taps.repeat(1, n, 1)[..., None]
-    if (sh, sw) == (1, 1):
-        # Each padded plane flattened: tap (i, j) reads one contiguous run starting at
-        # i*dh*Wp + j*dw and sums into "wide" rows of Wp values, of which the first OW are
-        # outputs.  One spare zero row at the bottom covers the last tap's overhang.
-        wide = out_h * wp
-        plane_bytes = ((hp + 1) * wp + multiplier * wide) * input.element_size()
-    else:
-        # Phase planes: row r of phase (a, b) is padded row r*sh + a; pad to whole phases.
-        hq, wq = -(-hp // sh), -(-wp // sw)
-        plane_bytes = (hq * wq * sh * sw + multiplier * out_h * out_w) * input.element_size()
-        plane_taps = plane_taps.unsqueeze(-1)
+    out_h, out_w = _output_size(height, width, kernel_size, stride, dilation, zero_pad)
+    # (N*C, H, W, 1, 1) planes and (N*C, OH, OW, m, 1) outputs: the same code as the
+    # channels-last path with a plane in the spatial dimensions and a scale per plane.
+    planes = input.reshape(n * channels, height, width, 1, 1)
+    out = input.new_empty((n * channels, out_h, out_w, multiplier, 1))
+    # (kh*kw, N*C, 1, 1, m, 1): each plane's scale, for each tap.
+    plane_taps = taps.repeat(1, n, 1)[:, :, None, None, :, None]
+    rectangles = _tap_rectangles(
+        height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad
+    )
+    full = bool(rectangles) and _covers(rectangles[0], out_h, out_w)
+    plain_views = _traced(input, taps)
+    plane_bytes = (height * width + multiplier * out_h * out_w) * input.element_size()
     block = max(1, _PLANAR_BLOCK_BYTES // plane_bytes)
     for p0 in range(0, n * channels, block):
         p1 = min(n * channels, p0 + block)
-        if (sh, sw) == (1, 1):
-            flat = F.pad(planes[p0:p1], (left, right, top, bottom + 1)).flatten(-2).unsqueeze(1)
-            acc = flat.new_empty((p1 - p0, multiplier, wide))
-        else:
-            padded = F.pad(planes[p0:p1], (left, right + wq * sw - wp, top, bottom + hq * sh - hp))
-            # (b, hq*sh, wq*sw) -> (b, 1, sh, sw, hq, wq): one copy, then every tap's view is
-            # a slice of one phase with contiguous rows.
-            padded = padded.unflatten(-1, (wq, sw)).unflatten(-3, (hq, sh))
-            padded = padded.permute(0, 2, 4, 1, 3).contiguous().unsqueeze(1)
-            acc = out[p0:p1]
-        for i in range(kh):
-            for j in range(kw):
-                a, b = i * dh, j * dw
-                if (sh, sw) == (1, 1):
-                    view = flat[..., a * wp + b : a * wp + b + wide]
-                else:
-                    rows, cols = slice(a // sh, a // sh + out_h), slice(b // sw, b // sw + out_w)
-                    view = padded[:, :, a % sh, b % sw, rows, cols]
-                tap = plane_taps[i * kw + j, p0:p1]
-                if i == 0 and j == 0:
-                    torch.mul(view, tap, out=acc)
-                else:
-                    acc.addcmul_(view, tap)
-        if (sh, sw) == (1, 1):
-            out[p0:p1] = acc.unflatten(-1, (out_h, wp))[..., :out_w]
-    return out
+        acc = out[p0:p1]
+        if not full:
+            acc.zero_()
+        _sum_taps(acc, planes[p0:p1], plane_taps[:, p0:p1], rectangles, stride, full, plain_views)
+    # (N*C, OH, OW, m, 1) -> (N, C, m, OH, OW)
+    out = out.reshape(n, channels, out_h, out_w, multiplier)
+    return out.movedim(-1, 2) if multiplier == 1 else out.movedim(-1, 2).contiguous()
+
+
+def _output_size(height, width, kernel_size, stride, dilation, zero_pad):
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    left, right, top, bottom = zero_pad
+    hp, wp = height + top + bottom, width + left + right
+    return (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+
+
+def _covers(rectangle, out_h: int, out_w: int) -> bool:
+    return rectangle[1] == (0, out_h, 0, out_w)

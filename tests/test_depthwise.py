@@ -1,0 +1,120 @@
+"""``kernels.depthwise_taps``' two paths, each forced, against ``F.conv2d`` in float64.
+
+Both sum each kernel tap over the output rectangle its input pixels reach (no padded copy):
+plane by plane in cache-sized blocks for large outputs, channels-last for small ones.  Which one
+runs depends on the output's size, so each is forced here by its threshold, over the whole space
+of depthwise configurations: channel multipliers, strides, dilations, asymmetric zero padding,
+and padding wider than the kernel (taps that reach no input pixel for some outputs, or none).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lowerconv.kernels as kernels
+
+
+@pytest.fixture(params=["planes", "channels_last"])
+def path(request, monkeypatch):
+    if request.param == "planes":
+        monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
+        monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
+    else:
+        monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 2**62)
+        monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 2**62)
+    return request.param
+
+
+def _reference(x, weight, bias, stride, dilation, zero_pad):
+    return F.conv2d(F.pad(x, zero_pad), weight, bias, stride, 0, dilation, groups=x.shape[1])
+
+
+@st.composite
+def depthwise_configs(draw):
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    zero_pad = tuple(draw(st.integers(0, 6)) for _ in range(4))
+    left, right, top, bottom = zero_pad
+    # Inputs at least as large as the padded kernel's span, so that PyTorch accepts the conv.
+    min_h = max(1, dilation[0] * (kernel[0] - 1) + 1 - top - bottom)
+    min_w = max(1, dilation[1] * (kernel[1] - 1) + 1 - left - right)
+    height = draw(st.integers(min_h, min_h + 9))
+    width = draw(st.integers(min_w, min_w + 9))
+    return dict(
+        batch=draw(st.integers(1, 3)),
+        channels=draw(st.integers(1, 4)),
+        multiplier=draw(st.integers(1, 3)),
+        size=(height, width),
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        zero_pad=zero_pad,
+        bias=draw(st.booleans()),
+    )
+
+
+# The fixture only sets thresholds, the same for every example.
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(config=depthwise_configs())
+def test_each_path_equals_conv2d_over_the_configuration_space(path, config):
+    c, m = config["channels"], config["multiplier"]
+    x = torch.randn(config["batch"], c, *config["size"], dtype=torch.float64)
+    weight = torch.randn(c * m, 1, *config["kernel"], dtype=torch.float64)
+    bias = torch.randn(c * m, dtype=torch.float64) if config["bias"] else None
+    args = (config["kernel"], config["stride"], config["dilation"], config["zero_pad"])
+    got = kernels.depthwise_taps(x, weight, bias, *args)
+    want = _reference(x, weight, bias, *args[1:])
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_wider_than_the_kernel_leaves_zeros_where_no_tap_reaches(path):
+    # Output rows 0-1 and the last two see only padding: nothing but the bias lands there.
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    weight = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    bias = torch.randn(3, dtype=torch.float64)
+    zero_pad = (3, 3, 3, 3)
+    got = kernels.depthwise_taps(x, weight, bias, (2, 2), (1, 1), (1, 1), zero_pad)
+    torch.testing.assert_close(got, _reference(x, weight, bias, (1, 1), (1, 1), zero_pad))
+    torch.testing.assert_close(
+        got[:, :, :2], bias.reshape(1, 3, 1, 1).expand(2, 3, 2, got.shape[-1])
+    )
+
+
+def test_planes_in_several_blocks(monkeypatch):
+    # Blocks of a few planes each: the block loop's offsets into the planes and the taps.
+    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
+    monkeypatch.setattr(kernels, "_PLANAR_BLOCK_BYTES", 3 * (9 * 9 + 2 * 9 * 9) * 8)
+    x = torch.randn(3, 5, 9, 9, dtype=torch.float64)
+    weight = torch.randn(10, 1, 3, 3, dtype=torch.float64)
+    got = kernels.depthwise_taps(x, weight, None, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    torch.testing.assert_close(got, _reference(x, weight, None, (1, 1), (1, 1), (1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_summed_in_float32(path, dtype):
+    x = torch.randn(2, 6, 12, 11).to(dtype)
+    weight = torch.randn(6, 1, 3, 3).to(dtype)
+    got = kernels.depthwise_taps(x, weight, None, (3, 3), (2, 1), (1, 1), (1, 1, 1, 1))
+    want = _reference(x.double(), weight.double(), None, (2, 1), (1, 1), (1, 1, 1, 1))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_a_gradient_through_the_taps_when_autograd_must_record_them(path):
+    # Double backward differentiates the plain ops (no out=, sliced views), not GemmConv2d.
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, weight):
+        return kernels.depthwise_taps(x, weight, None, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1))
+
+    assert torch.autograd.gradgradcheck(conv, (x, weight))
