@@ -63,3 +63,20 @@ def test_the_compile_row_times_lowered_and_native_compiled(tmp_path: Path):
     assert set(row["compile_seconds"]) == {"native", "auto"}
     assert row["lowered"]["median_ms"] > 0 and row["native"]["median_ms"] > 0
     assert row["max_abs_error"] < 1e-4
+
+
+def test_the_depthwise_floor_script_finds_every_layer_and_its_toeplitz_is_the_conv(monkeypatch):
+    # The script's claims rest on these two: the layers it sums per model are the model's
+    # depthwise convs, and its banded-matrix formulation computes the conv.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import depthwise_floor
+    import torch
+    import torch.nn.functional as F
+
+    layers = depthwise_floor.depthwise_layers("mobilenet_v2")
+    assert sum(layers.values()) == 17
+    assert layers[(32, 112, 3, 1, 1)] == 1 and layers[(960, 7, 3, 1, 1)] == 3
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64)
+    weight = torch.randn(5, 1, 5, 5, dtype=torch.float64)
+    got = depthwise_floor.toeplitz_depthwise(x, weight, 2)
+    torch.testing.assert_close(got, F.conv2d(x, weight, None, 1, 2, 1, 5))
