@@ -118,3 +118,23 @@ def test_a_gradient_through_the_taps_when_autograd_must_record_them(path):
         return kernels.depthwise_taps(x, weight, None, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1))
 
     assert torch.autograd.gradgradcheck(conv, (x, weight))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_a_channels_last_input(path, batch, multiplier):
+    # The channels-last path sums it as it lies and keeps its layout, as a native conv does;
+    # the planar path copies it to NCHW first (viewed as planes as it lies, at batch 1, every
+    # plane would have a stride of C).
+    x = torch.randn(batch, 6, 30, 29, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6 * multiplier, 1, 3, 3, dtype=torch.float64)
+    bias = torch.randn(6 * multiplier, dtype=torch.float64)
+    got = kernels.depthwise_taps(x, weight, bias, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    want = _reference(x, weight, bias, (1, 1), (1, 1), (1, 1, 1, 1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if path == "channels_last":
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert got.is_contiguous()
+    assert not x.is_contiguous()  # the input itself is untouched

@@ -575,6 +575,13 @@ def depthwise_taps(
     taps = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).to(acc_dtype)
     taps = taps.contiguous()
     small_kernel = (sh, sw) == (1, 1) and kh * kw <= 9
+    # A channels-last input (a model in torch.channels_last, or convnext's permuted blocks):
+    # the channels-last path sums it as it lies and its output keeps that layout, as a native
+    # conv's does; the planar path copies it to NCHW first (viewed as planes as it lies, at
+    # batch 1, every plane would have a stride of C: measured 26x native on convnext_tiny).
+    channels_last = not input.is_contiguous() and input.is_contiguous(
+        memory_format=torch.channels_last
+    )
     planar = (
         input.device.type == "cpu"
         and input.dtype == acc_dtype
@@ -585,6 +592,8 @@ def depthwise_taps(
         result = _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad)
     else:
         result = _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pad)
+        if not channels_last:
+            result = result.contiguous()
     result = result.reshape(n, channels * multiplier, out_h, out_w)
     if bias is not None and _needs_grad(result, bias):
         result = result + bias.reshape(-1, 1, 1)
@@ -635,33 +644,15 @@ def _tap_rectangles(height, width, out_h, out_w, kernel_size, stride, dilation, 
     return tuple(rectangles)
 
 
-def _sum_taps(acc, x, taps, rectangles, stride, full, plain_views):
+def _sum_taps(acc, x, taps, rectangles, stride, full):
     """``acc[..., rows, cols, :, :] += x[window] * taps[t]`` over the rectangles, in place, with
     ``acc``'s and ``x``'s spatial dimensions at ``(-4, -3)``; the first tap is a product into
-    ``acc`` when it covers it all (``full``).
-
-    ``plain_views``: slice the views (what autograd and tracers record) rather than build each
-    with one ``as_strided`` call, which costs a third of the slicing's per-tap overhead (small
-    planes are all overhead).
-    """
+    ``acc`` when it covers it all (``full``) and autograd need not record it."""
     sh, sw = stride
-    x_strides, acc_strides = list(x.stride()), list(acc.stride())
-    x_base, acc_base = x.storage_offset(), acc.storage_offset()
     for k, (t, (r0, r1, c0, c1), (row, col)) in enumerate(rectangles):
-        count_h, count_w = r1 - r0, c1 - c0
-        if plain_views:
-            rows = slice(row, row + sh * (count_h - 1) + 1, sh)
-            cols = slice(col, col + sw * (count_w - 1) + 1, sw)
-            view = x[..., rows, cols, :, :]
-            target = acc[..., r0:r1, c0:c1, :, :]
-        else:
-            x_size = [*x.shape[:-4], count_h, count_w, *x.shape[-2:]]
-            x_stride = [*x_strides[:-4], x_strides[-4] * sh, x_strides[-3] * sw, *x_strides[-2:]]
-            x_offset = x_base + row * x_strides[-4] + col * x_strides[-3]
-            view = x.as_strided(x_size, x_stride, x_offset)
-            acc_size = [*acc.shape[:-4], count_h, count_w, *acc.shape[-2:]]
-            acc_offset = acc_base + r0 * acc_strides[-4] + c0 * acc_strides[-3]
-            target = acc.as_strided(acc_size, acc_strides, acc_offset)
+        rows = slice(row, row + sh * (r1 - r0 - 1) + 1, sh)
+        cols = slice(col, col + sw * (c1 - c0 - 1) + 1, sw)
+        view, target = x[..., rows, cols, :, :], acc[..., r0:r1, c0:c1, :, :]
         if k == 0 and full and not _needs_grad(view, taps):
             torch.mul(view, taps[t], out=target)
         else:
@@ -683,10 +674,9 @@ def _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pa
         acc = x.new_empty((n, out_h, out_w, channels, multiplier))
     else:
         acc = x.new_zeros((n, out_h, out_w, channels, multiplier))
-    plain_views = _needs_grad(x, taps) or _traced(x, taps)
-    _sum_taps(acc, x, taps, rectangles, stride, full, plain_views)
-    # (N, OH, OW, C, m) -> (N, C, m, OH, OW)
-    return acc.permute(0, 3, 4, 1, 2).contiguous()
+    _sum_taps(acc, x, taps, rectangles, stride, full)
+    # (N, OH, OW, C, m) -> (N, C, m, OH, OW), a channels-last view.
+    return acc.permute(0, 3, 4, 1, 2)
 
 
 def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
@@ -695,7 +685,7 @@ def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
     out_h, out_w = _output_size(height, width, kernel_size, stride, dilation, zero_pad)
     # (N*C, H, W, 1, 1) planes and (N*C, OH, OW, m, 1) outputs: the same code as the
     # channels-last path with a plane in the spatial dimensions and a scale per plane.
-    planes = input.reshape(n * channels, height, width, 1, 1)
+    planes = input.contiguous().reshape(n * channels, height, width, 1, 1)
     out = input.new_empty((n * channels, out_h, out_w, multiplier, 1))
     # (kh*kw, N*C, 1, 1, m, 1): each plane's scale, for each tap.
     plane_taps = taps.repeat(1, n, 1)[:, :, None, None, :, None]
@@ -703,7 +693,6 @@ def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
         height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad
     )
     full = bool(rectangles) and _covers(rectangles[0], out_h, out_w)
-    plain_views = _traced(input, taps)
     plane_bytes = (height * width + multiplier * out_h * out_w) * input.element_size()
     block = max(1, _PLANAR_BLOCK_BYTES // plane_bytes)
     for p0 in range(0, n * channels, block):
@@ -711,7 +700,7 @@ def _depthwise_planes(input, taps, kernel_size, stride, dilation, zero_pad):
         acc = out[p0:p1]
         if not full:
             acc.zero_()
-        _sum_taps(acc, planes[p0:p1], plane_taps[:, p0:p1], rectangles, stride, full, plain_views)
+        _sum_taps(acc, planes[p0:p1], plane_taps[:, p0:p1], rectangles, stride, full)
     # (N*C, OH, OW, m, 1) -> (N, C, m, OH, OW)
     out = out.reshape(n, channels, out_h, out_w, multiplier)
     return out.movedim(-1, 2) if multiplier == 1 else out.movedim(-1, 2).contiguous()
