@@ -8,10 +8,11 @@ of its shape, interleaved with native ``F.conv2d``, the median of ``--repeats`` 
 lowered/native:
 
 - ``auto``: what a lowered model runs (:func:`lowerconv.kernels.depthwise_taps`);
-- ``floor``: ``kh*kw`` in-place multiply-adds (``addcmul_``, a per-channel scale) over one
-  contiguous output-sized tensor, and nothing else: no shifted views, no padding, no layout
-  copies.  Any depthwise conv computed as a sum over kernel taps of elementwise ops costs at
-  least this;
+- ``floor``: ``kh*kw`` in-place multiply-adds (``addcmul_``, a per-plane scale) of one
+  contiguous output-sized tensor into another, in blocks of planes that stay in cache, and
+  nothing else: no shifted views, no padding, no layout copies, no input larger than the
+  output (a strided conv reads ``sh*sw`` times more).  A depthwise conv computed as a sum over
+  kernel taps of elementwise ops costs about this at least;
 - ``toeplitz`` (unstrided layers): the GEMM formulation, a banded ``(Wp, OW)`` matrix per
   channel and kernel row, batched over channels (``kh`` ``baddbmm`` calls on the padded input's
   rows): it multiplies ``Wp/kw`` times more, in ``C`` small GEMMs per call.
@@ -91,10 +92,19 @@ def layer_ratios(batch, channels, side, kernel, stride, padding, repeats):
     source = torch.randn_like(acc)
     scales = torch.randn(kernel * kernel, channels, 1, 1)
 
+    # Blocks of whole images and channels, each block's two tensors within 2 MiB (an L2 cache
+    # here), all taps of a block before the next: what keeps large outputs in cache.
+    plane_bytes = 2 * out_side * out_side * acc.element_size()
+    block = max(1, 2 * 2**20 // plane_bytes)
+    flat_acc, flat_source = acc.view(-1, out_side, out_side), source.view(-1, out_side, out_side)
+    plane_scales = scales.repeat(1, batch, 1, 1)
+
     def floor():
-        torch.mul(source, scales[0], out=acc)
-        for tap in range(1, kernel * kernel):
-            acc.addcmul_(source, scales[tap])
+        for p0 in range(0, batch * channels, block):
+            a, b = flat_acc[p0 : p0 + block], flat_source[p0 : p0 + block]
+            torch.mul(b, plane_scales[0, p0 : p0 + block], out=a)
+            for tap in range(1, kernel * kernel):
+                a.addcmul_(b, plane_scales[tap, p0 : p0 + block])
 
     pad4 = (padding,) * 4
     candidates = {
