@@ -39,14 +39,21 @@ Intel CPUs and oneDNN's matmul elsewhere (on AMD CPUs MKL's `sgemm` ran at about
 speed); `LOWERCONV_GEMM=onednn|blas` overrides it. No convolution op runs in any lowered model,
 forward or backward.
 
-Where `auto` still loses time (see the slowest layers below): depthwise convs, whose `kh*kw`
-elementwise passes cannot match one fused native kernel (2-4x per layer for 3x3 kernels, 5-10x
-for 5x5 and 7x7), in training too (their backward is `kh*kw` more passes for `dW` and as many
-for `dX`), which is what keeps mobilenet_v2, efficientnet_b0, mnasnet1_0 and convnext_tiny
-furthest from native (measured: a banded-matrix GEMM per kernel row, and a per-channel axpy
-per tap, were no faster); regnet's grouped convs with groups of 8 channels, strided (about 3x,
-`nchw`) and unstrided (2-3x, `taps`); and 3-channel stems (1.5-2.5x), whose GEMM is too thin to
-hide the im2col copy.
+Where `auto` still loses time (see the slowest layers below): depthwise convs above all. Each
+kernel tap is one elementwise multiply-add over the output, and PyTorch's elementwise ops run at
+2-4 billion values a second on this core, where the native kernel makes one fused pass: 3x3
+layers run 1.2-3x native, 5x5 and 7x7 ones 4-8x, strided ones pay besides for reading an input
+`sh*sw` times the output's size. `python benchmarks/depthwise_floor.py` times, per layer, the
+floor of any such sum (`kh*kw` multiply-adds of one contiguous output-sized tensor into another,
+in cache-sized blocks, nothing else): `auto` is within about 1.1-1.5x of it on unstrided layers,
+and a banded-matrix GEMM per kernel row (one small GEMM per channel) is 2-30x slower than native.
+That is what keeps mobilenet_v2, efficientnet_b0, mnasnet1_0 and convnext_tiny furthest from
+native, in training too (the backward is `kh*kw` more passes for `dW` and as many for `dX`).
+Then regnet's grouped convs with groups of 8 channels, strided (about 3x, `nchw`) and unstrided
+(2-3x, `taps`): one dense GEMM with a block-diagonal weight was 2.4x native against 2.9x for 6
+groups, and 5-10x for 13 or more. Then 3x3 stride-2 3-channel stems (1.5-2.5x), whose GEMM is
+too thin to hide the im2col copy (7x7 ones gather their columns from the input's stride phases:
+1.2-1.3x at batch 8, from 1.7-1.8x).
 """
 
 
