@@ -40,20 +40,25 @@ speed); `LOWERCONV_GEMM=onednn|blas` overrides it. No convolution op runs in any
 forward or backward.
 
 Where `auto` still loses time (see the slowest layers below): depthwise convs above all. Each
-kernel tap is one elementwise multiply-add over the output, and PyTorch's elementwise ops run at
-2-4 billion values a second on this core, where the native kernel makes one fused pass: 3x3
-layers run 1.2-3x native, 5x5 and 7x7 ones 4-8x, strided ones pay besides for reading an input
-`sh*sw` times the output's size. `python benchmarks/depthwise_floor.py` times, per layer, the
-floor of any such sum (`kh*kw` multiply-adds of one contiguous output-sized tensor into another,
-in cache-sized blocks, nothing else): `auto` is within about 1.1-1.5x of it on unstrided layers,
-and a banded-matrix GEMM per kernel row (one small GEMM per channel) is 2-30x slower than native.
-That is what keeps mobilenet_v2, efficientnet_b0, mnasnet1_0 and convnext_tiny furthest from
-native, in training too (the backward is `kh*kw` more passes for `dW` and as many for `dX`).
-Then regnet's grouped convs with groups of 8 channels, strided (about 3x, `nchw`) and unstrided
-(2-3x, `taps`): one dense GEMM with a block-diagonal weight was 2.4x native against 2.9x for 6
-groups, and 5-10x for 13 or more. Then 3x3 stride-2 3-channel stems (1.5-2.5x), whose GEMM is
-too thin to hide the im2col copy (7x7 ones gather their columns from the input's stride phases:
-1.2-1.3x at batch 8, from 1.7-1.8x).
+kernel tap is one elementwise multiply-add over the output, where the native kernel makes one
+fused pass: 3x3 layers run 1.2-4.7x native, 5x5 and 7x7 ones 3.5-11x. `python
+benchmarks/depthwise_floor.py` times, per layer, the floor of any such sum (`kh*kw`
+multiply-adds of one contiguous output-sized tensor into another, in cache-sized blocks, nothing
+else). Measured at batch 8: the floor alone is 0.7-1.6x native for 3x3 layers and 2.7-6.2x for
+5x5 and 7x7; `auto` is within 1.1-2x of it on unstrided layers (the rest is the channels-last
+path's layout copies on small planes), and 2-6x of it on strided ones, whose input, `sh*sw`
+times the output's size, is transposed or read with strides. A banded-matrix GEMM per kernel row
+(one small GEMM per channel) ran 2.5-27x native. Over their depthwise layers at batch 8 (and
+1), the floor is 1.5x (1.4x) native for mnasnet1_0, 1.2x (1.7x) for efficientnet_b0 and 5.8x
+(4.5x) for convnext_tiny: no sum of elementwise passes brings their depthwise convs to native
+speed, in training either (the backward is `kh*kw` more passes for `dW` and as many for `dX`).
+mobilenet_v2's all-3x3 layers have a floor of 0.8x (1.0x) against 1.9x (2.7x) for `auto`: there
+the strided layers' input and the small planes' layout copies are what is left.
+
+Then regnet's grouped convs with groups of 8 channels, strided (about 3x, `nchw`) and
+unstrided (2-3x, `taps`), and 3x3 stride-2 3-channel stems (1.5-2.5x), whose GEMM is too thin
+to hide the im2col copy (7x7 stems gather their columns from the input's stride phases: 1.2-1.3x
+at batch 8 in isolation, from 1.7-1.8x).
 """
 
 
