@@ -167,6 +167,44 @@ def test_second_derivatives_through_the_gemm_backward(strategy, kwargs, shape):
             )
 
 
+@pytest.mark.parametrize("strategy", ["nhwc", "depthwise"])
+def test_second_derivatives_under_nested_torch_func_grad(strategy):
+    # torch.func runs every backward in grad mode, and a gradient that is not wanted at the
+    # inner level (here the weight's) may be wanted at the outer one: d/dw |d/dx f(w, x)|^2.
+    groups = 3 if strategy == "depthwise" else 1
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=groups).double()
+    spec = ConvSpec.from_module(conv)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    c = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    bias = conv.bias.detach()
+
+    def lowered(w, x):
+        return (STRATEGIES[strategy](x, w, bias, spec) * c).square().sum()
+
+    def native(w, x):
+        return (F.conv2d(x, w, bias, 1, 1, 1, groups) * c).square().sum()
+
+    def outer(f):
+        def penalty(w, x):
+            return torch.func.grad(f, argnums=1)(w, x).square().sum()
+
+        return torch.func.grad(penalty)(conv.weight.detach(), x)
+
+    want = outer(native)
+    assert want.abs().max() > 1  # a second derivative that is not zero
+    torch.testing.assert_close(outer(lowered), want, rtol=RTOL, atol=1e-9)
+
+
+def test_second_derivatives_of_a_depthwise_output_wholly_in_the_padding():
+    conv = nn.Conv2d(2, 2, 1, stride=4, padding=3, groups=2).double()
+    x = torch.randn(1, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    out = STRATEGIES["depthwise"](x, conv.weight, conv.bias, ConvSpec.from_module(conv))
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert not grad_x.any()
+    (grad_w,) = torch.autograd.grad(grad_x.sum(), conv.weight, allow_unused=True)
+    assert grad_w is None or not grad_w.any()
+
+
 def test_second_derivatives_record_no_conv_op():
     conv, x = _conv_and_input(
         dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (1, 2, 6, 6)

@@ -18,15 +18,36 @@ from hypothesis import strategies as st
 import lowerconv.kernels as kernels
 
 
+def _force(monkeypatch, path: str) -> None:
+    """Thresholds that send every call down ``path``, and the other path made to fail."""
+    other = "_depthwise_channels_last" if path == "planes" else "_depthwise_planes"
+
+    def wrong_path(*args, **kwargs):
+        raise AssertionError(f"{other} ran where {path} was forced")
+
+    monkeypatch.setattr(kernels, other, wrong_path)
+    threshold = 0 if path == "planes" else 2**62
+    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", threshold)
+    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", threshold)
+
+
 @pytest.fixture(params=["planes", "channels_last"])
 def path(request, monkeypatch):
-    if request.param == "planes":
-        monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
-        monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
-    else:
-        monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 2**62)
-        monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 2**62)
+    _force(monkeypatch, request.param)
     return request.param
+
+
+@pytest.fixture
+def channels_last_path(monkeypatch):
+    # Half precision and calls that autograd must record never run planar: thresholds of 0
+    # still send them channels-last (and the planar path fails if it runs).
+    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
+
+    def wrong_path(*args, **kwargs):
+        raise AssertionError("_depthwise_planes ran on a half-precision or recorded call")
+
+    monkeypatch.setattr(kernels, "_depthwise_planes", wrong_path)
 
 
 def _reference(x, weight, bias, stride, dilation, zero_pad):
@@ -100,7 +121,7 @@ def test_planes_in_several_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_summed_in_float32(path, dtype):
+def test_half_precision_is_summed_in_float32(channels_last_path, dtype):
     x = torch.randn(2, 6, 12, 11).to(dtype)
     weight = torch.randn(6, 1, 3, 3).to(dtype)
     got = kernels.depthwise_taps(x, weight, None, (3, 3), (2, 1), (1, 1), (1, 1, 1, 1))
@@ -109,8 +130,11 @@ def test_half_precision_is_summed_in_float32(path, dtype):
     torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
 
 
-def test_a_gradient_through_the_taps_when_autograd_must_record_them(path):
-    # Double backward differentiates the plain ops (no out=, sliced views), not GemmConv2d.
+def test_a_gradient_through_the_taps_when_autograd_must_record_them(monkeypatch):
+    # Double backward differentiates the plain ops (no out=, sliced views, channels-last),
+    # while the forward inside GemmConv2d may run planar (thresholds of 0 here).
+    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
 
@@ -128,6 +152,7 @@ def test_a_channels_last_input(path, batch, multiplier):
     # plane would have a stride of C).
     x = torch.randn(batch, 6, 30, 29, dtype=torch.float64)
     x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
     weight = torch.randn(6 * multiplier, 1, 3, 3, dtype=torch.float64)
     bias = torch.randn(6 * multiplier, dtype=torch.float64)
     got = kernels.depthwise_taps(x, weight, bias, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
@@ -137,4 +162,24 @@ def test_a_channels_last_input(path, batch, multiplier):
         assert got.is_contiguous(memory_format=torch.channels_last)
     else:
         assert got.is_contiguous()
-    assert not x.is_contiguous()  # the input itself is untouched
+    assert not x.is_contiguous()
+    torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input itself is untouched
+
+
+def test_an_output_that_lies_wholly_in_the_padding(channels_last_path):
+    # No tap reaches an input pixel: the output is the bias alone, and recorded by autograd
+    # (bf16 takes autograd's own path) its gradients are zeros, as a native conv's are.
+    x = torch.randn(1, 2, 1, 1, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(2, 1, 1, 1, dtype=torch.bfloat16, requires_grad=True)
+    out = kernels.depthwise_taps(x, weight, None, (1, 1), (4, 4), (1, 1), (3, 3, 3, 3))
+    assert out.shape == (1, 2, 2, 2) and not out.any()
+    out.sum().backward()
+    assert x.grad is not None and not x.grad.any()
+    assert weight.grad is not None and not weight.grad.any()
+
+
+def test_sizes_may_be_lists():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    weight = torch.randn(3, 1, 3, 3, dtype=torch.float64)
+    got = kernels.depthwise_taps(x, weight, None, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1])
+    torch.testing.assert_close(got, _reference(x, weight, None, (1, 1), (1, 1), (1, 1, 1, 1)))

@@ -98,8 +98,9 @@ class GemmConv2d(torch.autograd.Function):
     (any lowering of it, run with gradients off) and whose backward is the GEMM formulas above.
 
     A backward that must itself be differentiable (``create_graph=True``: gradient penalties,
-    Hessian-vector products) recomputes the forward's plain ops under :func:`plain_autograd`
-    and differentiates them, so the second derivative is autograd's, still with no conv op.
+    Hessian-vector products; and every backward under ``torch.func``) recomputes the forward's
+    plain ops under :func:`plain_autograd` and pulls the gradient back through them with
+    ``torch.func.vjp``, so the second derivative is autograd's, still with no conv op.
     """
 
     @staticmethod
@@ -136,20 +137,24 @@ class GemmConv2d(torch.autograd.Function):
 
 
 def _differentiable_backward(ctx, grad, input, weight):
-    # The forward again, as plain ops autograd records (the saved input and weight carry their
-    # own history), differentiated with create_graph: the gradients are functions of grad,
-    # input and weight that autograd can differentiate once more.
+    # The forward again, as the plain ops autograd records, pulled back through torch.func.vjp:
+    # the gradients are functions of grad, input and weight that can be differentiated again.
+    # vjp rather than torch.autograd.grad, to compose with torch.func's transforms (under
+    # nested torch.func.grad every backward runs in grad mode); a tensor whose gradient is not
+    # wanted here is captured as it is, never detached, since an outer level may still need it.
     needs_input, needs_weight = ctx.needs_input_grad[:2]
-    x = input if needs_input else input.detach()
-    w = weight if needs_weight else weight.detach()
-    wanted = [t for t, needed in ((x, needs_input), (w, needs_weight)) if needed]
-    grads = iter(())
-    if wanted:
+
+    def forward(x, w):
         with plain_autograd():
-            output = ctx.compute(x, w, None)
-        grads = iter(torch.autograd.grad(output, wanted, grad, create_graph=True))
-    grad_input = next(grads) if needs_input else None
-    grad_weight = next(grads) if needs_weight else None
+            return ctx.compute(x, w, None)
+
+    grad_input = grad_weight = None
+    if needs_input and needs_weight:
+        grad_input, grad_weight = torch.func.vjp(forward, input, weight)[1](grad)
+    elif needs_input:
+        (grad_input,) = torch.func.vjp(lambda x: forward(x, weight), input)[1](grad)
+    elif needs_weight:
+        (grad_weight,) = torch.func.vjp(lambda w: forward(input, w), weight)[1](grad)
     grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return grad_input, grad_weight, grad_bias, None, None
 

@@ -545,16 +545,18 @@ def depthwise_taps(
 ) -> torch.Tensor:
     """A depthwise convolution (``groups == C``, ``C_out = m*C``) as a sum over kernel taps.
 
-    Each tap ``(i, j)`` multiplies the view of the padded input that the kernel's ``(i, j)``
-    element visits by a per-channel weight and adds it into the output.  Small images are done
-    channels-last (the weights then scale the contiguous innermost dimension); large ones plane
-    by plane in blocks that fit the L2 cache, writing straight into the output, with a strided
-    input split once into its ``sh x sw`` phases so that every tap reads contiguous rows.
-    Half-precision inputs are summed in float32, as a native convolution does.
+    Each tap ``(i, j)`` multiplies the view of the input that the kernel's ``(i, j)`` element
+    visits by a per-channel weight and adds it into the output, over the rectangle of outputs
+    whose input pixel lies inside the image (the zero padding is never copied).  Small outputs
+    are done channels-last (the weights then scale the contiguous innermost dimension, and a
+    channels-last input stays as it lies); large ones plane by plane in blocks that fit the
+    cache, writing straight into the output.  Half-precision inputs are summed in float32, as a
+    native convolution does.
     """
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    kernel_size, stride, dilation, zero_pad = map(tuple, (kernel_size, stride, dilation, zero_pad))
     if _gemm_backward(input, weight, bias):
         geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, input.shape[1], 0)
 
@@ -674,6 +676,11 @@ def _depthwise_channels_last(input, taps, kernel_size, stride, dilation, zero_pa
         acc = x.new_empty((n, out_h, out_w, channels, multiplier))
     else:
         acc = x.new_zeros((n, out_h, out_w, channels, multiplier))
+    if not rectangles and _needs_grad(x, taps):
+        # No tap reaches an input pixel (the output lies in the padding): zeros that stay in
+        # the graph, so that autograd gives the zero gradients a native conv gives.  Sums of
+        # empty slices: zero whatever the values (an inf in x stays out of it).
+        acc = acc + (x[:, :0].sum() + taps[:0].sum())
     _sum_taps(acc, x, taps, rectangles, stride, full)
     # (N, OH, OW, C, m) -> (N, C, m, OH, OW), a channels-last view.
     return acc.permute(0, 3, 4, 1, 2)
