@@ -615,8 +615,15 @@ _PLANAR_MIN_PIXELS = 48 * 48
 _PLANAR_BLOCK_BYTES = 4 * 2**20
 
 
-@functools.lru_cache(maxsize=1024)
 def _tap_rectangles(height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad):
+    args = (height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad)
+    if all(type(size) is int for size in (height, width, out_h, out_w)):
+        return _cached_tap_rectangles(*args)
+    return _cached_tap_rectangles.__wrapped__(*args)  # symbolic sizes (export): not hashable
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_tap_rectangles(height, width, out_h, out_w, kernel_size, stride, dilation, zero_pad):
     """For each kernel tap ``(i, j)`` whose window meets the input: the tap's index, the output
     rectangle ``(row0, row1, col0, col1)`` of the outputs whose input pixel is inside the
     unpadded input, and that rectangle's first input ``(row, col)``.  Largest rectangles first,
