@@ -605,8 +605,8 @@ def depthwise_taps(
     return result.squeeze(0) if unbatched else result
 
 
-# Outputs of at least this many pixels per plane are computed plane by plane (kernels of at
-# most 3x3: the first number), smaller ones channels-last: measured on the depthwise layers of
+# Outputs of at least this many pixels per plane are computed plane by plane (unstrided kernels
+# of at most 3x3: the first number), smaller ones channels-last: measured on the depthwise layers of
 # mobilenet_v2/v3, mnasnet, efficientnet_b0 and convnext_tiny (AVX-512).
 _SMALL_KERNEL_MIN_PIXELS = 28 * 28
 _PLANAR_MIN_PIXELS = 48 * 48

@@ -71,7 +71,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from . import kernels, nd
-from .autograd import ConvGeometry, GemmConv2d
+from .autograd import ConvGeometry, GemmConv2d, _to_phases
 from .kernels import (
     _ROW_GEMMS_MIN_PIXELS,
     _TAPS_MIN_PIXELS,
@@ -144,6 +144,16 @@ def conv_output_height(input: torch.Tensor, kernel: int, stride: int, padding: i
 
 def _pad_mode(spec: ConvSpec) -> str:
     return "constant" if spec.padding_mode == "zeros" else spec.padding_mode
+
+
+def _pad_unless_zeros(
+    input: torch.Tensor, spec: ConvSpec
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The input padded now if its padding mode is not zeros, and the zero padding the kernel
+    still has to apply (none then): the eager kernels add zeros themselves, never other modes."""
+    if spec.padding_mode != "zeros" and any(spec.pad):
+        return F.pad(input, spec.pad, mode=_pad_mode(spec)), (0, 0, 0, 0)
+    return input, spec.pad
 
 
 def _workspace_cap(options: StrategyOptions | None) -> int | None:
@@ -290,10 +300,7 @@ def nhwc_conv2d(
     """Conv2d as channels-last im2col + GEMM, in chunks of bounded size (one graph node)."""
     if spec.groups > 1:
         return nchw_conv2d(input, weight, bias, spec, options)
-    zero_pad = spec.pad
-    if spec.padding_mode != "zeros" and any(spec.pad):
-        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
-        zero_pad = (0, 0, 0, 0)
+    input, zero_pad = _pad_unless_zeros(input, spec)
     cap = _workspace_cap(options)
     return im2col_gemm(
         input, weight, bias, spec.kernel_size, spec.stride, spec.dilation, zero_pad, cap
@@ -312,10 +319,7 @@ def taps_conv2d(
     :func:`~lowerconv.kernels.tap_gemms`): no im2col buffer."""
     if spec.is_depthwise:
         return depthwise_conv2d(input, weight, bias, spec, options)
-    zero_pad = spec.pad
-    if spec.padding_mode != "zeros" and any(spec.pad):
-        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
-        zero_pad = (0, 0, 0, 0)
+    input, zero_pad = _pad_unless_zeros(input, spec)
     cap = _workspace_cap(options)
     kernel, stride, dilation, groups = spec.kernel_size, spec.stride, spec.dilation, spec.groups
     return tap_gemms(input, weight, bias, kernel, stride, dilation, zero_pad, groups, cap)
@@ -393,10 +397,10 @@ def _phase_columns(
     n, channels, hp, wp = input.shape
     (kh, kw), (sh, sw) = kernel_size, stride
     hq, wq = -(-hp // sh), -(-wp // sw)
-    padded = F.pad(input, (0, wq * sw - wp, 0, hq * sh - hp))
     # (N, C, sh, sw, hq, wq): phase (a, b) holds padded rows a, a+sh, ... and columns b, b+sw, ...
-    phases = padded.unflatten(-1, (wq, sw)).unflatten(-3, (hq, sh)).permute(0, 1, 3, 5, 2, 4)
-    phases = phases.contiguous()
+    geometry = ConvGeometry(kernel_size, stride, (1, 1), (0, 0, 0, 0), 1, 0)
+    phases = _to_phases(input.reshape(n * channels, hp, wp), geometry, hq, wq)
+    phases = phases.reshape(n, channels, sh, sw, hq, wq)
     columns = input.new_empty((n, channels, kh, kw, out_h, out_w))
     for a in range(min(sh, kh)):
         for b in range(min(sw, kw)):
@@ -469,10 +473,7 @@ def depthwise_conv2d(
     tensors, and no im2col buffer at all."""
     if not spec.is_depthwise:
         return nhwc_conv2d(input, weight, bias, spec, options)
-    zero_pad = spec.pad
-    if spec.padding_mode != "zeros" and any(spec.pad):
-        input = F.pad(input, spec.pad, mode=_pad_mode(spec))
-        zero_pad = (0, 0, 0, 0)
+    input, zero_pad = _pad_unless_zeros(input, spec)
     return depthwise_taps(
         input, weight, bias, spec.kernel_size, spec.stride, spec.dilation, zero_pad
     )
