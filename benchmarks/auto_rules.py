@@ -4,8 +4,8 @@ depthwise: when ``taps`` (one GEMM per kernel tap, no im2col), ``nhwc`` or ``nch
     python benchmarks/auto_rules.py [--threads N] [--repeats N] [--only GROUP]
 
 Each conv alone, on a random input of its shape, native ``F.conv2d`` against each candidate
-strategy (the functions of :data:`lowerconv.strategies.STRATEGIES`), interleaved, one call of
-each per round, median of ``--repeats`` rounds, as a ratio lowered/native.  The groups:
+strategy (the functions of :data:`lowerconv.lowering.strategies.STRATEGIES`), interleaved, one call
+of each per round, median of ``--repeats`` rounds, as a ratio lowered/native.  The groups:
 
 - ``dense``: unstrided 3x3 convs of 16-256 channels on 14-112 pixel planes, batch 1 and 8
   (where ``taps`` beats ``nhwc``: the 28x28 output threshold of ``tap_gemms``);
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import time_interleaved
 
-import lowerconv.kernels
-from lowerconv.spec import ConvSpec
-from lowerconv.strategies import STRATEGIES, choose_strategy
+import lowerconv.lowering.kernels
+from lowerconv.lowering.spec import ConvSpec
+from lowerconv.lowering.strategies import STRATEGIES, choose_strategy
 
 # (batch, C_in, side, C_out, kernel, stride, groups)
 GROUPS = {
@@ -96,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # Measure the tap GEMMs themselves, not their small-output fallback.
-    lowerconv.kernels._TAPS_MIN_PIXELS = 0
+    lowerconv.lowering.kernels._TAPS_MIN_PIXELS = 0
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {args.threads} thread(s), median of")
     print(f"{args.repeats} interleaved rounds, lowered/native\n")

@@ -7,7 +7,7 @@ Every depthwise layer of the models (224x224 input), at each batch size, alone o
 of its shape, interleaved with native ``F.conv2d``, the median of ``--repeats`` rounds, as a ratio
 lowered/native:
 
-- ``auto``: what a lowered model runs (:func:`lowerconv.kernels.depthwise_taps`);
+- ``auto``: what a lowered model runs (:func:`lowerconv.lowering.kernels.depthwise_taps`);
 - ``floor``: ``kh*kw`` in-place multiply-adds (``addcmul_``, a per-plane scale) of one
   contiguous output-sized tensor into another, in blocks of planes that stay in cache, and
   nothing else: no shifted views, no padding, no layout copies, no input larger than the
@@ -36,7 +36,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import time_interleaved
 
-from lowerconv.kernels import depthwise_taps
+from lowerconv.lowering.kernels import depthwise_taps
 
 MODELS = ["mobilenet_v2", "mnasnet1_0", "efficientnet_b0", "convnext_tiny"]
 COLUMNS = ("auto", "floor", "toeplitz")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lowerconv.spec import ConvSpec
-from lowerconv.strategies import STRATEGIES, choose_strategy
+from lowerconv.lowering.spec import ConvSpec
+from lowerconv.lowering.strategies import STRATEGIES, choose_strategy
 
 # The CPU profiler behind peak_memory_bytes logs through Kineto, which writes `USDT: ...
 # profiler_start` lines and, without a GPU, `gpuGetDeviceCount failed` to stderr on every call:

@@ -2,7 +2,7 @@
 
     python benchmarks/kind_layers.py [--threads N] [--repeats N]
 
-Each conv alone, native against each strategy of :mod:`lowerconv.functional`, median of
+Each conv alone, native against each strategy of :mod:`lowerconv.lowering.functional`, median of
 ``--repeats`` calls, as a ratio lowered/native: r3d_18's layer shapes (batch 1) under every
 strategy, and a DCGAN generator's strided transposed layers (batch 8) under ``unfold`` (matmul +
 ``F.fold``), ``nhwc`` (the fast GEMM + fold) and the alternative that was rejected, the plain
@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lowerconv import functional as lowered
+from lowerconv.lowering import functional as lowered
 
 VIDEO_LAYERS = [  # (C_in, C_out, kernel, stride, frames, side)
     (3, 64, (3, 7, 7), (1, 2, 2), 16, 112),

@@ -25,7 +25,7 @@ Machine: {processor}, {threads} intra-op thread(s), torch {torch}, {date}. It is
 machine: when other jobs run beside it, single timings swing by tens of percent; the
 interleaving and the medians keep the *ratios* steadier than the times.{thread_note}
 
-The strategies (see `lowerconv.strategies`): `unfold` is the textbook `F.unfold` + matmul +
+The strategies (see `lowerconv.lowering.strategies`): `unfold` is the textbook `F.unfold` + matmul +
 reshape; `auto` picks per convolution (the per-layer measurements behind each rule:
 `python benchmarks/auto_rules.py`): `pointwise` for 1x1 convs (a GEMM on the NCHW planes as
 they lie), `depthwise` (a sum of shifted views times per-channel weights, no im2col buffer),
@@ -129,7 +129,7 @@ TRAINING_NOTE = """\
 One SGD step in train mode: forward, cross-entropy, backward, the optimizer's step, at batch
 {batch}, native and lowered interleaved, {repeats} timed steps each; peak memory is the most bytes
 one step had allocated at once, lowered/native. The lowered convs' backward is their own
-(`lowerconv.autograd`): `dW = dY @ colsᵀ` with the im2col columns recomputed chunk by chunk,
+(`lowerconv.lowering.autograd`): `dW = dY @ colsᵀ` with the im2col columns recomputed chunk by chunk,
 `dX` by col2im or, for stride-1 convs, the flipped kernel's tap GEMMs (as `taps` runs forward),
 depthwise convs by per-plane dot products and shifted multiply-adds; no convolution op runs in
 either direction.

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 import lowerconv
-from lowerconv.inspect import inspect_lowered
+from lowerconv.lowering.inspect import inspect_lowered
 
 torch.manual_seed(0)
 model = torchvision.models.mobilenet_v3_small(weights=None).eval()

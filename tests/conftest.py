@@ -30,7 +30,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def gemm_engine(request, monkeypatch):
     """Run a test under each CPU GEMM engine the kernels choose between (``torch.matmul``, and
     oneDNN's matmul where this torch has it), whichever this machine picks by default."""
-    from lowerconv import kernels
+    from lowerconv.lowering import kernels
 
     if request.param == "onednn" and not kernels._onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear op")
@@ -41,7 +41,7 @@ def gemm_engine(request, monkeypatch):
 @pytest.fixture
 def onednn_gemm(monkeypatch):
     """oneDNN's GEMM engine, for the tests of the code only it runs."""
-    from lowerconv import kernels
+    from lowerconv.lowering import kernels
 
     if not kernels._onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear op")

@@ -1,9 +1,10 @@
-"""The lowered convs' own backward (lowerconv.autograd): GEMMs and col2im, equal to PyTorch's.
+"""The lowered convs' own backward (lowerconv.lowering.autograd): GEMMs and col2im, equal to
+PyTorch's.
 
 ``tests/test_strategies.py`` compares every strategy's gradients with ``F.conv2d``'s; here: that
-the fast strategies really take :class:`~lowerconv.autograd.GemmConv2d`'s formulas (so those
-comparisons test them), that its backward runs no convolution op and no scatter through per-tap
-views, and the formulas alone, in float64, on the configurations that stress their index
+the fast strategies really take :class:`~lowerconv.lowering.autograd.GemmConv2d`'s formulas (so
+those comparisons test them), that its backward runs no convolution op and no scatter through
+per-tap views, and the formulas alone, in float64, on the configurations that stress their index
 arithmetic (strides that do not divide the input, dilation, asymmetric padding, multipliers).
 """
 
@@ -16,8 +17,8 @@ from torch import nn
 
 import lowerconv
 from lowerconv import ConvSpec
-from lowerconv.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
-from lowerconv.strategies import STRATEGIES, StrategyOptions
+from lowerconv.lowering.autograd import ConvGeometry, conv2d_input_grad, conv2d_weight_grad
+from lowerconv.lowering.strategies import STRATEGIES, StrategyOptions
 from op_names import CONV_OP, OpNames, StorageSizes
 
 RTOL, ATOL = 1e-10, 1e-11
@@ -252,7 +253,7 @@ def test_training_step_of_a_lowered_model_runs_no_conv_and_no_view_scatter(dtype
 
 def test_workspace_bytes_with_a_gradient_is_the_forward_buffer_it_allocates(onednn_gemm):
     # The kernel-row GEMMs, whose buffer is the one predicted, need oneDNN's linear op.
-    from lowerconv.strategies import workspace_bytes
+    from lowerconv.lowering.strategies import workspace_bytes
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 8, 3, padding=1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lowerconv.kernels as kernels
+import lowerconv.lowering.kernels as kernels
 
 
 def _force(monkeypatch, path: str) -> None:

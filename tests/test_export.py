@@ -16,16 +16,16 @@ from torch import fx, nn
 from torch.export import Dim
 
 import lowerconv
-from lowerconv.emit import META_KEY
 from lowerconv.errors import LoweringError
-from lowerconv.export import (
+from lowerconv.lowering.emit import META_KEY
+from lowerconv.lowering.export import (
     CUSTOM_META_KEY,
     export_lowered,
     op_counts,
     run_artifact,
     write_artifact,
 )
-from lowerconv.inspect import lowered_code
+from lowerconv.lowering.inspect import lowered_code
 from lowerconv.realworld import REALWORLD_MODELS
 
 ONNX_MISSING = 'ONNX export needs the onnx extra: pip install -e ".[onnx]"'
@@ -344,7 +344,7 @@ def test_verify_against_the_artifacts_adds_a_row_each() -> None:
 
 
 def test_verify_against_fails_when_the_artifact_is_wrong(monkeypatch) -> None:
-    import lowerconv.export as export_module
+    import lowerconv.lowering.export as export_module
 
     real = export_module.run_artifact
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
-from lowerconv.runtime import RuntimeLoweredConv2d
+from lowerconv.lowering.runtime import RuntimeLoweredConv2d
 
 
 class ConvOpRecorder(TorchDispatchMode):

@@ -23,7 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
-import lowerconv.functional
+import lowerconv.lowering.functional
 from lowerconv import STRATEGY_NAMES, LoweringError, lowering_record
 
 RTOL, ATOL = 1e-9, 1e-10
@@ -45,7 +45,7 @@ class Kind:
         return getattr(F, self.name)
 
     def lowered(self) -> Callable[..., torch.Tensor]:
-        return getattr(lowerconv.functional, self.name)
+        return getattr(lowerconv.lowering.functional, self.name)
 
 
 KIND_TABLE = [
@@ -263,9 +263,9 @@ def make_tensors(
 def check_functional(
     kind: Kind, cfg: Config, strategies: list[str], seed: int = 0, layout: str = "contiguous"
 ) -> None:
-    """``lowerconv.functional.<kind>`` equals PyTorch's for each strategy: output, gradients of
-    input, weight and bias, and no convolution op forward or backward.  Every strategy is
-    checked, and the failures of all are reported together."""
+    """``lowerconv.lowering.functional.<kind>`` equals PyTorch's for each strategy: output,
+    gradients of input, weight and bias, and no convolution op forward or backward.  Every strategy
+    is checked, and the failures of all are reported together."""
     x, w, b = make_tensors(kind, cfg, seed=seed, layout=layout)
     wrt = [t for t in (x, w, b) if t is not None]
     names = ["input", "weight", "bias"][: len(wrt)]

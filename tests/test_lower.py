@@ -21,9 +21,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lowerconv
 from conv_space import conv_configs
 from lowerconv import STRATEGY_NAMES, ConvSpec, LoweringError, lowering_record
-from lowerconv.emit import Provenance
-from lowerconv.strategies import choose_strategy
-from lowerconv.trace import trace
+from lowerconv.lowering.emit import Provenance
+from lowerconv.lowering.strategies import choose_strategy
+from lowerconv.lowering.trace import trace
 
 RTOL, ATOL = 1e-9, 1e-10
 STRATEGIES = list(STRATEGY_NAMES)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
-from lowerconv.runtime import runtime_lowering
+from lowerconv.lowering.runtime import runtime_lowering
 
 
 class ConvOps(TorchDispatchMode):
@@ -310,7 +310,7 @@ def test_listing_run_time_convs_changes_nothing() -> None:
 
 
 def test_graph_inspection_shows_run_time_convs_with_their_shapes() -> None:
-    from lowerconv.inspect import inspect_lowered
+    from lowerconv.lowering.inspect import inspect_lowered
 
     model = FilterNet().eval()
     x = torch.randn(2, 3, 8, 8)
@@ -555,7 +555,7 @@ def test_run_time_convs_in_the_root_forward_unbatched_and_by_keyword_are_checked
 def test_graph_inspection_of_a_conv_subclass_lowered_at_run_time() -> None:
     # A Conv2d subclass whose forward fx cannot trace runs as a RuntimeLoweredConv2d leaf: it
     # has no graph of its own, so its row's shapes come from its observed call.
-    from lowerconv.inspect import inspect_lowered
+    from lowerconv.lowering.inspect import inspect_lowered
 
     class PadsInPython(nn.Conv2d):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

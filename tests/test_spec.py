@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lowerconv import ConvSpec
-from lowerconv.spec import PADDING_MODES, conv_output_size, pair
+from lowerconv.lowering.spec import PADDING_MODES, conv_output_size, pair
 
 
 def _reference_output(spec_args: dict, in_channels: int, out_channels: int, kernel, hw):
@@ -336,7 +336,7 @@ PADDING_TEXT_CASES = [
     ids=[c[3] for c in PADDING_TEXT_CASES],
 )
 def test_padding_reads_the_same_in_describe_and_graph(padding, kernel, in_describe, in_graph):
-    from lowerconv.inspect import _padding
+    from lowerconv.lowering.inspect import _padding
 
     spec = ConvSpec.from_conv_args((4, 2, *kernel), bias=False, padding=padding)
     assert _padding(spec) == in_graph

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lowerconv.strategies as strategies
+import lowerconv.lowering.strategies as strategies
 from lowerconv import ConvSpec
 
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from conv_space import conv_configs
 from lowerconv import ConvSpec
-from lowerconv.functional import conv2d
-from lowerconv.strategies import STRATEGIES
+from lowerconv.lowering.functional import conv2d
+from lowerconv.lowering.strategies import STRATEGIES
 
 RTOL, ATOL = 1e-9, 1e-10
 STRATEGY_FNS = sorted(STRATEGIES)
@@ -186,7 +186,8 @@ def test_functional_conv2d_sweep(config, strategy):
 
 
 def _check_functional_conv2d(kwargs, shape, strategy):
-    """``lowerconv.functional.conv2d`` with a conv's arguments equals the conv, with gradients."""
+    """``lowerconv.lowering.functional.conv2d`` with a conv's arguments equals the conv, with
+    gradients."""
     conv, x = _conv_and_input(kwargs, shape)
     expected, inputs, cotangent = _reference(conv, x)
     out = conv2d(

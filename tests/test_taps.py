@@ -1,4 +1,5 @@
-"""The ``taps`` strategy: one GEMM per kernel tap on shifted views (lowerconv.kernels.tap_gemms).
+"""The ``taps`` strategy: one GEMM per kernel tap on shifted views
+(lowerconv.lowering.kernels.tap_gemms).
 
 Its outputs and gradients against PyTorch's convolution in float64, with the CPU's small-output
 threshold (``kernels._TAPS_MIN_PIXELS``) patched to 0 so that the tap GEMMs really run on small
@@ -20,9 +21,15 @@ from torch import nn
 
 import lowerconv
 from conv_space import conv_configs
-from lowerconv import ConvSpec, kernels, strategies
-from lowerconv.kernels import DEFAULT_WORKSPACE_BYTES
-from lowerconv.strategies import STRATEGIES, StrategyOptions, choose_strategy, workspace_bytes
+from lowerconv import ConvSpec
+from lowerconv.lowering import kernels, strategies
+from lowerconv.lowering.kernels import DEFAULT_WORKSPACE_BYTES
+from lowerconv.lowering.strategies import (
+    STRATEGIES,
+    StrategyOptions,
+    choose_strategy,
+    workspace_bytes,
+)
 from op_names import CONV_OP, OpNames
 
 RTOL, ATOL = 1e-9, 1e-10
@@ -52,8 +59,8 @@ def patched(threshold: int | None = None, forbid_im2col: bool = False):
     ``forbid_im2col``) and on ``tap_gemms``, under every name the code calls them by.
 
     Yields ``(im2col_spy, tap_spy)``.  ``tap_gemms`` calls ``im2col_gemm`` by its module-global
-    name in ``lowerconv.kernels``; ``nhwc`` by ``lowerconv.strategies``'s imported name; the
-    backward imports ``tap_gemms`` from ``lowerconv.kernels`` at call time.
+    name in ``lowerconv.lowering.kernels``; ``nhwc`` by ``lowerconv.lowering.strategies``'s imported
+    name; the backward imports ``tap_gemms`` from ``lowerconv.lowering.kernels`` at call time.
     """
     im2col = Spy(kernels.im2col_gemm, fail=forbid_im2col)
     taps = Spy(kernels.tap_gemms)
@@ -521,7 +528,7 @@ def test_lowered_model_runs_the_tap_gemms_and_exports_without_a_convolution():
 
 def test_export_lowered_with_taps_holds_no_convolution():
     pytest.importorskip("torch.export")
-    from lowerconv.export import export_lowered, op_counts
+    from lowerconv.lowering.export import export_lowered, op_counts
 
     model = two_convs()
     x = torch.randn(1, 8, 32, 32, dtype=torch.float64)

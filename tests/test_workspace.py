@@ -20,8 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
 from lowerconv import ConvSpec
-from lowerconv.kernels import gemm, plan_chunks
-from lowerconv.strategies import STRATEGIES, StrategyOptions, choose_strategy
+from lowerconv.lowering.kernels import gemm, plan_chunks
+from lowerconv.lowering.strategies import STRATEGIES, StrategyOptions, choose_strategy
 from op_names import StorageSizes
 
 RTOL, ATOL = 1e-9, 1e-10
@@ -394,7 +394,7 @@ WORKSPACE_CASES = [
     ids=[f"{c[0]}-{i}" for i, c in enumerate(WORKSPACE_CASES)],
 )
 def test_workspace_bytes_is_the_largest_buffer_the_strategy_allocates(strategy, kwargs, shape):
-    from lowerconv.strategies import workspace_bytes
+    from lowerconv.lowering.strategies import workspace_bytes
 
     torch.manual_seed(0)
     conv = nn.Conv2d(**kwargs)
@@ -442,7 +442,7 @@ KIND_WORKSPACE_CASES = [
     ids=[f"{c[0]}-{i}" for i, c in enumerate(KIND_WORKSPACE_CASES)],
 )
 def test_workspace_bytes_of_the_other_kinds(strategy, make, shape):
-    from lowerconv.strategies import workspace_bytes
+    from lowerconv.lowering.strategies import workspace_bytes
 
     torch.manual_seed(0)
     conv = make()
@@ -465,7 +465,7 @@ def test_workspace_bytes_of_the_other_kinds(strategy, make, shape):
 
 
 def test_the_gemm_engine_follows_lowerconv_gemm(monkeypatch):
-    from lowerconv import kernels
+    from lowerconv.lowering import kernels
 
     monkeypatch.setenv("LOWERCONV_GEMM", "blas")
     assert kernels._choose_gemm_engine() is False

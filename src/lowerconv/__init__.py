@@ -1,14 +1,14 @@
 """lowerconv: rewrite every convolution into Unfold + matmul + reshape, and prove it.
 
-The pass, in the order data flows through it:
+The pass, :mod:`lowerconv.lowering`, in the order data flows through it:
 
-- :mod:`lowerconv.trace`        model -> ``torch.fx`` graph (plain ``Conv2d`` kept as leaves)
-- :mod:`lowerconv.sites`        graph -> the convolutions in it (:class:`ConvSite`)
-- :mod:`lowerconv.spec`         each conv's configuration and shape arithmetic (:class:`ConvSpec`)
-- :mod:`lowerconv.strategies`   the eager im2col arithmetic that replaces a conv
-- :mod:`lowerconv.emit`         splicing that arithmetic into the graph, with provenance
-- :mod:`lowerconv.lower`        :func:`lower`, the whole pass; :mod:`lowerconv.record` what it did
-- :mod:`lowerconv.export`       the export tier, ``lower(ExportedProgram)``, ONNX and ``.pt2`` files
+- :mod:`~.lowering.trace`       model -> ``torch.fx`` graph (plain ``Conv2d`` kept as leaves)
+- :mod:`~.lowering.sites`       graph -> the convolutions in it (:class:`ConvSite`)
+- :mod:`~.lowering.spec`        each conv's configuration and shape arithmetic (:class:`ConvSpec`)
+- :mod:`~.lowering.strategies`  the eager im2col arithmetic that replaces a conv
+- :mod:`~.lowering.emit`        splicing that arithmetic into the graph, with provenance
+- :mod:`~.lowering.lower`       :func:`lower`, the whole pass; :mod:`~.lowering.record` what it did
+- :mod:`~.lowering.export`      the export tier, ``lower(ExportedProgram)``, ONNX, ``.pt2`` files
 
 Then the proof and the tools around it:
 
@@ -19,19 +19,27 @@ Then the proof and the tools around it:
 - :mod:`lowerconv.timing`       A/B interleaved timing and CUDA peak memory
 - :mod:`lowerconv.report`       :class:`VerificationReport`: tables, Markdown, versioned JSON
 - :mod:`lowerconv.testing`      ``assert_lowering_close`` for users' test suites
-- :mod:`lowerconv.cli`          the ``lowerconv`` command (``verify``, ``graph``, ``export``, ``zoo``)
+- :mod:`lowerconv.cli`          the ``lowerconv`` command (``verify``, ``graph``, ``export``...)
 - :mod:`lowerconv.errors`       :class:`LoweringError` and :class:`VerificationError`
+
+The 0.1 module paths (``lowerconv.strategies``...) still import: see :mod:`lowerconv._aliases`.
 """
 
 from . import testing
+from ._aliases import install as _install_aliases
+from ._aliases import package_getattr as _package_getattr
 from .errors import LoweringError, VerificationError
-from .lower import STRATEGY_NAMES, lower
-from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
+from .lowering.lower import STRATEGY_NAMES, lower
+from .lowering.record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
+from .lowering.spec import KINDS, ConvSpec
 from .report import VerificationReport
-from .spec import KINDS, ConvSpec
 from .verify import verify
 
 __version__ = "0.1.0"
+
+# lowerconv.strategies and the other 0.1 module paths: the same modules as their new homes.
+_install_aliases()
+__getattr__ = _package_getattr
 
 __all__ = [
     "KINDS",

@@ -22,10 +22,10 @@ import torch
 
 from . import __version__
 from .errors import LoweringError
-from .lower import STRATEGY_NAMES, lower
+from .lowering.lower import STRATEGY_NAMES, lower
+from .lowering.record import lowering_record
+from .lowering.spec import KINDS
 from .models import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
-from .record import lowering_record
-from .spec import KINDS
 
 __all__ = ["cli_hints", "main"]
 
@@ -524,7 +524,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from .inspect import inspect_lowered, lowered_code
+    from .lowering.inspect import inspect_lowered, lowered_code
 
     resolved = _resolve(args, _progress)
     lowered = _lower(resolved, args, _progress)
@@ -540,7 +540,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import ARTIFACT_FORMATS, describe_ops, export_lowered, write_artifact
+    from .lowering.export import ARTIFACT_FORMATS, describe_ops, export_lowered, write_artifact
 
     output = Path(args.output)
     if output.suffix.lower() not in ARTIFACT_FORMATS:

@@ -11,13 +11,15 @@ Two paths, as the pass took them:
 
 - **graph** (:func:`check_graph_layers`): the conv's nodes are in the top module's graph; the
   original is re-traced, the three graphs run once under an interpreter that keeps the values
-  needed, and each conv's nodes run as their own module (:func:`~lowerconv.subgraph.conv_subgraph`);
+  needed, and each conv's nodes run as their own module
+  (:func:`~lowerconv.lowering.subgraph.conv_subgraph`);
 - **fallback** (:func:`check_fallback_layers`): each conv was lowered inside a submodule of its
   own; :class:`ModuleCapture`'s forward hooks keep its input and outputs during the end-to-end
   run;
 - **run time** (:func:`check_runtime_layers`): the conv was an ``F.conv*`` call lowered as the
-  model ran; the end-to-end runs observe every call (:func:`~lowerconv.runtime.trace_conv_calls`)
-  and the calls are matched by name, the module they came from and their order in it.
+  model ran; the end-to-end runs observe every call
+  (:func:`~lowerconv.lowering.runtime.trace_conv_calls`) and the calls are matched by name, the
+  module they came from and their order in it.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ from torch import fx, nn
 from .determinism import seed_generators
 from .devices import to_float64
 from .errors import LoweringError
-from .functional import convolution
+from .lowering.functional import convolution
+from .lowering.record import LoweredConv
+from .lowering.runtime import ConvCall
+from .lowering.spec import ConvSpec
+from .lowering.strategies import workspace_bytes
+from .lowering.subgraph import FreshArgs, conv_subgraph, provenance
+from .lowering.trace import trace
 from .metrics import Tolerance, compare, judge
-from .record import LoweredConv
 from .report import LayerCheck
-from .runtime import ConvCall
-from .spec import ConvSpec
-from .strategies import workspace_bytes
-from .subgraph import FreshArgs, conv_subgraph, provenance
-from .trace import trace
 
 __all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers", "check_runtime_layers"]
 
@@ -103,7 +105,8 @@ def check_graph_layers(
     values the original graph gives them.  ``leaves`` are the qualified names of convs the pass
     kept as ``call_module`` leaves (checked with hooks instead); the re-trace keeps them too.
     ``retrace(model, inputs)``, when given, captures the originals instead of ``torch.fx``
-    (the export tier: :func:`lowerconv.export.capture`, whose node names are as deterministic).
+    (the export tier: :func:`lowerconv.lowering.export.capture`, whose node names are as
+    deterministic).
     """
     checks = {id(c): _layer_check(c) for c in convs}
     options = dict(trace_options)
@@ -437,7 +440,7 @@ def check_runtime_layers(
 
 
 def _lowered_call(kind: str, args: dict[str, Any], strategy: str) -> torch.Tensor:
-    """The call ``F.<kind>(**args)`` by :func:`lowerconv.functional.convolution`."""
+    """The call ``F.<kind>(**args)`` by :func:`lowerconv.lowering.functional.convolution`."""
     args = dict(args)
     return convolution(
         args.pop("input"),
@@ -527,7 +530,7 @@ def _im2col_bytes(
     max_workspace_bytes: int | None,
 ) -> int | None:
     """The largest im2col buffer the conv's strategy allocates for this input
-    (:func:`~lowerconv.strategies.workspace_bytes`; 0 for depthwise taps and 1x1 GEMMs)."""
+    (:func:`~lowerconv.lowering.strategies.workspace_bytes`; 0 for depthwise taps and 1x1 GEMMs)."""
     if spec is None or conv_input.dim() not in (spec.ndim + 1, spec.ndim + 2):
         return None
     batch = conv_input.shape[0] if conv_input.dim() == spec.ndim + 2 else 1

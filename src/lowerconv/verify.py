@@ -9,8 +9,8 @@ original in float64, the ground truth).  Then:
    oracle's, for the native and the lowered model; the lowered model passes when its error is
    within a small factor of the native model's plus a dtype floor (:func:`lowerconv.metrics.judge`).
 2. **Per layer.**  Each lowered conv, found through the pass's ``node.meta["lowerconv"]``
-   provenance (:func:`~lowerconv.subgraph.conv_subgraph`), runs on the input the original model
-   gives that conv; its output is compared with the original conv's in the native dtype and in
+   provenance (:func:`~lowerconv.lowering.subgraph.conv_subgraph`), runs on the input the original
+   model gives that conv; its output is compared with the original conv's in the native dtype and in
    float64, by the same rule (the *local* error).  The first conv whose local error fails is
    named by its original qualified name.  The *accumulated* error, each model's own value at
    that conv's output against the oracle's, shows how errors grow along the run.
@@ -57,12 +57,12 @@ from .layer_checks import (
     check_graph_layers,
     check_runtime_layers,
 )
-from .lower import lower, normalize_example_inputs
+from .lowering.lower import lower, normalize_example_inputs
+from .lowering.record import LoweringRecord, lowering_record
+from .lowering.runtime import ConvCall, trace_conv_calls
+from .lowering.spec import KINDS
 from .metrics import Tolerance, compare, default_tolerance, judge
-from .record import LoweringRecord, lowering_record
 from .report import DeviceRun, OutputCheck, VerificationReport
-from .runtime import ConvCall, trace_conv_calls
-from .spec import KINDS
 from .timing import time_forward
 
 # MatchedRandomness, pinned_precision and VerificationError live in determinism and errors; they
@@ -114,7 +114,7 @@ def verify(
     ``leaf_modules``, ``concrete_args``, ``strict``) are passed to :func:`lowerconv.lower` and to
     the re-trace of the original the per-layer checks use: pass the options the lowered model
     was made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what
-    ``lowerconv export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.export.
+    ``lowerconv export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
     export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more
     row each, judged against the float64 oracle by the same rule.
 
@@ -385,7 +385,7 @@ def _export_capture(module: nn.Module, inputs: tuple) -> Any:
     """The export tier's capture of the original, for its per-layer checks: node names are the
     lowered graph's for every node the pass left alone.  A copy: export may leave attributes a
     forward assigns (ultralytics' anchors) as fake tensors on the module it ran."""
-    from .export import capture
+    from .lowering.export import capture
 
     return capture(
         copy_to(module, inputs[0].device, _dtype_of(inputs), "the model"), inputs
@@ -424,7 +424,7 @@ def _check_artifacts(
     """One :class:`OutputCheck` per output tensor of each exported artifact (``onnx`` rows are
     run by onnxruntime), the artifact's value against the oracle's, judged like the lowered
     model's.  An artifact that cannot be made or run is one failing row that says why."""
-    from .export import export_lowered, run_artifact
+    from .lowering.export import export_lowered, run_artifact
 
     if dev.type != "cpu":
         return []

@@ -451,7 +451,7 @@ def run_zoo(
     """
     import torchvision
 
-    from .lower import lower
+    from .lowering.lower import lower
     from .verify import verify
 
     say = progress or (lambda message: None)

@@ -39,8 +39,8 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 from torch.export import Dim, ExportedProgram
 
+from ..errors import LoweringError
 from .emit import META_KEY, Provenance
-from .errors import LoweringError
 from .record import RECORD_ATTR, LoweringRecord
 from .sites import skipped_conv_modules
 from .strategies import StrategyOptions
@@ -209,7 +209,8 @@ def lower_program(
 ) -> ExportedProgram:
     """``lowerconv.lower(ep)``: an ``ExportedProgram`` computing every convolution by GEMMs.
 
-    The program is unlifted (``ep.module()``), lowered by :func:`lowerconv.lower.lower_graph`
+    The program is unlifted (``ep.module()``), lowered by
+    :func:`lowerconv.lowering.lower.lower_graph`
     (every kind of convolution, or those of ``kinds=``)
     and exported again, non-strict, on example inputs rebuilt from its placeholders, with each
     symbolic dimension given back as a ``Dim`` of the same range (an input exported with a

@@ -2,10 +2,11 @@
 
 Data flows ``trace -> find_conv_sites -> emit_lowered_conv -> rebuild``:
 
-1. :func:`~lowerconv.trace.trace` turns a (deep-copied) model into an FX graph, plain ``Conv2d``
-   modules kept as ``call_module`` leaves;
-2. :func:`~lowerconv.sites.find_conv_sites` lists the convolutions, and those left alone;
-3. :func:`~lowerconv.emit.emit_lowered_conv` splices a strategy's nodes in place of each one;
+1. :func:`~lowerconv.lowering.trace.trace` turns a (deep-copied) model into an FX graph, plain
+   ``Conv2d`` modules kept as ``call_module`` leaves;
+2. :func:`~lowerconv.lowering.sites.find_conv_sites` lists the convolutions, and those left alone;
+3. :func:`~lowerconv.lowering.emit.emit_lowered_conv` splices a strategy's nodes in place of each
+   one;
 4. the returned ``GraphModule`` gets the original's module tree back, with each ``Conv2d``
    swapped for a small lowered ``GraphModule`` that holds the same parameter objects, so
    ``state_dict()`` keys, order and values, tied parameters, and ``train()``/``eval()`` flags
@@ -24,8 +25,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from ..errors import LoweringError
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp, strategy_graph
-from .errors import LoweringError
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .runtime import (
     RuntimeLoweredConv,
@@ -79,26 +80,27 @@ def lower(
     first and never changed, unless ``inplace=True``: then the result shares its parameters and
     its ``Conv2d`` submodules are swapped for their lowered versions.
 
-    ``strategy`` picks the arithmetic (see :mod:`lowerconv.strategies`): ``"unfold"`` (default,
-    the faithful ``F.unfold`` + matmul + reshape), ``"auto"`` (the fastest, chosen per conv among
-    ``pointwise``, ``patchify``, ``depthwise``, ``nchw`` and ``nhwc``), or any one of
+    ``strategy`` picks the arithmetic (see :mod:`lowerconv.lowering.strategies`): ``"unfold"``
+    (default, the faithful ``F.unfold`` + matmul + reshape), ``"auto"`` (the fastest, chosen per
+    conv among ``pointwise``, ``patchify``, ``depthwise``, ``nchw`` and ``nhwc``), or any one of
     :data:`STRATEGY_NAMES` for every conv.  ``max_workspace_bytes`` caps every im2col buffer a
     lowered conv allocates: convs that need a larger one compute it in chunks of images or output
-    rows (:func:`lowerconv.strategies.run_in_chunks`).  ``leaf_modules`` (types or qualified names) are not
+    rows (:func:`lowerconv.lowering.strategies.run_in_chunks`).  ``leaf_modules`` (types or qualified names) are not
     traced into; ``concrete_args`` is passed to the tracer.
 
     Returns an ``fx.GraphModule`` (the *graph path*).  Where ``torch.fx`` cannot trace the whole
     model and ``example_inputs`` are given, it captures the model with ``torch.export`` (non-strict)
     on them and returns that one lowered ATen graph, specialised to their shapes, dtype, device
-    and train/eval mode (the *export path*, :mod:`lowerconv.export`).  Where that fails too, it
-    returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their
-    own and whose forward runs under run-time lowering, so every other ``F.conv2d`` call it makes
+    and train/eval mode (the *export path*, :mod:`lowerconv.lowering.export`).  Where that fails
+    too, it returns a copy of ``model`` whose ``Conv2d`` submodules are each lowered on their own
+    and whose forward runs under run-time lowering, so every other ``F.conv2d`` call it makes
     (a kernel built in ``forward``) runs as im2col + matmul too (the *fallback path*);
     ``strict=True`` raises :class:`LoweringError` instead of either.  An
-    ``ExportedProgram`` is lowered into another one (:func:`lowerconv.export.lower_program`).  ``leaf_modules`` are lowered at run
-    time the same way.  Either way :func:`lowerconv.lowering_record` tells what was done, and why;
-    run-time convs are listed there when ``example_inputs`` (a tensor or a tuple of the
-    model's positional arguments) are given to run the model on once.
+    ``ExportedProgram`` is lowered into another one
+    (:func:`lowerconv.lowering.export.lower_program`).  ``leaf_modules`` are lowered at run time the
+    same way.  Either way :func:`lowerconv.lowering_record` tells what was done, and why; run-time
+    convs are listed there when ``example_inputs`` (a tensor or a tuple of the model's positional
+    arguments) are given to run the model on once.
 
     Example, for ``nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())``, ``code`` before::
 

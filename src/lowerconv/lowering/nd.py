@@ -1,11 +1,11 @@
 """Every convolution kind through the same strategies: 1-D, 3-D and transposed convolutions.
 
-The strategies of :mod:`lowerconv.strategies` are written for 2-D convolutions, where most of
-the speed work went.  Each other kind reaches them, or their N-d form here, by arithmetic that
-is exact for any configuration:
+The strategies of :mod:`lowerconv.lowering.strategies` are written for 2-D convolutions, where most
+of the speed work went.  Each other kind reaches them, or their N-d form here, by arithmetic that is
+exact for any configuration:
 
 - **1-D** is 2-D on an input of height 1: ``unsqueeze`` the input and the weight, run the 2-D
-  strategy on :meth:`~lowerconv.spec.ConvSpec.lifted_to_2d`, ``squeeze`` the result.  Every
+  strategy on :meth:`~lowerconv.lowering.spec.ConvSpec.lifted_to_2d`, ``squeeze`` the result.  Every
   2-D strategy serves 1-D convolutions unchanged.
 - **3-D** (and any N-d) convolutions use the N-d im2col below: strided views
   (``Tensor.unfold`` along each spatial dimension) gathered into a column matrix, one matmul
@@ -19,7 +19,7 @@ is exact for any configuration:
   pixel, summed into the output by ``F.fold`` (1-D and 2-D) or by one strided slice-add per tap
   (:func:`col2im_nd`, 3-D).  With stride 1 a transposed convolution is also the plain
   convolution of its zero-padded input with the flipped, channel-swapped kernel
-  (:meth:`~lowerconv.spec.ConvSpec.equivalent_conv`); the fast strategies take that route,
+  (:meth:`~lowerconv.lowering.spec.ConvSpec.equivalent_conv`); the fast strategies take that route,
   where every 2-D/3-D strategy applies.
 
 No convolution op runs anywhere: unfold, fold, views, pads, matmul and slice-adds only.  As in
@@ -120,8 +120,9 @@ def im2col_conv_nd(
 ) -> torch.Tensor:
     """:func:`conv_nd` in chunks of images, then of output planes along the first spatial
     dimension, so that no chunk's im2col buffer exceeds ``max_workspace_bytes`` (with
-    ``cache_chunks``, on CPU, :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` either).  The
-    row-per-pixel form multiplies with :func:`~lowerconv.kernels.gemm`.  One graph node."""
+    ``cache_chunks``, on CPU, :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES`
+    either).  The row-per-pixel form multiplies with :func:`~lowerconv.lowering.kernels.gemm`.  One
+    graph node."""
     n = spec.ndim
     unbatched = input.dim() == n + 1
     if unbatched:
@@ -427,6 +428,8 @@ try:
     from torch.fx.graph import _register_custom_builtin
 
     for _name in _LEAVES:
-        _register_custom_builtin(_name, f"from lowerconv.nd import {_name}", globals()[_name])
+        _register_custom_builtin(
+            _name, f"from lowerconv.lowering.nd import {_name}", globals()[_name]
+        )
 except ImportError:  # private API; without it the code still runs, under a longer name
     pass

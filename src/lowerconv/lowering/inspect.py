@@ -5,7 +5,7 @@
 every node, and reads the shapes at each conv's ``input_node`` and ``output_node``.  On the
 fallback path the convs live in small lowered submodules; their inputs are captured with forward
 pre-hooks and each submodule is shape-propagated on its own.  The GEMM shape, FLOPs and im2col
-size come from :class:`~lowerconv.spec.ConvSpec` and the propagated input shape.
+size come from :class:`~lowerconv.lowering.spec.ConvSpec` and the propagated input shape.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tabulate import tabulate
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import LoweringError
+from ..errors import LoweringError
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .runtime import ConvCall, trace_conv_calls
 from .spec import ConvSpec, padding_text
@@ -69,7 +69,7 @@ class ConvRow:
     @property
     def im2col_bytes(self) -> int | None:
         """The largest im2col buffer this conv's strategy allocates (0: none; see
-        :func:`lowerconv.strategies.workspace_bytes`), for an inference run."""
+        :func:`lowerconv.lowering.strategies.workspace_bytes`), for an inference run."""
         bhw = self._batch_hw
         if self.spec is None or bhw is None or self.dtype is None:
             return None

@@ -5,7 +5,7 @@ computed from the input), run-time lowering sends a model's ``F.conv*`` calls he
 handy on their own, to compare strategies.  Each takes the matching ``torch.nn.functional``
 function's arguments plus ``padding_mode`` (non-transposed kinds), ``strategy`` and
 ``max_workspace_bytes``, and computes the same result by the strategies of
-:mod:`lowerconv.strategies`.
+:mod:`lowerconv.lowering.strategies`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import LoweringError
+from ..errors import LoweringError
 from .spec import ConvSpec, kind_of
 from .strategies import STRATEGIES, StrategyOptions, choose_strategy
 

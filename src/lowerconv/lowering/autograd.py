@@ -8,12 +8,12 @@ fast paths as inference) and gives the conv its textbook gradients:
 - ``db = dY.sum(N, OH, OW)``;
 - ``dW = dY @ colsᵀ``: per image, ``(C_out/g, OH*OW) @ (OH*OW, C/g*kh*kw)`` for each group, with
   the im2col columns *recomputed* chunk by chunk (never saved: the memory rule is the forward's
-  chunk limit, :func:`~lowerconv.kernels.chunk_limit`), so a training step keeps only what a
-  native conv keeps, the input and the weight;
+  chunk limit, :func:`~lowerconv.lowering.kernels.chunk_limit`), so a training step keeps only what
+  a native conv keeps, the input and the weight;
 - ``dX = col2im(Wᵀ @ dY)`` (``F.fold``), or, for a stride-1 one-group conv, the same thing
   computed as a convolution of ``dY`` with the flipped, transposed kernel, by one GEMM per
-  kernel tap on shifted views (:func:`~lowerconv.kernels.tap_gemms`, which hands small outputs
-  to the im2col GEMM);
+  kernel tap on shifted views (:func:`~lowerconv.lowering.kernels.tap_gemms`, which hands small
+  outputs to the im2col GEMM);
 - depthwise convs (one input channel per group): ``dW`` as one dot product per plane and tap
   and ``dX`` as the taps' shifted multiply-adds scattered back, both on flattened planes in
   blocks that stay in cache, with a strided conv's input split into its ``sh x sw`` phases so
@@ -21,7 +21,7 @@ fast paths as inference) and gives the conv its textbook gradients:
 
 No convolution op runs in either direction.  Only eager calls take this path: a tracer
 (torch.export, torch.compile) records the forward's plain ops and differentiates them itself,
-so a traced graph holds standard ops only (see :func:`~lowerconv.kernels._traced`).
+so a traced graph holds standard ops only (see :func:`~lowerconv.lowering.kernels._traced`).
 """
 
 from __future__ import annotations

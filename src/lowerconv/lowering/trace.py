@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from .errors import LoweringError
+from ..errors import LoweringError
 
 __all__ = [
     "CONV_MODULES",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from ..errors import LoweringError
 from .emit import META_KEY, Provenance
-from .errors import LoweringError
 from .record import LoweredConv
 
 __all__ = ["FreshArgs", "conv_subgraph", "provenance"]

@@ -1,8 +1,8 @@
 """Run-time kernels that the fast strategies call as single graph nodes.
 
-The strategies in :mod:`lowerconv.strategies` are traced into the model's graph op by op.  A few
-steps cannot be traced that way, because what they do depends on the tensors at run time; each
-is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
+The strategies in :mod:`lowerconv.lowering.strategies` are traced into the model's graph op by
+op.  A few steps cannot be traced that way, because what they do depends on the tensors at run
+time; each is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
 
 :func:`gemm`
     ``a @ b.T + bias``: the one matrix product of a lowered convolution.  On CPU in float32,
@@ -26,8 +26,8 @@ is one function here, kept a leaf of the graph with :func:`torch.fx.wrap`:
     planes that fit the cache.
 
 A call that needs a gradient (eager, float32 or float64) runs the same code with gradients off
-inside :class:`~lowerconv.autograd.GemmConv2d`, whose backward is GEMMs and col2im rather than
-autograd through the gathers; a tracer's call records the plain ops.
+inside :class:`~lowerconv.lowering.autograd.GemmConv2d`, whose backward is GEMMs and col2im rather
+than autograd through the gathers; a tracer's call records the plain ops.
 
 Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 """
@@ -522,8 +522,9 @@ def without_autograd(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None
 
 
 def _gemm_backward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether this call gets :class:`~lowerconv.autograd.GemmConv2d`'s backward: eager calls
-    that need a gradient, in a dtype its formulas serve (tracers differentiate the plain ops)."""
+    """Whether this call gets :class:`~lowerconv.lowering.autograd.GemmConv2d`'s backward: eager
+    calls that need a gradient, in a dtype its formulas serve (tracers differentiate the plain
+    ops)."""
     return (
         _needs_grad(input, weight, bias)
         and not recording_plain_ops()

@@ -5,7 +5,7 @@ plain Python (timm's ``Conv2dSame``), and whole models that ``torch.fx`` cannot 
 (type checks, data-dependent branches: most Hugging Face models, kornia's filters).  Both keep
 running their ``forward`` as written, under :class:`Im2colMode`, a ``TorchFunctionMode`` that
 sends every ``F.conv*``/``F.conv_transpose*`` call (of the lowering's kinds) to
-:func:`lowerconv.functional.convolution`: the same strategies as in a lowered graph, plain
+:func:`lowerconv.lowering.functional.convolution`: the same strategies as in a lowered graph, plain
 differentiable tensor ops (gradients reach whatever parameters built the kernel), and no
 convolution op.  Transposed convolution modules always run this way, because their output
 padding may come from ``output_size=`` at call time.

@@ -2,9 +2,10 @@
 
 Each strategy is a plain function ``(input, weight, bias, spec, options=None) -> output`` built
 only from unfold/view/reshape/matmul/add/pad: no convolution op anywhere.  The pass traces the
-chosen function with the conv's :class:`~lowerconv.spec.ConvSpec` (and :class:`StrategyOptions`)
-fixed and splices the resulting nodes into the model's graph, so what runs in the lowered model is
-exactly the code below, and each strategy can be tested against ``F.conv2d`` on its own.
+chosen function with the conv's :class:`~lowerconv.lowering.spec.ConvSpec` (and
+:class:`StrategyOptions`) fixed and splices the resulting nodes into the model's graph, so what runs
+in the lowered model is exactly the code below, and each strategy can be tested against ``F.conv2d``
+on its own.
 
 Every function indexes dimensions from the end, so one lowered graph serves batched ``(N, C, H,
 W)`` and unbatched ``(C, H, W)`` inputs, and any batch or spatial size: nothing about the
@@ -24,14 +25,15 @@ Strategies:
     Channels-last im2col: the input is copied once to ``(N, H, W, C)`` order (free if it is
     channels-last already), so that each patch is ``kh*kw`` contiguous runs of ``C`` values,
     gathered chunk by chunk (of images or output rows, at most
-    :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
-    :func:`~lowerconv.kernels.gemm`, oneDNN's matmul on CPU float32.  One graph node,
-    :func:`~lowerconv.kernels.im2col_gemm`, does the chunked part.  Grouped convs: ``nchw``.
+    :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
+    :func:`~lowerconv.lowering.kernels.gemm`, oneDNN's matmul on CPU float32.  One graph node,
+    :func:`~lowerconv.lowering.kernels.im2col_gemm`, does the chunked part.  Grouped convs:
+    ``nchw``.
 ``taps``
     No im2col at all: a conv is the sum over its ``kh*kw`` kernel taps of ``W[:, :, i, j]
     (C_out, C) @`` a shifted view of the flattened, padded input (split into its stride's
     phases first, one copy), one GEMM per tap and image (a batched one per group) added in
-    place into a "wide" output (:func:`~lowerconv.kernels.tap_gemms`).  On CPU, a one-group
+    place into a "wide" output (:func:`~lowerconv.lowering.kernels.tap_gemms`).  On CPU, a one-group
     conv with an output under 28x28 pixels runs ``nhwc``'s im2col instead (its GEMMs would be
     too thin).  Depthwise convs: ``depthwise``.
 ``nchw``
@@ -40,18 +42,18 @@ Strategies:
     output directly (no transposes).  For grouped convs and patches of few values.
 ``pointwise``
     A 1x1 convolution is a matmul on a reshape: ``weight (C_out, C) @ input (N, C, H*W)``, one
-    GEMM per image on the planes as they lie (:func:`~lowerconv.kernels.pointwise_gemm`), and
-    the output is already ``(N, C_out, H*W)``; a strided one slices the input first.  Other
+    GEMM per image on the planes as they lie (:func:`~lowerconv.lowering.kernels.pointwise_gemm`),
+    and the output is already ``(N, C_out, H*W)``; a strided one slices the input first.  Other
     kernels: ``nhwc``.
 ``patchify``
     Kernel equal to stride with no padding (a ViT patch embedding): the input is split into
     patches by reshape + permute (one copy of the input, no overlap) and multiplied by
-    :func:`~lowerconv.kernels.gemm`.  Other configurations: ``nhwc``.
+    :func:`~lowerconv.lowering.kernels.gemm`.  Other configurations: ``nhwc``.
 ``depthwise``
     ``groups == in_channels`` (with any channel multiplier): the sum over the ``kh*kw`` kernel
     taps of a shifted view of the input times a per-channel weight
-    (:func:`~lowerconv.kernels.depthwise_taps`), so there is no ``kh*kw``-times buffer at all.
-    Other configurations: ``nhwc``.
+    (:func:`~lowerconv.lowering.kernels.depthwise_taps`), so there is no ``kh*kw``-times buffer at
+    all.  Other configurations: ``nhwc``.
 ``auto`` (not a function here)
     :func:`choose_strategy` picks one of the above per convolution, by rule.
 
@@ -171,8 +173,9 @@ def run_in_chunks(
 ) -> torch.Tensor:
     """The convolution by ``strategy``, computed chunk by chunk of images or output rows so that
     no chunk's im2col buffer (``pixels * in_channels*kh*kw`` values) exceeds
-    ``max_workspace_bytes`` (see :func:`~lowerconv.kernels.plan_chunks`); with
-    ``cache_chunks``, on CPU, not :data:`~lowerconv.kernels.DEFAULT_WORKSPACE_BYTES` either.
+    ``max_workspace_bytes`` (see :func:`~lowerconv.lowering.kernels.plan_chunks`); with
+    ``cache_chunks``, on CPU, not :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES`
+    either.
 
     The input is padded once; each chunk of it (with the rows the kernel overlaps) runs through
     the strategy's eager arithmetic with a spec that pads nothing, into its place in the output.
@@ -185,7 +188,7 @@ def run_in_chunks(
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
     unpadded = replace(spec, pad=(0, 0, 0, 0), padding_mode="zeros")
     if _gemm_backward(input, weight, bias):
-        # Gradients by GEMMs and col2im (lowerconv.autograd), not through the chunk loop.
+        # Gradients by GEMMs and col2im (lowerconv.lowering.autograd), not through the chunk loop.
         limit = chunk_limit(input.device, max_workspace_bytes)
         geometry = ConvGeometry(
             spec.kernel_size, spec.stride, spec.dilation, (0, 0, 0, 0), spec.groups, limit
@@ -316,7 +319,7 @@ def taps_conv2d(
 ) -> torch.Tensor:
     """A conv as one GEMM per kernel tap on shifted views of the padded input (split into its
     stride's phases first), summed in place (one graph node,
-    :func:`~lowerconv.kernels.tap_gemms`): no im2col buffer."""
+    :func:`~lowerconv.lowering.kernels.tap_gemms`): no im2col buffer."""
     if spec.is_depthwise:
         return depthwise_conv2d(input, weight, bias, spec, options)
     input, zero_pad = _pad_unless_zeros(input, spec)
@@ -469,7 +472,7 @@ def depthwise_conv2d(
     options: StrategyOptions | None = None,
 ) -> torch.Tensor:
     """``groups == in_channels``: the sum over kernel taps of shifted input views times weights
-    (:func:`~lowerconv.kernels.depthwise_taps`): ``kh*kw`` multiply-adds over output-sized
+    (:func:`~lowerconv.lowering.kernels.depthwise_taps`): ``kh*kw`` multiply-adds over output-sized
     tensors, and no im2col buffer at all."""
     if not spec.is_depthwise:
         return nhwc_conv2d(input, weight, bias, spec, options)
@@ -519,7 +522,8 @@ def other_kind(
     spec: ConvSpec,
     options: StrategyOptions | None = None,
 ) -> torch.Tensor:
-    """Strategy ``name`` for a 1-D, 3-D or transposed convolution (see :mod:`lowerconv.nd`).
+    """Strategy ``name`` for a 1-D, 3-D or transposed convolution (see
+    :mod:`lowerconv.lowering.nd`).
 
     - transposed, stride 1, any strategy but ``unfold``: the plain convolution of the padded
       (or cropped) input with the flipped, channel-swapped kernel, by the same strategy;
@@ -716,12 +720,12 @@ def _workspace_bytes_2d(
     (``pointwise`` on a 3x3 kernel runs ``nhwc``, ``nhwc`` on a grouped conv runs ``nchw``...):
     ``depthwise`` and ``pointwise`` build none (0); ``unfold``, ``strided`` and ``patchify`` the
     whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
-    (:func:`~lowerconv.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs (CPU,
-    float32) a ``kw``-wide buffer ``kh`` times smaller; ``taps`` none where it runs its tap
+    (:func:`~lowerconv.lowering.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs
+    (CPU, float32) a ``kw``-wide buffer ``kh`` times smaller; ``taps`` none where it runs its tap
     GEMMs (grouped convs, and on CPU one-group convs with outputs of at least 28x28 pixels),
     else ``nhwc``'s.
     ``needs_grad`` changes none of it: a conv that needs a gradient runs this same forward with gradients off, and its backward
-    (:mod:`lowerconv.autograd`) recomputes the columns in chunks under the same limit.
+    (:mod:`lowerconv.lowering.autograd`) recomputes the columns in chunks under the same limit.
     """
     strategy = strategy.split(" (")[0]  # "unfold (run time)" -> "unfold"
     if strategy == "auto":
@@ -791,14 +795,14 @@ _NCHW_PATCHIFY_VALUES = 1024
 # Each is one readable node in the lowered graph (shape arithmetic, a GEMM, a chunked loop),
 # printed in generated code under its own name with an import rather than a mangled global.
 _LEAVES = {
-    "conv_output_width": "lowerconv.strategies",
-    "conv_output_height": "lowerconv.strategies",
-    "depthwise_taps": "lowerconv.kernels",
-    "gemm": "lowerconv.kernels",
-    "im2col_gemm": "lowerconv.kernels",
-    "pointwise_gemm": "lowerconv.kernels",
-    "tap_gemms": "lowerconv.kernels",
-    "run_in_chunks": "lowerconv.strategies",
+    "conv_output_width": "lowerconv.lowering.strategies",
+    "conv_output_height": "lowerconv.lowering.strategies",
+    "depthwise_taps": "lowerconv.lowering.kernels",
+    "gemm": "lowerconv.lowering.kernels",
+    "im2col_gemm": "lowerconv.lowering.kernels",
+    "pointwise_gemm": "lowerconv.lowering.kernels",
+    "tap_gemms": "lowerconv.lowering.kernels",
+    "run_in_chunks": "lowerconv.lowering.strategies",
 }
 for _name in _LEAVES:
     torch.fx.wrap(_name)
@@ -808,6 +812,6 @@ try:
     for _name, _module in _LEAVES.items():
         _register_custom_builtin(_name, f"from {_module} import {_name}", globals()[_name])
     # run_in_chunks takes the spec itself, which generated code then builds as ``ConvSpec(...)``.
-    _register_custom_builtin("ConvSpec", "from lowerconv.spec import ConvSpec", ConvSpec)
+    _register_custom_builtin("ConvSpec", "from lowerconv.lowering.spec import ConvSpec", ConvSpec)
 except ImportError:  # private API; without it the code still runs, under a longer name
     pass

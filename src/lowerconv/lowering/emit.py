@@ -179,8 +179,8 @@ def emit_dynamic_conv(
     options: StrategyOptions = DEFAULT_OPTIONS,
     kind: str = "conv2d",
 ) -> fx.Node:
-    """One call to :func:`lowerconv.functional.convolution` for a weight whose shape is only
-    known at run time (computed from the input); it lowers with ``strategy`` when it runs."""
+    """One call to :func:`lowerconv.lowering.functional.convolution` for a weight whose shape is
+    only known at run time (computed from the input); it lowers with ``strategy`` when it runs."""
     from .functional import convolution
 
     kwargs = dict(conv_args, strategy=strategy)
