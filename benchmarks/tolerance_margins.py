@@ -28,7 +28,7 @@ import torchvision
 from torch import nn
 
 import lowerconv
-from lowerconv.verify import verify
+from lowerconv.verification.verify import verify
 
 # (name, model factory, batch size): the float32 cases of tests/test_verify.py
 MODELS: list[tuple[str, Callable[[], nn.Module], int]] = [

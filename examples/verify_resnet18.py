@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import lowerconv
-from lowerconv.verify import verify
+from lowerconv.verification.verify import verify
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--image-size", type=int, default=64)

@@ -1,4 +1,5 @@
-"""lowerconv.metrics: the comparison math, checked against PyTorch's (and numpy's) own."""
+"""lowerconv.verification.metrics: the comparison math, checked against PyTorch's (and numpy's)
+own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lowerconv.metrics import (
+from lowerconv.verification.metrics import (
     DEFAULT_TOLERANCES,
     TensorDiff,
     Tolerance,

@@ -22,9 +22,9 @@ from torch import fx, nn
 
 import lowerconv
 from lowerconv.errors import LoweringError
-from lowerconv.report import SCHEMA, VerificationReport
 from lowerconv.testing import assert_lowering_close
-from lowerconv.verify import VerificationError, pinned_precision, verify
+from lowerconv.verification.report import SCHEMA, VerificationReport
+from lowerconv.verification.verify import VerificationError, pinned_precision, verify
 
 ROOT = Path(__file__).parent.parent
 CUDA = torch.cuda.is_available()

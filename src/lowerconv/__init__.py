@@ -10,17 +10,17 @@ The pass, :mod:`lowerconv.lowering`, in the order data flows through it:
 - :mod:`~.lowering.lower`       :func:`lower`, the whole pass; :mod:`~.lowering.record` what it did
 - :mod:`~.lowering.export`      the export tier, ``lower(ExportedProgram)``, ONNX, ``.pt2`` files
 
-Then the proof and the tools around it:
+Then the proof, :mod:`lowerconv.verification`, and the tools around it:
 
-- :mod:`lowerconv.verify`       :func:`verify`: the verdict, and the end-to-end output checks
-- :mod:`lowerconv.devices`      devices; the native, oracle and lowered copies on each; forwards
-- :mod:`lowerconv.determinism`  pinned precision flags, seeds, dropout masks matched across copies
-- :mod:`lowerconv.layer_checks` each lowered conv against the original's, on the same input
-- :mod:`lowerconv.timing`       A/B interleaved timing and CUDA peak memory
-- :mod:`lowerconv.report`       :class:`VerificationReport`: tables, Markdown, versioned JSON
-- :mod:`lowerconv.testing`      ``assert_lowering_close`` for users' test suites
-- :mod:`lowerconv.cli`          the ``lowerconv`` command (``verify``, ``graph``, ``export``...)
-- :mod:`lowerconv.errors`       :class:`LoweringError` and :class:`VerificationError`
+- :mod:`~.verification.verify`       :func:`verify`: the verdict, and the end-to-end checks
+- :mod:`~.verification.devices`      the native, oracle and lowered copies on each device
+- :mod:`~.verification.determinism`  pinned precision flags, seeds, matched dropout masks
+- :mod:`~.verification.layer_checks` each lowered conv against the original's, on the same input
+- :mod:`~.verification.timing`       A/B interleaved timing and CUDA peak memory
+- :mod:`~.verification.report`       :class:`VerificationReport`: tables, Markdown, versioned JSON
+- :mod:`lowerconv.testing`           ``assert_lowering_close`` for users' test suites
+- :mod:`lowerconv.cli`               the ``lowerconv`` command (``verify``, ``graph``, ``zoo``...)
+- :mod:`lowerconv.errors`            :class:`LoweringError` and :class:`VerificationError`
 
 The 0.1 module paths (``lowerconv.strategies``...) still import: see :mod:`lowerconv._aliases`.
 """
@@ -32,8 +32,8 @@ from .errors import LoweringError, VerificationError
 from .lowering.lower import STRATEGY_NAMES, lower
 from .lowering.record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .lowering.spec import KINDS, ConvSpec
-from .report import VerificationReport
-from .verify import verify
+from .verification.report import VerificationReport
+from .verification.verify import verify
 
 __version__ = "0.1.0"
 

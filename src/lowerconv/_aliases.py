@@ -56,6 +56,20 @@ MOVED: dict[str, str] = {
             "inspect",
         )
     },
+    **{
+        name: f"{PACKAGE}.verification.{name}"
+        for name in (
+            "verify",
+            "layer_checks",
+            "audit",
+            "timing",
+            "determinism",
+            "devices",
+            "metrics",
+            "report",
+            "junit",
+        )
+    },
 }
 
 

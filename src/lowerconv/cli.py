@@ -481,7 +481,7 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.train:
         resolved.model.train()
     lowered = _lower(resolved, args, progress)
-    from .verify import verify  # only this command pays for importing the verifier
+    from .verification.verify import verify  # only this command pays for importing the verifier
 
     dtype = DTYPES[args.dtype] if args.dtype else resolved.preferred_dtype or torch.float32
     if args.dtype is None and resolved.preferred_dtype is not None:
@@ -513,7 +513,7 @@ def run_verify(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(report.to_markdown().rstrip("\n") + "\n")
         progress(f"wrote {args.markdown}")
     if args.junit_xml is not None:
-        from .junit import verification_junit
+        from .verification.junit import verification_junit
 
         Path(args.junit_xml).write_text(verification_junit(report, model=resolved.spec))
         progress(f"wrote {args.junit_xml}")
@@ -671,7 +671,7 @@ def _write_zoo_report(report, args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(report.to_markdown())
         _progress(f"wrote {args.markdown}")
     if args.junit_xml is not None:
-        from .junit import zoo_junit
+        from .verification.junit import zoo_junit
 
         Path(args.junit_xml).write_text(zoo_junit(report))
         _progress(f"wrote {args.junit_xml}")

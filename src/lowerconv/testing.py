@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from .errors import VerificationError
-from .report import VerificationReport
-from .verify import verify
+from .verification.report import VerificationReport
+from .verification.verify import verify
 
 __all__ = ["VerificationError", "assert_lowering_close"]
 

@@ -452,7 +452,7 @@ def run_zoo(
     import torchvision
 
     from .lowering.lower import lower
-    from .verify import verify
+    from .verification.verify import verify
 
     say = progress or (lambda message: None)
     started = time.perf_counter()

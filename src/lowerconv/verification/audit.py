@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .lowering.record import SkippedConv
-from .lowering.runtime import ModuleLocator
-from .lowering.spec import KINDS
+from ..lowering.record import SkippedConv
+from ..lowering.runtime import ModuleLocator
+from ..lowering.spec import KINDS
 
 __all__ = ["ConvOpAudit", "ConvOpRun", "conv_op_kind"]
 

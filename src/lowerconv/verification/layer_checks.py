@@ -5,7 +5,8 @@ lowered nodes, the native conv and the float64 oracle's conv all run on the inpu
 model gives that conv; the lowered output's error and the native one's, both against the
 oracle, are judged by the same rule as the outputs (the *local* error).  The *accumulated*
 error is each model's own value at that conv's output against the oracle's.  Each conv becomes
-one :class:`~lowerconv.report.LayerCheck`: ``pass``, ``fail`` or ``unchecked`` with the reason.
+one :class:`~lowerconv.verification.report.LayerCheck`: ``pass``, ``fail`` or ``unchecked`` with the
+reason.
 
 Two paths, as the pass took them:
 
@@ -32,16 +33,16 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
+from ..errors import LoweringError
+from ..lowering.functional import convolution
+from ..lowering.record import LoweredConv
+from ..lowering.runtime import ConvCall
+from ..lowering.spec import ConvSpec
+from ..lowering.strategies import workspace_bytes
+from ..lowering.subgraph import FreshArgs, conv_subgraph, provenance
+from ..lowering.trace import trace
 from .determinism import seed_generators
 from .devices import to_float64
-from .errors import LoweringError
-from .lowering.functional import convolution
-from .lowering.record import LoweredConv
-from .lowering.runtime import ConvCall
-from .lowering.spec import ConvSpec
-from .lowering.strategies import workspace_bytes
-from .lowering.subgraph import FreshArgs, conv_subgraph, provenance
-from .lowering.trace import trace
 from .metrics import Tolerance, compare, judge
 from .report import LayerCheck
 

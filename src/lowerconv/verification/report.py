@@ -15,8 +15,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ..errors import VerificationError
 from .audit import ConvOpRun
-from .errors import VerificationError
 from .metrics import Judgement, TensorDiff, Tolerance
 
 __all__ = [

@@ -20,8 +20,8 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..zoo import ZooReport
     from .report import VerificationReport
-    from .zoo import ZooReport
 
 __all__ = ["verification_junit", "zoo_junit"]
 

@@ -19,8 +19,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from ..errors import LoweringError
 from .determinism import PromoteToFloat64, seed_generators
-from .errors import LoweringError
 
 __all__ = [
     "cast_inputs",

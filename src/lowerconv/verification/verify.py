@@ -7,7 +7,8 @@ original in float64, the ground truth).  Then:
 1. **End to end.**  All three run on the same inputs, each after the same seed, so dropout masks
    match.  Every tensor leaf of the output (tuples, dicts, namedtuples) is compared with the
    oracle's, for the native and the lowered model; the lowered model passes when its error is
-   within a small factor of the native model's plus a dtype floor (:func:`lowerconv.metrics.judge`).
+   within a small factor of the native model's plus a dtype floor
+   (:func:`lowerconv.verification.metrics.judge`).
 2. **Per layer.**  Each lowered conv, found through the pass's ``node.meta["lowerconv"]``
    provenance (:func:`~lowerconv.lowering.subgraph.conv_subgraph`), runs on the input the original
    model gives that conv; its output is compared with the original conv's in the native dtype and in
@@ -21,9 +22,9 @@ Precision flags (TF32, reduced-precision reductions) are pinned while verifying 
 after; RNG state is forked and restored.  ``docs/verification.md`` documents it all.
 
 This module holds the verdict: :func:`verify`, the end-to-end checks of step 1 and the report's
-assembly.  Step 2 is :mod:`lowerconv.layer_checks`, step 3 :mod:`lowerconv.timing`;
-:mod:`lowerconv.devices` makes and runs the copies, :mod:`lowerconv.determinism` pins precision
-and randomness, and :mod:`lowerconv.report` is the result.
+assembly.  In :mod:`lowerconv.verification`, step 2 is :mod:`~.layer_checks` and step 3
+:mod:`~.timing`; :mod:`~.devices` makes and runs the copies, :mod:`~.determinism` pins precision
+and randomness, and :mod:`~.report` is the result.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from ..errors import LoweringError, VerificationError
+from ..lowering.lower import lower, normalize_example_inputs
+from ..lowering.record import LoweringRecord, lowering_record
+from ..lowering.runtime import ConvCall, trace_conv_calls
+from ..lowering.spec import KINDS
 from .audit import ConvOpAudit
 from .determinism import MatchedRandomness, pinned_precision, preserved_rng
 from .devices import (
@@ -50,17 +56,12 @@ from .devices import (
     oracle_forward,
     resolve_devices,
 )
-from .errors import LoweringError, VerificationError
 from .layer_checks import (
     ModuleCapture,
     check_fallback_layers,
     check_graph_layers,
     check_runtime_layers,
 )
-from .lowering.lower import lower, normalize_example_inputs
-from .lowering.record import LoweringRecord, lowering_record
-from .lowering.runtime import ConvCall, trace_conv_calls
-from .lowering.spec import KINDS
 from .metrics import Tolerance, compare, default_tolerance, judge
 from .report import DeviceRun, OutputCheck, VerificationReport
 from .timing import time_forward
@@ -101,22 +102,23 @@ def verify(
     against: Sequence[str] = (),
 ) -> VerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
-    computes what ``model`` computes; return a :class:`~lowerconv.report.VerificationReport`.
+    computes what ``model`` computes; return a
+    :class:`~lowerconv.verification.report.VerificationReport`.
 
     ``example_inputs`` is a tuple of tensors (or one tensor) that ``model`` accepts; floating
     point inputs are cast to ``dtype``.  ``device`` is ``"cpu"``, ``"cuda"``, ``"all"`` (both)
     or a list; a CUDA device that is not available is skipped with the reason in
     ``report.devices_skipped``, not an error.  ``rtol``/``atol``/``factor`` override the
-    per-dtype defaults of :data:`lowerconv.metrics.DEFAULT_TOLERANCES`.  ``timing=False`` skips
-    timing; ``per_layer=False`` skips the per-layer checks.  ``seed`` is set before every forward
-    so dropout matches between models.  ``progress`` gets one line per step.  ``allow_tf32=True``
+    per-dtype defaults of :data:`~.metrics.DEFAULT_TOLERANCES`.  ``timing=False`` skips timing;
+    ``per_layer=False`` skips the per-layer checks.  ``seed`` is set before every forward so
+    dropout matches between models.  ``progress`` gets one line per step.  ``allow_tf32=True``
     leaves TF32 on (it is off while verifying by default).  ``lower_options`` (e.g.
     ``leaf_modules``, ``concrete_args``, ``strict``) are passed to :func:`lowerconv.lower` and to
-    the re-trace of the original the per-layer checks use: pass the options the lowered model
-    was made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what
-    ``lowerconv export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
-    export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more
-    row each, judged against the float64 oracle by the same rule.
+    the re-trace of the original the per-layer checks use: pass the options the lowered model was
+    made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what ``lowerconv
+    export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
+    export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more row
+    each, judged against the float64 oracle by the same rule.
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -209,7 +211,7 @@ def _versions(model: nn.Module) -> dict[str, str]:
     """lowerconv, torch, Python, torchvision, and the library ``model``'s class comes from."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__  # the package imports this module: import it when it is done
+    from .. import __version__  # the package imports this module: import it when it is done
 
     versions = {
         "lowerconv": __version__,
@@ -385,7 +387,7 @@ def _export_capture(module: nn.Module, inputs: tuple) -> Any:
     """The export tier's capture of the original, for its per-layer checks: node names are the
     lowered graph's for every node the pass left alone.  A copy: export may leave attributes a
     forward assigns (ultralytics' anchors) as fake tensors on the module it ran."""
-    from .lowering.export import capture
+    from ..lowering.export import capture
 
     return capture(
         copy_to(module, inputs[0].device, _dtype_of(inputs), "the model"), inputs
@@ -424,7 +426,7 @@ def _check_artifacts(
     """One :class:`OutputCheck` per output tensor of each exported artifact (``onnx`` rows are
     run by onnxruntime), the artifact's value against the oracle's, judged like the lowered
     model's.  An artifact that cannot be made or run is one failing row that says why."""
-    from .lowering.export import export_lowered, run_artifact
+    from ..lowering.export import export_lowered, run_artifact
 
     if dev.type != "cpu":
         return []
