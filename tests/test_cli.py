@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowerconv import __version__, realworld
+from lowerconv import __version__
 from lowerconv.cli import main
+from lowerconv.models import realworld
 
 TINY_SOURCE = textwrap.dedent(
     """

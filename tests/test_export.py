@@ -26,7 +26,7 @@ from lowerconv.lowering.export import (
     write_artifact,
 )
 from lowerconv.lowering.inspect import lowered_code
-from lowerconv.realworld import REALWORLD_MODELS
+from lowerconv.models.realworld import REALWORLD_MODELS
 
 ONNX_MISSING = 'ONNX export needs the onnx extra: pip install -e ".[onnx]"'
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from lowerconv import realworld
 from lowerconv.errors import LoweringError
 from lowerconv.models import (
     default_image_size,
     load_weights,
+    realworld,
     resolve_model,
     suggest_model_names,
     torchvision_models,
 )
-from lowerconv.realworld import REALWORLD_MODELS
+from lowerconv.models.realworld import REALWORLD_MODELS
 
 FACTORY_SOURCE = textwrap.dedent(
     """

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
-from lowerconv.realworld import LIBRARIES, REALWORLD_MODELS, RealWorldModel
+from lowerconv.models.realworld import LIBRARIES, REALWORLD_MODELS, RealWorldModel
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 import lowerconv
-from lowerconv import realworld
 from lowerconv.cli import main
-from lowerconv.models import resolve_model
-from lowerconv.realworld import REALWORLD_MODELS, available_libraries
-from lowerconv.zoo import (
+from lowerconv.models import realworld, resolve_model
+from lowerconv.models.realworld import REALWORLD_MODELS, available_libraries
+from lowerconv.models.zoo import (
     LARGE_MODELS,
     ZooReport,
     ZooRow,

@@ -18,6 +18,7 @@ Then the proof, :mod:`lowerconv.verification`, and the tools around it:
 - :mod:`~.verification.layer_checks` each lowered conv against the original's, on the same input
 - :mod:`~.verification.timing`       A/B interleaved timing and CUDA peak memory
 - :mod:`~.verification.report`       :class:`VerificationReport`: tables, Markdown, versioned JSON
+- :mod:`lowerconv.models`            the model sources: MODEL names and files, the zoo run
 - :mod:`lowerconv.testing`           ``assert_lowering_close`` for users' test suites
 - :mod:`lowerconv.cli`               the ``lowerconv`` command (``verify``, ``graph``, ``zoo``...)
 - :mod:`lowerconv.errors`            :class:`LoweringError` and :class:`VerificationError`

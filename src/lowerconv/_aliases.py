@@ -70,6 +70,8 @@ MOVED: dict[str, str] = {
             "junit",
         )
     },
+    "realworld": f"{PACKAGE}.models.realworld",
+    "zoo": f"{PACKAGE}.models.zoo",
 }
 
 

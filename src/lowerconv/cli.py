@@ -25,7 +25,7 @@ from .errors import LoweringError
 from .lowering.lower import STRATEGY_NAMES, lower
 from .lowering.record import lowering_record
 from .lowering.spec import KINDS
-from .models import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
+from .models.resolve import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 
 __all__ = ["cli_hints", "main"]
 
@@ -576,7 +576,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from .realworld import LIBRARIES, realworld_models
+    from .models.realworld import LIBRARIES, realworld_models
 
     by_category: dict[str, list[str]] = {}
     for name, category in torchvision_models().items():
@@ -605,7 +605,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
-    from .zoo import ZooReport, run_zoo, select_models, shard
+    from .models.zoo import ZooReport, run_zoo, select_models, shard
 
     for option, path in _report_paths(args):
         _check_writable(option, path)
@@ -649,7 +649,7 @@ def run_zoo_command(args: argparse.Namespace) -> int:
 
 
 def _read_zoo_report(path: str):
-    from .zoo import ZooReport
+    from .models.zoo import ZooReport
 
     try:
         return ZooReport.from_dict(json.loads(Path(path).read_text()))

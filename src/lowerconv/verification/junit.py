@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..zoo import ZooReport
+    from ..models.zoo import ZooReport
     from .report import VerificationReport
 
 __all__ = ["verification_junit", "zoo_junit"]

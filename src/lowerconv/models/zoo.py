@@ -5,7 +5,7 @@ downloads), lowers it, verifies it against a float64 oracle with :func:`lowercon
 collects one :class:`ZooRow` per model.  ``docs/zoo.md`` is :meth:`ZooReport.to_markdown` of a
 full run, committed.
 
-The real-world models of :mod:`lowerconv.realworld` (transformers, diffusers,
+The real-world models of :mod:`lowerconv.models.realworld` (transformers, diffusers,
 segmentation_models_pytorch, ultralytics, kornia) join as one category per library,
 :data:`REALWORLD_CATEGORIES`, for the libraries that are installed.  They run when asked for by
 category or by name; a run that names neither stays the torchvision zoo.
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tabulate import tabulate
 
-from .errors import LoweringError
-from .models import CATEGORIES, resolve_model, suggest_model_names, torchvision_models
+from ..errors import LoweringError
 from .realworld import LIBRARIES, REALWORLD_MODELS, available_libraries, realworld_models
+from .resolve import CATEGORIES, resolve_model, suggest_model_names, torchvision_models
 
 __all__ = [
     "CATEGORIES",
@@ -451,8 +451,8 @@ def run_zoo(
     """
     import torchvision
 
-    from .lowering.lower import lower
-    from .verification.verify import verify
+    from ..lowering.lower import lower
+    from ..verification.verify import verify
 
     say = progress or (lambda message: None)
     started = time.perf_counter()

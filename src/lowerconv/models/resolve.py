@@ -6,7 +6,7 @@ Four spellings are accepted:
   seed, in eval mode, with inputs shaped for its category (images, video clips, image pairs);
 - a real-world model name (``hf_resnet``, ``diffusers_unet2d``...): a model from transformers,
   diffusers, segmentation_models_pytorch, ultralytics or kornia, built from a small config with
-  random weights by :mod:`lowerconv.realworld`, with that entry's own example inputs;
+  random weights by :mod:`lowerconv.models.realworld`, with that entry's own example inputs;
 - ``package.module:factory``: ``factory()`` is imported and called;
 - ``path/to/file.py:factory``: the file is loaded with :func:`importlib.util.spec_from_file_location`
   and ``factory()`` called.
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import LoweringError
+from ..errors import LoweringError
 from .realworld import REALWORLD_MODELS
 
 __all__ = [

@@ -14,7 +14,7 @@ from a fixed seed, shrunk until it lowers and verifies in seconds on one CPU thr
 sizes, one or two blocks per stage, 64x64 images.  The libraries are the optional extra ``zoo``
 (``pip install -e ".[zoo]"``) and are imported only when a model is built:
 :func:`realworld_models` lists the models whose library is installed, and
-:func:`lowerconv.models.resolve_model` and :mod:`lowerconv.zoo` accept their names.
+:func:`lowerconv.models.resolve_model` and :mod:`lowerconv.models.zoo` accept their names.
 
     >>> entry = realworld_models()["hf_resnet"]
     >>> model, inputs = entry.build()  # eval mode, seed 0
@@ -31,7 +31,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from .errors import LoweringError
+from ..errors import LoweringError
 
 __all__ = [
     "LIBRARIES",
