@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import time_interleaved
 
-import lowerconv.lowering.kernels
+import lowerconv.lowering.plain_kernels
 from lowerconv.lowering.spec import ConvSpec
 from lowerconv.lowering.strategies import STRATEGIES, choose_strategy
 
@@ -96,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # Measure the tap GEMMs themselves, not their small-output fallback.
-    lowerconv.lowering.kernels._TAPS_MIN_PIXELS = 0
+    lowerconv.lowering.plain_kernels.TAPS_MIN_PIXELS = 0
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {args.threads} thread(s), median of")
     print(f"{args.repeats} interleaved rounds, lowered/native\n")

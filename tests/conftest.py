@@ -30,19 +30,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def gemm_engine(request, monkeypatch):
     """Run a test under each CPU GEMM engine the kernels choose between (``torch.matmul``, and
     oneDNN's matmul where this torch has it), whichever this machine picks by default."""
-    from lowerconv.lowering import kernels
+    from lowerconv.lowering import engine
 
-    if request.param == "onednn" and not kernels._onednn_linear_available():
+    if request.param == "onednn" and not engine.onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear op")
-    monkeypatch.setattr(kernels, "_ONEDNN", request.param == "onednn")
+    monkeypatch.setattr(engine, "ONEDNN", request.param == "onednn")
     return request.param
 
 
 @pytest.fixture
 def onednn_gemm(monkeypatch):
     """oneDNN's GEMM engine, for the tests of the code only it runs."""
-    from lowerconv.lowering import kernels
+    from lowerconv.lowering import engine
 
-    if not kernels._onednn_linear_available():
+    if not engine.onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear op")
-    monkeypatch.setattr(kernels, "_ONEDNN", True)
+    monkeypatch.setattr(engine, "ONEDNN", True)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lowerconv.lowering.kernels as kernels
+from lowerconv.lowering import kernels, plain_kernels
 
 
 def _force(monkeypatch, path: str) -> None:
@@ -25,10 +25,10 @@ def _force(monkeypatch, path: str) -> None:
     def wrong_path(*args, **kwargs):
         raise AssertionError(f"{other} ran where {path} was forced")
 
-    monkeypatch.setattr(kernels, other, wrong_path)
+    monkeypatch.setattr(plain_kernels, other, wrong_path)
     threshold = 0 if path == "planes" else 2**62
-    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", threshold)
-    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", threshold)
+    monkeypatch.setattr(plain_kernels, "SMALL_KERNEL_MIN_PIXELS", threshold)
+    monkeypatch.setattr(plain_kernels, "PLANAR_MIN_PIXELS", threshold)
 
 
 @pytest.fixture(params=["planes", "channels_last"])
@@ -41,13 +41,13 @@ def path(request, monkeypatch):
 def channels_last_path(monkeypatch):
     # Half precision and calls that autograd must record never run planar: thresholds of 0
     # still send them channels-last (and the planar path fails if it runs).
-    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
-    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "PLANAR_MIN_PIXELS", 0)
 
     def wrong_path(*args, **kwargs):
         raise AssertionError("_depthwise_planes ran on a half-precision or recorded call")
 
-    monkeypatch.setattr(kernels, "_depthwise_planes", wrong_path)
+    monkeypatch.setattr(plain_kernels, "_depthwise_planes", wrong_path)
 
 
 def _reference(x, weight, bias, stride, dilation, zero_pad):
@@ -111,9 +111,9 @@ def test_padding_wider_than_the_kernel_leaves_zeros_where_no_tap_reaches(path):
 
 def test_planes_in_several_blocks(monkeypatch):
     # Blocks of a few planes each: the block loop's offsets into the planes and the taps.
-    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
-    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
-    monkeypatch.setattr(kernels, "_PLANAR_BLOCK_BYTES", 3 * (9 * 9 + 2 * 9 * 9) * 8)
+    monkeypatch.setattr(plain_kernels, "SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "PLANAR_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "PLANAR_BLOCK_BYTES", 3 * (9 * 9 + 2 * 9 * 9) * 8)
     x = torch.randn(3, 5, 9, 9, dtype=torch.float64)
     weight = torch.randn(10, 1, 3, 3, dtype=torch.float64)
     got = kernels.depthwise_taps(x, weight, None, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
@@ -133,8 +133,8 @@ def test_half_precision_is_summed_in_float32(channels_last_path, dtype):
 def test_a_gradient_through_the_taps_when_autograd_must_record_them(monkeypatch):
     # Double backward differentiates the plain ops (no out=, sliced views, channels-last),
     # while the forward inside GemmConv2d may run planar (thresholds of 0 here).
-    monkeypatch.setattr(kernels, "_SMALL_KERNEL_MIN_PIXELS", 0)
-    monkeypatch.setattr(kernels, "_PLANAR_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "SMALL_KERNEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(plain_kernels, "PLANAR_MIN_PIXELS", 0)
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
 

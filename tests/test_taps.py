@@ -2,7 +2,7 @@
 (lowerconv.lowering.kernels.tap_gemms).
 
 Its outputs and gradients against PyTorch's convolution in float64, with the CPU's small-output
-threshold (``kernels._TAPS_MIN_PIXELS``) patched to 0 so that the tap GEMMs really run on small
+threshold (``plain_kernels.TAPS_MIN_PIXELS``) patched to 0 so that the tap GEMMs really run on small
 images and ``im2col_gemm`` is made to fail; the threshold itself and the fallback's workspace
 cap; half precision; ``auto``'s rule and ``workspace_bytes``; and a lowered model through
 ``torch.export``.
@@ -22,14 +22,14 @@ from torch import nn
 import lowerconv
 from conv_space import conv_configs
 from lowerconv import ConvSpec
-from lowerconv.lowering import kernels, strategies
-from lowerconv.lowering.kernels import DEFAULT_WORKSPACE_BYTES
+from lowerconv.lowering import plain_kernels
 from lowerconv.lowering.strategies import (
     STRATEGIES,
     StrategyOptions,
     choose_strategy,
     workspace_bytes,
 )
+from lowerconv.lowering.tiling import DEFAULT_WORKSPACE_BYTES
 from op_names import CONV_OP, OpNames
 
 RTOL, ATOL = 1e-9, 1e-10
@@ -56,21 +56,21 @@ class Spy:
 @contextlib.contextmanager
 def patched(threshold: int | None = None, forbid_im2col: bool = False):
     """Patch the tap threshold (None: keep it), and spy on ``im2col_gemm`` (failing it with
-    ``forbid_im2col``) and on ``tap_gemms``, under every name the code calls them by.
+    ``forbid_im2col``) and on ``tap_gemms``.
 
-    Yields ``(im2col_spy, tap_spy)``.  ``tap_gemms`` calls ``im2col_gemm`` by its module-global
-    name in ``lowerconv.lowering.kernels``; ``nhwc`` by ``lowerconv.lowering.strategies``'s imported
-    name; the backward imports ``tap_gemms`` from ``lowerconv.lowering.kernels`` at call time.
+    Yields ``(im2col_spy, tap_spy)``.  The spies wrap the arithmetic in
+    ``lowerconv.lowering.plain_kernels``, which every caller reaches through that module's
+    attributes at call time: the graph leaves of ``lowerconv.lowering.kernels`` (the strategies'
+    calls, and ``GemmConv2d``'s forward), ``tap_gemms``' own fallback to ``im2col_gemm``, and the
+    backward's dX.  So each run of the arithmetic is one call.
     """
-    im2col = Spy(kernels.im2col_gemm, fail=forbid_im2col)
-    taps = Spy(kernels.tap_gemms)
+    im2col = Spy(plain_kernels.im2col_gemm, fail=forbid_im2col)
+    taps = Spy(plain_kernels.tap_gemms)
     with pytest.MonkeyPatch.context() as mp:
         if threshold is not None:
-            mp.setattr(kernels, "_TAPS_MIN_PIXELS", threshold)
-        mp.setattr(kernels, "im2col_gemm", im2col)
-        mp.setattr(strategies, "im2col_gemm", im2col)
-        mp.setattr(kernels, "tap_gemms", taps)
-        mp.setattr(strategies, "tap_gemms", taps)
+            mp.setattr(plain_kernels, "TAPS_MIN_PIXELS", threshold)
+        mp.setattr(plain_kernels, "im2col_gemm", im2col)
+        mp.setattr(plain_kernels, "tap_gemms", taps)
         yield im2col, taps
 
 
@@ -296,7 +296,7 @@ THRESHOLD_CASES = [
     ids=[c[0] for c in THRESHOLD_CASES],
 )
 def test_outputs_of_at_least_28x28_take_the_tap_path_smaller_ones_im2col(kwargs, shape, pixels):
-    assert kernels._TAPS_MIN_PIXELS == 28 * 28
+    assert plain_kernels.TAPS_MIN_PIXELS == 28 * 28
     conv = make_conv(dict(in_channels=4, out_channels=3, **kwargs))
     x = make_input(shape)
     with torch.no_grad():

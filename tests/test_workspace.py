@@ -20,8 +20,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
 from lowerconv import ConvSpec
-from lowerconv.lowering.kernels import gemm, plan_chunks
+from lowerconv.lowering.engine import gemm
 from lowerconv.lowering.strategies import STRATEGIES, StrategyOptions, choose_strategy
+from lowerconv.lowering.tiling import plan_chunks
 from op_names import StorageSizes
 
 RTOL, ATOL = 1e-9, 1e-10
@@ -465,15 +466,15 @@ def test_workspace_bytes_of_the_other_kinds(strategy, make, shape):
 
 
 def test_the_gemm_engine_follows_lowerconv_gemm(monkeypatch):
-    from lowerconv.lowering import kernels
+    from lowerconv.lowering import engine
 
     monkeypatch.setenv("LOWERCONV_GEMM", "blas")
-    assert kernels._choose_gemm_engine() is False
+    assert engine.choose_gemm_engine() is False
     monkeypatch.setenv("LOWERCONV_GEMM", "onednn")
-    assert kernels._choose_gemm_engine() is kernels._onednn_linear_available()
+    assert engine.choose_gemm_engine() is engine.onednn_linear_available()
     monkeypatch.setenv("LOWERCONV_GEMM", "")
-    intel = kernels._cpu_vendor() == "GenuineIntel"
-    assert kernels._choose_gemm_engine() is (kernels._onednn_linear_available() and not intel)
+    intel = engine.cpu_vendor() == "GenuineIntel"
+    assert engine.choose_gemm_engine() is (engine.onednn_linear_available() and not intel)
     monkeypatch.setenv("LOWERCONV_GEMM", "mkl")
     with pytest.raises(ValueError, match="LOWERCONV_GEMM must be 'onednn' or 'blas', got 'mkl'"):
-        kernels._choose_gemm_engine()
+        engine.choose_gemm_engine()

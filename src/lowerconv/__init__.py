@@ -29,14 +29,14 @@ The 0.1 module paths (``lowerconv.strategies``...) still import: see :mod:`lower
 from . import testing
 from ._aliases import install as _install_aliases
 from ._aliases import package_getattr as _package_getattr
+from ._version import __version__
 from .errors import LoweringError, VerificationError
-from .lowering.lower import STRATEGY_NAMES, lower
+from .lowering.lower import lower
 from .lowering.record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .lowering.spec import KINDS, ConvSpec
+from .lowering.strategies import STRATEGY_NAMES
 from .verification.report import VerificationReport
 from .verification.verify import verify
-
-__version__ = "0.1.0"
 
 # lowerconv.strategies and the other 0.1 module paths: the same modules as their new homes.
 _install_aliases()

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import LoweringError
-from .lowering.lower import STRATEGY_NAMES, lower
+from .lowering.lower import lower
 from .lowering.record import lowering_record
 from .lowering.spec import KINDS
+from .lowering.strategies import STRATEGY_NAMES
 from .models.resolve import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 
 __all__ = ["cli_hints", "main"]

@@ -2,24 +2,35 @@
 
 In the order data flows through it:
 
-- :mod:`.trace`        step 1: model -> ``torch.fx`` graph, plain conv modules kept as leaves
-- :mod:`.sites`        step 2: graph -> the convolutions in it (:class:`ConvSite`), and those left
-  alone (:class:`SkippedConv`)
-- :mod:`.spec`         each conv's configuration and shape arithmetic (:class:`ConvSpec`), no FX
-- :mod:`.strategies`   step 3: the eager im2col arithmetic that replaces a conv, one function a
-  strategy, and ``auto``'s rule
-- :mod:`.kernels`      the run-time kernels the fast strategies call as single graph nodes
-- :mod:`.autograd`     their backward, as GEMMs and col2im (:class:`GemmConv2d`)
-- :mod:`.nd`           1-D, 3-D and transposed convolutions through the same strategies
-- :mod:`.emit`         step 4: a strategy's nodes spliced into the graph, with provenance
-- :mod:`.lower`        :func:`lower`, the whole pass: graph path, export tier, fallback path
-- :mod:`.record`       what it did, as data (:class:`LoweringRecord`)
+- :mod:`.trace`          step 1: model -> ``torch.fx`` graph, plain conv modules kept as leaves
+- :mod:`.sites`          step 2: graph -> the convolutions in it (:class:`ConvSite`), and those
+  left alone (:class:`SkippedConv`)
+- :mod:`.spec`           each conv's configuration and shape arithmetic (:class:`ConvSpec`), no FX
+- :mod:`.strategies`     step 3: the eager im2col arithmetic that replaces a conv, one function a
+  strategy, and ``auto``'s rule (:func:`choose_strategy`)
+- :mod:`.kernels`        the run-time kernels the fast strategies call as single graph nodes
+- :mod:`.autograd`       their backward, as GEMMs and col2im (:class:`GemmConv2d`)
+- :mod:`.plain_kernels`  the kernels' arithmetic, which the forward and the backward both run
+- :mod:`.engine`         the GEMM itself (:func:`gemm`): oneDNN or BLAS, and who is calling
+- :mod:`.tiling`         chunk plans, input windows and stride phases: how the work is cut up
+- :mod:`.nd`             1-D, 3-D and transposed convolutions through the same strategies
+- :mod:`.emit`           step 4: a strategy's nodes spliced into the graph, with provenance
+- :mod:`.rewrite`        step 5: every conv of one graph lowered in place (:func:`lower_graph`)
+- :mod:`.lower`          :func:`lower`, the whole pass: the graph path, the export tier, the
+  fallback path, and the module tree rebuilt around the lowered graph
+- :mod:`.inputs`         a model's example inputs, checked once for all of them
+- :mod:`.record`         what the pass did, as data (:class:`LoweringRecord`)
 
 Beside the spine:
 
-- :mod:`.runtime`      run-time lowering (a ``TorchFunctionMode``) for what no graph reaches
-- :mod:`.functional`   ``F.conv*``-compatible eager functions, by any strategy
-- :mod:`.export`       the export tier, ``lower(ExportedProgram)``, ONNX and ``.pt2`` files
-- :mod:`.subgraph`     a lowered graph read back: one conv's nodes as their own module
-- :mod:`.inspect`      what ``lowerconv graph`` shows: each lowered conv's shapes and GEMM
+- :mod:`.runtime`        run-time lowering (a ``TorchFunctionMode``) for what no graph reaches
+- :mod:`.functional`     ``F.conv*``-compatible eager functions, by any strategy
+- :mod:`.export`         the export tier, ``lower(ExportedProgram)``, ONNX and ``.pt2`` files
+- :mod:`.subgraph`       a lowered graph read back: one conv's nodes as their own module
+- :mod:`.inspect`        what ``lowerconv graph`` shows: each lowered conv's shapes and GEMM
+
+Layered so that no module imports one that imports it: :mod:`.strategies` calls
+:mod:`.kernels`, which call :mod:`.autograd` (for a gradient) and :mod:`.plain_kernels`; those two
+share :mod:`.engine` and :mod:`.tiling` and nothing above; :mod:`.lower` and :mod:`.export` share
+:mod:`.rewrite` and :mod:`.inputs`.
 """

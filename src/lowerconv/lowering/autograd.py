@@ -8,11 +8,11 @@ fast paths as inference) and gives the conv its textbook gradients:
 - ``db = dY.sum(N, OH, OW)``;
 - ``dW = dY @ colsᵀ``: per image, ``(C_out/g, OH*OW) @ (OH*OW, C/g*kh*kw)`` for each group, with
   the im2col columns *recomputed* chunk by chunk (never saved: the memory rule is the forward's
-  chunk limit, :func:`~lowerconv.lowering.kernels.chunk_limit`), so a training step keeps only what
+  chunk limit, :func:`~.tiling.chunk_limit`), so a training step keeps only what
   a native conv keeps, the input and the weight;
 - ``dX = col2im(Wᵀ @ dY)`` (``F.fold``), or, for a stride-1 one-group conv, the same thing
   computed as a convolution of ``dY`` with the flipped, transposed kernel, by one GEMM per
-  kernel tap on shifted views (:func:`~lowerconv.lowering.kernels.tap_gemms`, which hands small
+  kernel tap on shifted views (:func:`~.plain_kernels.tap_gemms`, which hands small
   outputs to the im2col GEMM);
 - depthwise convs (one input channel per group): ``dW`` as one dot product per plane and tap
   and ``dX`` as the taps' shifted multiply-adds scattered back, both on flattened planes in
@@ -21,7 +21,7 @@ fast paths as inference) and gives the conv its textbook gradients:
 
 No convolution op runs in either direction.  Only eager calls take this path: a tracer
 (torch.export, torch.compile) records the forward's plain ops and differentiates them itself,
-so a traced graph holds standard ops only (see :func:`~lowerconv.lowering.kernels._traced`).
+so a traced graph holds standard ops only (see :func:`~.engine.traced`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,20 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import plain_kernels
+from .engine import use_onednn
+from .tiling import (
+    ConvGeometry,
+    input_window,
+    output_tiles,
+    phase_layout,
+    plan_chunks,
+    to_phases,
+)
 
 __all__ = [
     "ConvGeometry",
@@ -44,34 +54,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """What the backward needs to know of a conv beyond its tensors: ``zero_pad`` is
-    ``(left, right, top, bottom)``, ``workspace_bytes`` the largest im2col chunk to build."""
-
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    zero_pad: tuple[int, int, int, int]
-    groups: int
-    workspace_bytes: int
-
-    @property
-    def span(self) -> tuple[int, int]:
-        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
-        return dh * (kh - 1) + 1, dw * (kw - 1) + 1
-
-    def output_hw(self, height: int, width: int) -> tuple[int, int]:
-        left, right, top, bottom = self.zero_pad
-        (span_h, span_w), (sh, sw) = self.span, self.stride
-        return (height + top + bottom - span_h) // sh + 1, (width + left + right - span_w) // sw + 1
-
-
 _LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-# The dtypes the formulas below serve; others (half precision on CPU) keep autograd's own path.
-GRAD_DTYPES = (torch.float32, torch.float64)
-
 
 _PLAIN = threading.local()
 
@@ -178,14 +161,12 @@ def conv2d_weight_grad(
     """``dW`` of the conv for output gradient ``grad``: ``dY @ colsᵀ``, columns recomputed."""
     if _is_depthwise(weight_shape, geometry):
         return _depthwise_weight_grad(grad, input, weight_shape, geometry)
-    from .kernels import _use_onednn, input_window, output_tiles, plan_chunks
-
     if _is_pointwise(geometry):
         # The input is its own im2col: per image, dY (C_out, H*W) @ X (C, H*W)ᵀ, no copy.
         flat_grad, flat_input = grad.flatten(2), input.flatten(2)
         if input.shape[0] == 0:
             return grad.new_zeros(weight_shape)
-        if not _use_onednn(flat_grad, flat_input, None) or not flat_input.is_contiguous():
+        if not use_onednn(flat_grad, flat_input, None) or not flat_input.is_contiguous():
             # One GEMM per image, accumulated: 2-5x faster than einsum's transposed copies.
             grad_weight = torch.mm(flat_grad[0], flat_input[0].mT)
             for image in range(1, input.shape[0]):
@@ -209,7 +190,7 @@ def conv2d_weight_grad(
     pixel_bytes = patch * input.element_size()
     limit = max(geometry.workspace_bytes, pixel_bytes)
     plan = plan_chunks(n, out_h, out_w, patch, input.element_size(), limit)
-    onednn = g == 1 and _use_onednn(grad, input, None)
+    onednn = g == 1 and use_onednn(grad, input, None)
     # (g, C_out/g, C/g*kh*kw): the rows of each group's weight matrix, in (C, kh, kw) order.
     grad_weight = None if onednn else grad.new_zeros((g, c_out // g, patch // g))
     for images, rows, cols in output_tiles(plan, n, out_h, out_w):
@@ -240,11 +221,9 @@ def conv2d_input_grad(
     """``dX`` of the conv for output gradient ``grad``: ``col2im(Wᵀ @ dY)``."""
     if _is_depthwise(weight.shape, geometry):
         return _depthwise_input_grad(grad, weight, input_shape, geometry)
-    from .kernels import pointwise_gemm, tap_gemms
-
     if _is_pointwise(geometry):
         # Wᵀ (C, C_out) @ dY (C_out, H*W) per image: the forward's own 1x1 GEMM.
-        return pointwise_gemm(grad, weight.transpose(0, 1), None)
+        return plain_kernels.pointwise_gemm(grad, weight.transpose(0, 1), None)
 
     n, channels, height, width = input_shape
     left, right, top, bottom = geometry.zero_pad
@@ -259,7 +238,9 @@ def conv2d_input_grad(
         pixel_bytes = flipped[0].numel() * grad.element_size()
         limit = max(geometry.workspace_bytes, pixel_bytes)
         kernel, dilation = geometry.kernel_size, geometry.dilation
-        return tap_gemms(grad, flipped, None, kernel, (1, 1), dilation, flipped_pad, 1, limit)
+        return plain_kernels.tap_gemms(
+            grad, flipped, None, kernel, (1, 1), dilation, flipped_pad, 1, limit
+        )
     g = geometry.groups
     c_out = weight.shape[0]
     kh, kw = geometry.kernel_size
@@ -290,39 +271,6 @@ def conv2d_input_grad(
 _DEPTHWISE_BLOCK_BYTES = 2 * 2**20
 
 
-def _phase_layout(height: int, width: int, geometry: ConvGeometry):
-    """The padded input split into its ``sh x sw`` phases, each flattened: tap ``(i, j)`` of
-    output row ``oh``, column ``ow`` reads phase ``(i*dh % sh, j*dw % sw)`` at ``offset + oh*wq +
-    ow``, so an output plane widened to ``wq`` columns is one contiguous run of every phase.
-    Returns ``(hq, wq, [(phase_row, phase_col, offset) per tap])``; one spare phase row covers
-    the last tap's overhang."""
-    left, right, top, bottom = geometry.zero_pad
-    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
-    hp, wp = height + top + bottom, width + left + right
-    hq, wq = -(-hp // sh) + 1, -(-wp // sw)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            a, b = i * dh, j * dw
-            taps.append((a % sh, b % sw, (a // sh) * wq + b // sw))
-    return hq, wq, taps
-
-
-def _to_phases(planes: torch.Tensor, geometry: ConvGeometry, hq: int, wq: int) -> torch.Tensor:
-    """``(P, H, W)`` -> zero-padded ``(P, sh, sw, hq*wq)``."""
-    left, right, top, bottom = geometry.zero_pad
-    sh, sw = geometry.stride
-    height, width = planes.shape[-2:]
-    extra_h = hq * sh - (height + top + bottom)
-    extra_w = wq * sw - (width + left + right)
-    padded = F.pad(planes, (left, right + extra_w, top, bottom + extra_h))
-    if (sh, sw) == (1, 1):
-        return padded.reshape(planes.shape[0], 1, 1, hq * wq)
-    phases = padded.reshape(planes.shape[0], hq, sh, wq, sw).permute(0, 2, 4, 1, 3)
-    # Contiguous: with one phase in a dimension the reshape could be a strided view instead.
-    return phases.contiguous().reshape(planes.shape[0], sh, sw, hq * wq)
-
-
 def _widened(grad: torch.Tensor, wq: int) -> torch.Tensor:
     """``(P, m, OH, OW)`` -> ``(P, m, OH*wq)``, zeros in the columns past ``OW``."""
     out_w = grad.shape[-1]
@@ -337,10 +285,10 @@ def _depthwise_weight_grad(grad, input, weight_shape, geometry: ConvGeometry) ->
     kh, kw = geometry.kernel_size
     sh, sw = geometry.stride
     out_h, out_w = grad.shape[-2:]
-    hq, wq, taps = _phase_layout(height, width, geometry)
+    hq, wq, taps = phase_layout(height, width, geometry)
     run = out_h * wq
     # One padded, phase-split copy of the input and one widened copy of the output gradient.
-    phases = _to_phases(input.reshape(n * channels, height, width), geometry, hq, wq)
+    phases = to_phases(input.reshape(n * channels, height, width), geometry, hq, wq)
     phases = phases.reshape(n, channels, sh, sw, hq * wq)
     widened = _widened(grad.reshape(n * channels, multiplier, out_h, out_w), wq)
     widened = widened.reshape(n, channels, multiplier, run)
@@ -380,17 +328,15 @@ def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> 
     out_h, out_w = grad.shape[-2:]
     flipped_pad = (span_w - 1 - left, span_w - 1 - right, span_h - 1 - top, span_h - 1 - bottom)
     if (sh, sw) == (1, 1) and multiplier == 1 and min(flipped_pad) >= 0:
-        from .kernels import depthwise_taps
-
         # Stride 1: the full correlation of dY with the flipped taps, by the forward's
         # cache-blocked kernel: exactly the forward's work.  (Strided, that correlation would
         # run over the input's size, sh*sw times the taps' own work: the phases below do less.)
         flipped = weight.flip(-2, -1)
-        return depthwise_taps(
+        return plain_kernels.depthwise_taps(
             grad, flipped, None, geometry.kernel_size, (1, 1), geometry.dilation, flipped_pad
         )
     kh, kw = geometry.kernel_size
-    hq, wq, taps = _phase_layout(height, width, geometry)
+    hq, wq, taps = phase_layout(height, width, geometry)
     grads = grad.reshape(n * channels, multiplier, out_h, out_w)
     # (kh*kw, C, m, 1), each tap's scale of each plane's gradient.
     scales = weight.reshape(channels, multiplier, kh * kw).permute(2, 0, 1).unsqueeze(-1)

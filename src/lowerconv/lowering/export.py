@@ -41,9 +41,11 @@ from torch.export import Dim, ExportedProgram
 
 from ..errors import LoweringError
 from .emit import META_KEY, Provenance
+from .inputs import normalize_example_inputs
 from .record import RECORD_ATTR, LoweringRecord
+from .rewrite import lower_graph
 from .sites import skipped_conv_modules
-from .strategies import StrategyOptions
+from .strategies import STRATEGY_NAMES, StrategyOptions
 
 __all__ = [
     "ARTIFACT_FORMATS",
@@ -149,8 +151,6 @@ def capture_and_lower(
     ``work``'s train/eval mode, which the capture fixed: ``train()``/``eval()`` on it raise.
     Raises :class:`LoweringError` when ``torch.export`` cannot capture ``work``.
     """
-    from .lower import lower_graph  # lower() calls this module: import the pass when it runs
-
     program = capture(work, inputs)
     gm = program.module()
     control_flow = _higher_order_ops(gm)
@@ -210,7 +210,7 @@ def lower_program(
     """``lowerconv.lower(ep)``: an ``ExportedProgram`` computing every convolution by GEMMs.
 
     The program is unlifted (``ep.module()``), lowered by
-    :func:`lowerconv.lowering.lower.lower_graph`
+    :func:`lowerconv.lowering.rewrite.lower_graph`
     (every kind of convolution, or those of ``kinds=``)
     and exported again, non-strict, on example inputs rebuilt from its placeholders, with each
     symbolic dimension given back as a ``Dim`` of the same range (an input exported with a
@@ -228,8 +228,6 @@ def lower_program(
     ``im2col = torch.ops.aten.im2col.default(x, [3, 3], ...)``, ``flatten``, ``matmul``,
     ``add``, ``unflatten`` (the ``unfold`` strategy).
     """
-    from .lower import STRATEGY_NAMES, lower_graph
-
     if strategy not in STRATEGY_NAMES:
         raise LoweringError(
             f"unknown strategy {strategy!r} for the ExportedProgram; valid strategies: "
@@ -408,8 +406,6 @@ def export_lowered(
     or not.  ``dynamic_batch=True`` captures dimension 0 of the inputs as a ``Dim`` (a batch of
     at least 2 in ``example_inputs``: export specialises a size-1 dimension).
     """
-    from .lower import normalize_example_inputs
-
     inputs = normalize_example_inputs(model, example_inputs)
     if dynamic_batch and any(
         isinstance(t, torch.Tensor) and t.dim() and t.shape[0] < 2

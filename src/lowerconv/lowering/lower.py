@@ -1,13 +1,13 @@
 """The pass: ``lower(model)`` rewrites every 2-D convolution into Unfold + matmul + reshape.
 
-Data flows ``trace -> find_conv_sites -> emit_lowered_conv -> rebuild``:
+Data flows ``trace -> lower_graph (find_conv_sites -> emit_lowered_conv) -> rebuild``:
 
 1. :func:`~lowerconv.lowering.trace.trace` turns a (deep-copied) model into an FX graph, plain
    ``Conv2d`` modules kept as ``call_module`` leaves;
-2. :func:`~lowerconv.lowering.sites.find_conv_sites` lists the convolutions, and those left alone;
-3. :func:`~lowerconv.lowering.emit.emit_lowered_conv` splices a strategy's nodes in place of each
-   one;
-4. the returned ``GraphModule`` gets the original's module tree back, with each ``Conv2d``
+2. :func:`~lowerconv.lowering.rewrite.lower_graph` lists the convolutions, and those left alone
+   (:func:`~lowerconv.lowering.sites.find_conv_sites`), and splices a strategy's nodes in place of
+   each one (:func:`~lowerconv.lowering.emit.emit_lowered_conv`);
+3. the returned ``GraphModule`` gets the original's module tree back, with each ``Conv2d``
    swapped for a small lowered ``GraphModule`` that holds the same parameter objects, so
    ``state_dict()`` keys, order and values, tied parameters, and ``train()``/``eval()`` flags
    are the original's.
@@ -22,27 +22,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from ..errors import LoweringError
-from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp, strategy_graph
+from .emit import strategy_graph
+from .inputs import normalize_example_inputs
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
+from .rewrite import lower_graph
 from .runtime import (
     RuntimeLoweredConv,
     RuntimeLowering,
     describe_call_site,
     trace_conv_calls,
 )
-from .sites import (
-    ConvSite,
-    SkippedConv,
-    check_kinds,
-    find_conv_sites,
-    skipped_conv_modules,
-)
+from .sites import SkippedConv, check_kinds, skipped_conv_modules
 from .spec import KINDS, ConvSpec
-from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions, choose_strategy
+from .strategies import DEFAULT_OPTIONS, STRATEGY_NAMES, StrategyOptions
 from .trace import (
     LoweringTracer,
     conv_base,
@@ -53,8 +48,6 @@ from .trace import (
 )
 
 __all__ = ["STRATEGY_NAMES", "lower"]
-
-STRATEGY_NAMES = (*STRATEGIES, "auto")
 
 
 def lower(
@@ -130,7 +123,7 @@ def lower(
     # still shares one traced graph among the convs of one configuration.
     strategy_graph.cache_clear()
     if isinstance(model, torch.export.ExportedProgram):
-        from .export import lower_program  # export builds on lower_graph, below
+        from .export import lower_program  # the export tier, imported when it is used
 
         _check_program_arguments(inplace, leaf_modules, concrete_args, example_inputs)
         return lower_program(
@@ -305,118 +298,6 @@ def _in_graph_order(
         (position[node.name], len(placed) + i, conv) for i, (node, conv) in enumerate(at_leaves)
     ]
     return [conv for *_, conv in sorted(placed, key=lambda item: item[:2])]
-
-
-def lower_graph(
-    gm: fx.GraphModule,
-    strategy: str,
-    *,
-    name_prefix: str = "",
-    options: StrategyOptions = DEFAULT_OPTIONS,
-    kinds: Iterable[str] | None = None,
-) -> tuple[list[LoweredConv], list[SkippedConv]]:
-    """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
-
-    ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
-    in the record are the larger model's.
-    """
-    sites, skipped = find_conv_sites(gm, kinds)
-    graph = gm.graph
-    lowered: list[LoweredConv] = []
-    seen: dict[str, int] = {}
-    for site in sites:
-        name = _qualify(site, name_prefix)
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name}#{seen[name]}"  # one module called more than once
-        lowered.append(_lower_site(graph, site, name, strategy, options))
-    for skip in skipped:
-        skip.name = _qualify_name(skip.name, skip.node, name_prefix)
-    graph.lint()
-    gm.recompile()
-    return lowered, skipped
-
-
-def _lower_site(
-    graph: fx.Graph, site: ConvSite, name: str, strategy: str, options: StrategyOptions
-) -> LoweredConv:
-    node = site.node
-    base = name.replace(".", "_").replace("#", "_call")
-    target = site.module_type
-    if site.spec is None:
-        concrete = strategy
-    else:
-        concrete = choose_strategy(site.spec) if strategy == "auto" else strategy
-    weight, bias = site.weight, site.bias
-    params: list[fx.Node] = []
-    with graph.inserting_before(node):
-        for role, attr in (("weight", site.weight_target), ("bias", site.bias_target)):
-            if attr is None:
-                continue
-            param = graph.create_node("get_attr", attr, name=f"{base}_{role}")
-            prov = Provenance(name, node.name, target, concrete, role, None, kind=site.conv_kind)
-            stamp(param, node, prov)
-            params.append(param)
-            if role == "weight":
-                weight = param
-            else:
-                bias = param
-    if site.spec is None:
-        output = emit_dynamic_conv(
-            graph,
-            node,
-            base_name=base,
-            input=site.input,
-            weight=weight,
-            bias=bias,
-            conv_args=site.conv_args,
-            strategy=concrete,
-            source=name,
-            source_target=target,
-            options=options,
-            kind=site.conv_kind,
-        )
-        nodes = [output]
-        concrete = f"{concrete} (dynamic)"
-    else:
-        output, nodes = emit_lowered_conv(
-            graph,
-            node,
-            base_name=base,
-            input=site.input,
-            weight=weight,
-            bias=bias,
-            spec=site.spec,
-            strategy=concrete,
-            source=name,
-            source_target=target,
-            options=options,
-        )
-    input_name = site.input.name
-    node.replace_all_uses_with(output)
-    graph.erase_node(node)
-    return LoweredConv(
-        name=name,
-        node=node.name,
-        target=target,
-        spec=site.spec,
-        strategy=concrete,
-        input_node=input_name,
-        output_node=output.name,
-        kind=site.conv_kind,
-        nodes=[n.name for n in params + nodes],
-    )
-
-
-def _qualify(site: ConvSite, prefix: str) -> str:
-    return _qualify_name(site.name, site.node.name, prefix)
-
-
-def _qualify_name(name: str, node_name: str, prefix: str) -> str:
-    if not prefix:
-        return name
-    # A functional conv at the root of a standalone conv module is the module itself.
-    return prefix if name == node_name else f"{prefix}.{name}"
 
 
 # -- the module tree ------------------------------------------------------------------------------
@@ -641,27 +522,6 @@ def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> 
                 f"leaf_modules entries must be nn.Module subclasses or qualified names, "
                 f"got {leaf!r}"
             )
-
-
-def normalize_example_inputs(model: nn.Module, example_inputs: Any) -> tuple:
-    """``example_inputs`` as the tuple of ``model``'s positional arguments (one tensor becomes a
-    1-tuple, a list a tuple); anything else is a :class:`LoweringError` with the fix."""
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if isinstance(inputs, list):
-        inputs = tuple(inputs)
-    if not isinstance(inputs, tuple):
-        raise LoweringError(
-            f"example_inputs for {type(model).__name__} must be a tensor or a tuple of tensors "
-            f"(the model's positional arguments), got {type(example_inputs).__name__}; e.g. "
-            "(torch.randn(1, 3, 224, 224),)"
-        )
-    for i, leaf in enumerate(pytree.tree_leaves(inputs)):
-        if not isinstance(leaf, torch.Tensor | int | float | bool | str | type(None)):
-            raise LoweringError(
-                f"example_inputs for {type(model).__name__}: leaf {i} is a "
-                f"{type(leaf).__name__}; pass tensors (and plain Python values) only"
-            )
-    return inputs
 
 
 def _copy_model(model: nn.Module) -> nn.Module:

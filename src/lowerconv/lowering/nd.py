@@ -35,8 +35,9 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from .kernels import chunk_limit, gemm, without_autograd
+from .engine import gemm, without_autograd
 from .spec import ConvSpec, transposed_output_size
+from .tiling import chunk_limit
 
 __all__ = [
     "col2im_nd",
@@ -120,8 +121,8 @@ def im2col_conv_nd(
 ) -> torch.Tensor:
     """:func:`conv_nd` in chunks of images, then of output planes along the first spatial
     dimension, so that no chunk's im2col buffer exceeds ``max_workspace_bytes`` (with
-    ``cache_chunks``, on CPU, :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES`
-    either).  The row-per-pixel form multiplies with :func:`~lowerconv.lowering.kernels.gemm`.  One
+    ``cache_chunks``, on CPU, :data:`~lowerconv.lowering.tiling.DEFAULT_WORKSPACE_BYTES`
+    either).  The row-per-pixel form multiplies with :func:`~lowerconv.lowering.engine.gemm`.  One
     graph node."""
     n = spec.ndim
     unbatched = input.dim() == n + 1

@@ -25,8 +25,8 @@ Strategies:
     Channels-last im2col: the input is copied once to ``(N, H, W, C)`` order (free if it is
     channels-last already), so that each patch is ``kh*kw`` contiguous runs of ``C`` values,
     gathered chunk by chunk (of images or output rows, at most
-    :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
-    :func:`~lowerconv.lowering.kernels.gemm`, oneDNN's matmul on CPU float32.  One graph node,
+    :data:`~lowerconv.lowering.tiling.DEFAULT_WORKSPACE_BYTES` each) and multiplied by
+    :func:`~lowerconv.lowering.engine.gemm`, oneDNN's matmul on CPU float32.  One graph node,
     :func:`~lowerconv.lowering.kernels.im2col_gemm`, does the chunked part.  Grouped convs:
     ``nchw``.
 ``taps``
@@ -48,7 +48,7 @@ Strategies:
 ``patchify``
     Kernel equal to stride with no padding (a ViT patch embedding): the input is split into
     patches by reshape + permute (one copy of the input, no overlap) and multiplied by
-    :func:`~lowerconv.lowering.kernels.gemm`.  Other configurations: ``nhwc``.
+    :func:`~lowerconv.lowering.engine.gemm`.  Other configurations: ``nhwc``.
 ``depthwise``
     ``groups == in_channels`` (with any channel multiplier): the sum over the ``kh*kw`` kernel
     taps of a shifted view of the input times a per-channel weight
@@ -72,30 +72,31 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from . import kernels, nd
-from .autograd import ConvGeometry, GemmConv2d, _to_phases
+from . import engine, nd
+from .autograd import GemmConv2d
+from .engine import gemm, needs_grad, traced, without_autograd
 from .kernels import (
-    _ROW_GEMMS_MIN_PIXELS,
-    _TAPS_MIN_PIXELS,
-    _gemm_backward,
-    _needs_grad,
-    _traced,
-    chunk_limit,
     depthwise_taps,
-    gemm,
+    gemm_backward,
     im2col_gemm,
+    pointwise_gemm,
+    tap_gemms,
+)
+from .plain_kernels import ROW_GEMMS_MIN_PIXELS, TAPS_MIN_PIXELS
+from .spec import ConvSpec, conv_output_size
+from .tiling import (
+    ConvGeometry,
+    chunk_limit,
     input_window,
     output_tiles,
     plan_chunks,
-    pointwise_gemm,
-    tap_gemms,
-    without_autograd,
+    to_phases,
 )
-from .spec import ConvSpec, conv_output_size
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "STRATEGIES",
+    "STRATEGY_NAMES",
     "StrategyFn",
     "StrategyOptions",
     "choose_strategy",
@@ -173,8 +174,8 @@ def run_in_chunks(
 ) -> torch.Tensor:
     """The convolution by ``strategy``, computed chunk by chunk of images or output rows so that
     no chunk's im2col buffer (``pixels * in_channels*kh*kw`` values) exceeds
-    ``max_workspace_bytes`` (see :func:`~lowerconv.lowering.kernels.plan_chunks`); with
-    ``cache_chunks``, on CPU, not :data:`~lowerconv.lowering.kernels.DEFAULT_WORKSPACE_BYTES`
+    ``max_workspace_bytes`` (see :func:`~lowerconv.lowering.tiling.plan_chunks`); with
+    ``cache_chunks``, on CPU, not :data:`~lowerconv.lowering.tiling.DEFAULT_WORKSPACE_BYTES`
     either.
 
     The input is padded once; each chunk of it (with the rows the kernel overlaps) runs through
@@ -187,7 +188,7 @@ def run_in_chunks(
     if any(spec.pad):
         input = F.pad(input, spec.pad, mode=_pad_mode(spec))
     unpadded = replace(spec, pad=(0, 0, 0, 0), padding_mode="zeros")
-    if _gemm_backward(input, weight, bias):
+    if gemm_backward(input, weight, bias):
         # Gradients by GEMMs and col2im (lowerconv.lowering.autograd), not through the chunk loop.
         limit = chunk_limit(input.device, max_workspace_bytes)
         geometry = ConvGeometry(
@@ -381,8 +382,8 @@ def _phase_gather(input, weight, bias, spec: ConvSpec) -> bool:
         and spec.groups == 1
         and spec.in_channels <= _FEW_CHANNELS
         and input.dim() == 4
-        and not _needs_grad(input, weight, bias)
-        and not _traced(input, weight, bias)
+        and not needs_grad(input, weight, bias)
+        and not traced(input, weight, bias)
     )
 
 
@@ -402,7 +403,7 @@ def _phase_columns(
     hq, wq = -(-hp // sh), -(-wp // sw)
     # (N, C, sh, sw, hq, wq): phase (a, b) holds padded rows a, a+sh, ... and columns b, b+sw, ...
     geometry = ConvGeometry(kernel_size, stride, (1, 1), (0, 0, 0, 0), 1, 0)
-    phases = _to_phases(input.reshape(n * channels, hp, wp), geometry, hq, wq)
+    phases = to_phases(input.reshape(n * channels, hp, wp), geometry, hq, wq)
     phases = phases.reshape(n, channels, sh, sw, hq, wq)
     columns = input.new_empty((n, channels, kh, kw, out_h, out_w))
     for a in range(min(sh, kh)):
@@ -512,6 +513,9 @@ def _every_kind(name: str, conv2d_fn: StrategyFn) -> StrategyFn:
 STRATEGIES: dict[str, StrategyFn] = {
     name: _every_kind(name, fn) for name, fn in _CONV2D_STRATEGIES.items()
 }
+
+# What lower(strategy=...) accepts: a strategy for every conv, or "auto" (choose_strategy's pick).
+STRATEGY_NAMES = (*STRATEGIES, "auto")
 
 
 def other_kind(
@@ -720,7 +724,7 @@ def _workspace_bytes_2d(
     (``pointwise`` on a 3x3 kernel runs ``nhwc``, ``nhwc`` on a grouped conv runs ``nchw``...):
     ``depthwise`` and ``pointwise`` build none (0); ``unfold``, ``strided`` and ``patchify`` the
     whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
-    (:func:`~lowerconv.lowering.kernels.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs
+    (:func:`~lowerconv.lowering.tiling.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs
     (CPU, float32) a ``kw``-wide buffer ``kh`` times smaller; ``taps`` none where it runs its tap
     GEMMs (grouped convs, and on CPU one-group convs with outputs of at least 28x28 pixels),
     else ``nhwc``'s.
@@ -742,7 +746,7 @@ def _workspace_bytes_2d(
         strategy = "nhwc"
     if strategy == "taps":
         out_h, out_w = spec.output_hw(height, width)
-        by_taps = device != "cpu" or out_h * out_w >= _TAPS_MIN_PIXELS
+        by_taps = device != "cpu" or out_h * out_w >= TAPS_MIN_PIXELS
         if spec.is_depthwise:
             return 0
         if spec.groups > 1 or by_taps:
@@ -767,8 +771,8 @@ def _workspace_bytes_2d(
         strategy == "nhwc"
         and spec.stride[0] == 1
         and kh > 1
-        and out_h * out_w >= _ROW_GEMMS_MIN_PIXELS
-        and kernels._ONEDNN
+        and out_h * out_w >= ROW_GEMMS_MIN_PIXELS
+        and engine.ONEDNN
         and device == "cpu"
         and dtype == torch.float32
     )

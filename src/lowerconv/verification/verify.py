@@ -39,8 +39,10 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from .._version import __version__
 from ..errors import LoweringError, VerificationError
-from ..lowering.lower import lower, normalize_example_inputs
+from ..lowering.inputs import normalize_example_inputs
+from ..lowering.lower import lower
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
 from ..lowering.spec import KINDS
@@ -210,8 +212,6 @@ _MODEL_LIBRARIES = {
 def _versions(model: nn.Module) -> dict[str, str]:
     """lowerconv, torch, Python, torchvision, and the library ``model``'s class comes from."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__  # the package imports this module: import it when it is done
 
     versions = {
         "lowerconv": __version__,

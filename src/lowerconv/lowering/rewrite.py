@@ -1,0 +1,134 @@
+"""Step 5 of the pass: lower every convolution of one ``torch.fx`` graph in place.
+
+:func:`lower_graph` finds the graph's convolutions (:func:`~.sites.find_conv_sites`), splices each
+one's strategy in its place (:func:`~.emit.emit_lowered_conv`, or one
+:func:`~.functional.convolution` call for a weight only known at run time), and returns what it
+lowered and what it left alone, named as in the model.  Every path of :func:`~.lower.lower` runs
+it: the graph path on the traced model and on each conv module, the export tier on the captured
+``ep.module()``, and ``lower(ExportedProgram)`` (:mod:`.export`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import fx
+
+from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
+from .record import LoweredConv
+from .sites import ConvSite, SkippedConv, find_conv_sites
+from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy
+
+__all__ = ["lower_graph"]
+
+
+def lower_graph(
+    gm: fx.GraphModule,
+    strategy: str,
+    *,
+    name_prefix: str = "",
+    options: StrategyOptions = DEFAULT_OPTIONS,
+    kinds: Iterable[str] | None = None,
+) -> tuple[list[LoweredConv], list[SkippedConv]]:
+    """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
+
+    ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
+    in the record are the larger model's.
+    """
+    sites, skipped = find_conv_sites(gm, kinds)
+    graph = gm.graph
+    lowered: list[LoweredConv] = []
+    seen: dict[str, int] = {}
+    for site in sites:
+        name = _qualify(site, name_prefix)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"  # one module called more than once
+        lowered.append(_lower_site(graph, site, name, strategy, options))
+    for skip in skipped:
+        skip.name = _qualify_name(skip.name, skip.node, name_prefix)
+    graph.lint()
+    gm.recompile()
+    return lowered, skipped
+
+
+def _lower_site(
+    graph: fx.Graph, site: ConvSite, name: str, strategy: str, options: StrategyOptions
+) -> LoweredConv:
+    node = site.node
+    base = name.replace(".", "_").replace("#", "_call")
+    target = site.module_type
+    if site.spec is None:
+        concrete = strategy
+    else:
+        concrete = choose_strategy(site.spec) if strategy == "auto" else strategy
+    weight, bias = site.weight, site.bias
+    params: list[fx.Node] = []
+    with graph.inserting_before(node):
+        for role, attr in (("weight", site.weight_target), ("bias", site.bias_target)):
+            if attr is None:
+                continue
+            param = graph.create_node("get_attr", attr, name=f"{base}_{role}")
+            prov = Provenance(name, node.name, target, concrete, role, None, kind=site.conv_kind)
+            stamp(param, node, prov)
+            params.append(param)
+            if role == "weight":
+                weight = param
+            else:
+                bias = param
+    if site.spec is None:
+        output = emit_dynamic_conv(
+            graph,
+            node,
+            base_name=base,
+            input=site.input,
+            weight=weight,
+            bias=bias,
+            conv_args=site.conv_args,
+            strategy=concrete,
+            source=name,
+            source_target=target,
+            options=options,
+            kind=site.conv_kind,
+        )
+        nodes = [output]
+        concrete = f"{concrete} (dynamic)"
+    else:
+        output, nodes = emit_lowered_conv(
+            graph,
+            node,
+            base_name=base,
+            input=site.input,
+            weight=weight,
+            bias=bias,
+            spec=site.spec,
+            strategy=concrete,
+            source=name,
+            source_target=target,
+            options=options,
+        )
+    input_name = site.input.name
+    node.replace_all_uses_with(output)
+    graph.erase_node(node)
+    return LoweredConv(
+        name=name,
+        node=node.name,
+        target=target,
+        spec=site.spec,
+        strategy=concrete,
+        input_node=input_name,
+        output_node=output.name,
+        kind=site.conv_kind,
+        nodes=[n.name for n in params + nodes],
+    )
+
+
+def _qualify(site: ConvSite, prefix: str) -> str:
+    return _qualify_name(site.name, site.node.name, prefix)
+
+
+def _qualify_name(name: str, node_name: str, prefix: str) -> str:
+    if not prefix:
+        return name
+    # A functional conv at the root of a standalone conv module is the module itself.
+    return prefix if name == node_name else f"{prefix}.{name}"
