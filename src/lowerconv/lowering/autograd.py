@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import plain_kernels
+from .engine import GRAD_DTYPES as GRAD_DTYPES  # a name of this module in lowerconv 0.1
 from .engine import use_onednn
 from .tiling import (
     ConvGeometry,

@@ -36,6 +36,7 @@ import torch
 from . import plain_kernels
 from .autograd import GemmConv2d, recording_plain_ops
 from .engine import GRAD_DTYPES, gemm, needs_grad, traced
+from .engine import without_autograd as without_autograd  # a name of this module in 0.1
 from .tiling import (
     DEFAULT_WORKSPACE_BYTES,
     ChunkPlan,

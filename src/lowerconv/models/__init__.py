@@ -27,6 +27,7 @@ from .resolve import (
     suggest_model_names,
     torchvision_models,
 )
+from .resolve import MODEL_LIST_HINT as MODEL_LIST_HINT  # a name of lowerconv.models in 0.1
 
 __all__ = [
     "CATEGORIES",
