@@ -24,6 +24,7 @@ Then the proof, :mod:`lowerconv.verification`, and the tools around it:
 - :mod:`lowerconv.errors`            :class:`LoweringError` and :class:`VerificationError`
 
 The 0.1 module paths (``lowerconv.strategies``...) still import: see :mod:`lowerconv._aliases`.
+``docs/architecture.md`` draws the whole map.
 """
 
 from . import testing

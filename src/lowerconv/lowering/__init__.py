@@ -15,7 +15,7 @@ In the order data flows through it:
 - :mod:`.tiling`         chunk plans, input windows and stride phases: how the work is cut up
 - :mod:`.nd`             1-D, 3-D and transposed convolutions through the same strategies
 - :mod:`.emit`           step 4: a strategy's nodes spliced into the graph, with provenance
-- :mod:`.rewrite`        step 5: every conv of one graph lowered in place (:func:`lower_graph`)
+- :mod:`.rewrite`        steps 2-4 over one graph, every conv lowered in place (:func:`lower_graph`)
 - :mod:`.lower`          :func:`lower`, the whole pass: the graph path, the export tier, the
   fallback path, and the module tree rebuilt around the lowered graph
 - :mod:`.inputs`         a model's example inputs, checked once for all of them

@@ -1,4 +1,4 @@
-"""Step 5 of the pass: lower every convolution of one ``torch.fx`` graph in place.
+"""Steps 2 to 4 of the pass over one ``torch.fx`` graph: every convolution in it lowered in place.
 
 :func:`lower_graph` finds the graph's convolutions (:func:`~.sites.find_conv_sites`), splices each
 one's strategy in its place (:func:`~.emit.emit_lowered_conv`, or one
