@@ -216,49 +216,37 @@ def test_a_private_import_or_read_is_caught():
 
 # -- (c) the 0.1 module paths ---------------------------------------------------------------------
 
-# Every module of lowerconv 0.1 (one flat package), and where it lives now.
-MODULES_0_1 = {
-    **{
-        name: f"lowerconv.lowering.{name}"
-        for name in [
-            "trace",
-            "sites",
-            "spec",
-            "strategies",
-            "kernels",
-            "autograd",
-            "nd",
-            "emit",
-            "lower",
-            "runtime",
-            "functional",
-            "export",
-            "subgraph",
-            "record",
-            "inspect",
-        ]
-    },
-    **{
-        name: f"lowerconv.verification.{name}"
-        for name in [
-            "verify",
-            "layer_checks",
-            "audit",
-            "timing",
-            "determinism",
-            "devices",
-            "metrics",
-            "report",
-            "junit",
-        ]
-    },
-    "realworld": "lowerconv.models.realworld",
-    "zoo": "lowerconv.models.zoo",
-    "models": "lowerconv.models",
-    "cli": "lowerconv.cli",
-    "errors": "lowerconv.errors",
-    "testing": "lowerconv.testing",
-}
+# Every module of lowerconv 0.1 (one flat package), under the part it lives in now ("." for the
+# top level); "models" was a module and is the subpackage.
+PARTS_0_1 = """
+lowering:     trace sites spec strategies kernels autograd nd emit lower runtime functional
+              export subgraph record inspect
+verification: verify layer_checks audit timing determinism devices metrics report junit
+models:       realworld zoo
+.:            models cli errors testing
+"""
+
+
+def _new_homes(table: str) -> dict[str, str]:
+    homes, part = {}, None
+    for line in table.strip().splitlines():
+        head, colon, names = line.partition(":")
+        if colon:
+            part = head.strip()
+        else:
+            names = line
+        for name in names.split():
+            homes[name] = f"lowerconv.{name}" if part == "." else f"lowerconv.{part}.{name}"
+    return homes
+
+
+MODULES_0_1 = _new_homes(PARTS_0_1)
+
+
+def test_the_table_of_0_1_modules_has_all_thirty():
+    assert len(MODULES_0_1) == 30
+    assert MODULES_0_1["inspect"] == "lowerconv.lowering.inspect"
+    assert MODULES_0_1["models"] == "lowerconv.models"
 
 
 @pytest.mark.parametrize(("old", "new"), sorted(MODULES_0_1.items()))

@@ -313,8 +313,9 @@ def test_outputs_of_at_least_28x28_take_the_tap_path_smaller_ones_im2col(kwargs,
     else:
         assert len(im2col.calls) == 1
         args = im2col.calls[0][0]
-        assert args[4] == (1, 1)  # stride
-        assert args[7] == DEFAULT_WORKSPACE_BYTES  # no cap: the CPU chunk limit
+        geometry = args[3]
+        assert geometry.stride == (1, 1)
+        assert geometry.workspace_bytes == DEFAULT_WORKSPACE_BYTES  # no cap: the CPU chunk limit
 
 
 # -- 4. the fallback honours max_workspace_bytes --------------------------------------------------
@@ -332,7 +333,7 @@ def test_fallback_receives_the_workspace_cap(requires_grad):
         out = taps_output(conv, x, StrategyOptions(max_workspace_bytes=cap))
     assert_close(out.detach(), expected)
     assert im2col.calls, "the small output did not fall back to im2col_gemm"
-    assert {args[7] for args, _ in im2col.calls} == {cap}
+    assert {args[3].workspace_bytes for args, _ in im2col.calls} == {cap}
     # Chunked under the cap: more than one GEMM (one per chunk).
     assert seen.gemms + seen.names["aten.linear.default"] > 1, seen.names
     if requires_grad:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from .engine import GRAD_DTYPES as GRAD_DTYPES  # a name of this module in lower
 from .engine import use_onednn
 from .tiling import (
     ConvGeometry,
+    chunk_limit,
     input_window,
     output_tiles,
     phase_layout,
@@ -239,9 +241,10 @@ def conv2d_input_grad(
         pixel_bytes = flipped[0].numel() * grad.element_size()
         limit = max(geometry.workspace_bytes, pixel_bytes)
         kernel, dilation = geometry.kernel_size, geometry.dilation
-        return plain_kernels.tap_gemms(
-            grad, flipped, None, kernel, (1, 1), dilation, flipped_pad, 1, limit
+        flipped_geometry = ConvGeometry(
+            kernel, (1, 1), dilation, flipped_pad, 1, chunk_limit(grad.device, limit)
         )
+        return plain_kernels.tap_gemms(grad, flipped, None, flipped_geometry)
     g = geometry.groups
     c_out = weight.shape[0]
     kh, kw = geometry.kernel_size
@@ -333,9 +336,8 @@ def _depthwise_input_grad(grad, weight, input_shape, geometry: ConvGeometry) -> 
         # cache-blocked kernel: exactly the forward's work.  (Strided, that correlation would
         # run over the input's size, sh*sw times the taps' own work: the phases below do less.)
         flipped = weight.flip(-2, -1)
-        return plain_kernels.depthwise_taps(
-            grad, flipped, None, geometry.kernel_size, (1, 1), geometry.dilation, flipped_pad
-        )
+        flipped_geometry = replace(geometry, stride=(1, 1), zero_pad=flipped_pad)
+        return plain_kernels.depthwise_taps(grad, flipped, None, flipped_geometry)
     kh, kw = geometry.kernel_size
     hq, wq, taps = phase_layout(height, width, geometry)
     grads = grad.reshape(n * channels, multiplier, out_h, out_w)

@@ -19,8 +19,9 @@ time; each is one function here, kept a leaf of the graph with :func:`torch.fx.w
     A depthwise convolution as a sum of shifted views times per-channel weights, in blocks of
     planes that fit the cache.
 
-The last four compute by their namesakes in :mod:`.plain_kernels`.  A call that needs a gradient
-(eager, float32 or float64) runs that code with gradients off inside
+The last four compute by their namesakes in :mod:`.plain_kernels`, given the conv's
+:class:`~.tiling.ConvGeometry`.  A call that needs a gradient (eager, float32 or float64) runs
+that code with gradients off inside
 :class:`~lowerconv.lowering.autograd.GemmConv2d`, whose backward is GEMMs and col2im rather than
 autograd through the gathers; a tracer's call records the plain ops.
 
@@ -28,8 +29,6 @@ Nothing here knows about ``torch.fx``; every function is plain eager PyTorch.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 
@@ -79,18 +78,28 @@ def gemm_backward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     )
 
 
-def _with_gemm_backward(
+def _leaf(
+    name: str,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     geometry: ConvGeometry,
-    compute: Callable,
 ) -> torch.Tensor:
-    """``compute(input, weight, bias)`` inside :class:`~.autograd.GemmConv2d`, for a batched
-    ``(N, C, H, W)`` or an unbatched ``(C, H, W)`` input."""
+    """``plain_kernels.<name>(input, weight, bias, geometry)``, run inside
+    :class:`~.autograd.GemmConv2d` when an eager call needs a gradient (:func:`gemm_backward`).
+
+    The arithmetic is looked up when called, so that a patched ``plain_kernels`` is what runs.
+    """
+    arithmetic = getattr(plain_kernels, name)
+    if not gemm_backward(input, weight, bias):
+        return arithmetic(input, weight, bias, geometry)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+
+    def compute(x, w, b):
+        return arithmetic(x, w, b, geometry)
+
     result = GemmConv2d.apply(input, weight, bias, geometry, compute)
     return result.squeeze(0) if unbatched else result
 
@@ -105,19 +114,11 @@ def im2col_gemm(
     zero_pad: tuple[int, int, int, int],
     max_workspace_bytes: int | None,
 ) -> torch.Tensor:
-    """:func:`.plain_kernels.im2col_gemm`, with :class:`~.autograd.GemmConv2d`'s backward when
-    an eager call needs a gradient (:func:`gemm_backward`)."""
-    if not gemm_backward(input, weight, bias):
-        return plain_kernels.im2col_gemm(
-            input, weight, bias, kernel_size, stride, dilation, zero_pad, max_workspace_bytes
-        )
+    """A one-group convolution as channels-last im2col + :func:`gemm`, in chunks of at most
+    :func:`chunk_limit` bytes (:func:`.plain_kernels.im2col_gemm`)."""
     limit = chunk_limit(input.device, max_workspace_bytes)
     geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, 1, limit)
-
-    def compute(x, w, b):
-        return im2col_gemm(x, w, b, kernel_size, stride, dilation, zero_pad, limit)
-
-    return _with_gemm_backward(input, weight, bias, geometry, compute)
+    return _leaf("im2col_gemm", input, weight, bias, geometry)
 
 
 def tap_gemms(
@@ -131,34 +132,20 @@ def tap_gemms(
     groups: int = 1,
     max_workspace_bytes: int | None = None,
 ) -> torch.Tensor:
-    """:func:`.plain_kernels.tap_gemms`, with :class:`~.autograd.GemmConv2d`'s backward when an
-    eager call needs a gradient (:func:`gemm_backward`)."""
-    if not gemm_backward(input, weight, bias):
-        return plain_kernels.tap_gemms(
-            input,
-            weight,
-            bias,
-            kernel_size,
-            stride,
-            dilation,
-            zero_pad,
-            groups,
-            max_workspace_bytes,
-        )
+    """A convolution as ``kh*kw`` GEMMs on shifted views of its input, summed in place
+    (:func:`.plain_kernels.tap_gemms`); ``max_workspace_bytes`` caps the im2col GEMM it hands
+    small outputs to on CPU."""
     limit = chunk_limit(input.device, max_workspace_bytes)
     geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, groups, limit)
-
-    def compute(x, w, b):
-        return tap_gemms(x, w, b, kernel_size, stride, dilation, zero_pad, groups, limit)
-
-    return _with_gemm_backward(input, weight, bias, geometry, compute)
+    return _leaf("tap_gemms", input, weight, bias, geometry)
 
 
 def pointwise_gemm(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """:func:`.plain_kernels.pointwise_gemm`, with :class:`~.autograd.GemmConv2d`'s backward
-    when an eager call on a batched input needs a gradient (:func:`gemm_backward`)."""
+    """A one-group 1x1 convolution, ``weight (C_out, C) @ input (..., C, H*W)``
+    (:func:`.plain_kernels.pointwise_gemm`), with :class:`~.autograd.GemmConv2d`'s backward when
+    an eager call on a batched input needs a gradient (:func:`gemm_backward`)."""
     if gemm_backward(input, weight, bias) and input.dim() == 4:
         geometry = ConvGeometry((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, 0)
         return GemmConv2d.apply(input, weight, bias, geometry, pointwise_gemm)
@@ -174,17 +161,9 @@ def depthwise_taps(
     dilation: tuple[int, int],
     zero_pad: tuple[int, int, int, int],
 ) -> torch.Tensor:
-    """:func:`.plain_kernels.depthwise_taps`, with :class:`~.autograd.GemmConv2d`'s backward
-    when an eager call needs a gradient (:func:`gemm_backward`)."""
+    """A depthwise convolution (``groups == C``, ``C_out = m*C``) as a sum over kernel taps
+    (:func:`.plain_kernels.depthwise_taps`)."""
     kernel_size, stride, dilation, zero_pad = map(tuple, (kernel_size, stride, dilation, zero_pad))
-    if not gemm_backward(input, weight, bias):
-        return plain_kernels.depthwise_taps(
-            input, weight, bias, kernel_size, stride, dilation, zero_pad
-        )
     # input.shape[-3]: the channels, batched or not.
     geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, input.shape[-3], 0)
-
-    def compute(x, w, b):
-        return depthwise_taps(x, w, b, kernel_size, stride, dilation, zero_pad)
-
-    return _with_gemm_backward(input, weight, bias, geometry, compute)
+    return _leaf("depthwise_taps", input, weight, bias, geometry)

@@ -1,6 +1,8 @@
 """The run-time kernels' arithmetic, as plain eager ops: whatever runs them records what they do.
 
-Each function computes one convolution, or its GEMM, without a convolution op:
+Each function computes one convolution without a convolution op, from its tensors and its
+:class:`~.tiling.ConvGeometry` (kernel, stride, dilation, the zero padding still to apply, groups,
+and the im2col chunk limit):
 
 :func:`im2col_gemm`
     A whole channels-last im2col convolution, computed in chunks of images or output rows so
@@ -28,15 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .engine import GRAD_DTYPES, gemm, needs_grad, traced, use_onednn, without_autograd
-from .tiling import (
-    ConvGeometry,
-    chunk_limit,
-    input_window,
-    output_tiles,
-    phase_layout,
-    plan_chunks,
-    to_phases,
-)
+from .tiling import ConvGeometry, input_window, output_tiles, phase_layout, plan_chunks, to_phases
 
 __all__ = [
     "PLANAR_BLOCK_BYTES",
@@ -52,29 +46,23 @@ __all__ = [
 
 
 def im2col_gemm(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    zero_pad: tuple[int, int, int, int],
-    max_workspace_bytes: int | None,
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
 ) -> torch.Tensor:
     """A one-group convolution as channels-last im2col + :func:`gemm`, chunk by chunk.
 
     ``input`` is ``(N, C, H, W)`` or ``(C, H, W)``, ``weight`` the conv's ``(C_out, C, kh,
-    kw)``, ``zero_pad`` the ``(left, right, top, bottom)`` zero padding still to apply.  The
-    input is copied once to padded channels-last order (free when it is channels-last already),
-    so that a patch is ``kh*kw`` contiguous runs of ``C`` values; each chunk of images or output
-    rows is gathered into an im2col buffer of at most :func:`chunk_limit` bytes (see
-    :func:`plan_chunks`), multiplied by the weight as ``(C_out, kh*kw*C)``, and written to its
-    place in the contiguous ``(N, C_out, OH, OW)`` output.
+    kw)``, ``geometry.zero_pad`` the ``(left, right, top, bottom)`` zero padding still to apply.
+    The input is copied once to padded channels-last order (free when it is channels-last
+    already), so that a patch is ``kh*kw`` contiguous runs of ``C`` values; each chunk of images
+    or output rows is gathered into an im2col buffer of at most ``geometry.workspace_bytes``
+    bytes (see :func:`plan_chunks`), multiplied by the weight as ``(C_out, kh*kw*C)``, and
+    written to its place in the contiguous ``(N, C_out, OH, OW)`` output.
     """
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    limit = chunk_limit(input.device, max_workspace_bytes)
+    kernel_size, stride, dilation = geometry.kernel_size, geometry.stride, geometry.dilation
+    zero_pad, limit = geometry.zero_pad, geometry.workspace_bytes
     input, weight, bias = without_autograd(input, weight, bias)
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
     left, right, top, bottom = zero_pad
@@ -176,15 +164,7 @@ TAPS_MIN_PIXELS = 28 * 28
 
 
 def tap_gemms(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    zero_pad: tuple[int, int, int, int],
-    groups: int = 1,
-    max_workspace_bytes: int | None = None,
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
 ) -> torch.Tensor:
     """A convolution as ``kh*kw`` GEMMs on shifted views of its input, summed in place.
 
@@ -200,25 +180,24 @@ def tap_gemms(
     but the padded (or phase-split) input, with a spare zero row for the last tap's overhang,
     and the ``OW`` columns of each wide row; the cost is ``Wp/OW`` times the GEMM work.
 
-    ``input`` is ``(N, C, H, W)`` or ``(C, H, W)``, ``zero_pad`` ``(left, right, top, bottom)``.
-    Eager CPU calls run image by image (each image's planes stay in cache across the taps);
-    tracers and other devices record one batched ``matmul`` per tap and their sum.  Half
+    ``input`` is ``(N, C, H, W)`` or ``(C, H, W)``, ``geometry.zero_pad`` ``(left, right, top,
+    bottom)``.  Eager CPU calls run image by image (each image's planes stay in cache across the
+    taps); tracers and other devices record one batched ``matmul`` per tap and their sum.  Half
     precision is summed in float32, as a native convolution does.  On CPU, a one-group conv
     with an output of fewer than ``28*28`` pixels runs :func:`im2col_gemm` instead, under
-    ``max_workspace_bytes`` (which the tap GEMMs, building no im2col buffer, never need).
+    ``geometry.workspace_bytes`` (which the tap GEMMs, building no im2col buffer, never need).
     """
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
     input, weight, bias = without_autograd(input, weight, bias)
-    geometry = ConvGeometry(kernel_size, stride, dilation, zero_pad, groups, 0)
+    kernel_size, stride, groups = geometry.kernel_size, geometry.stride, geometry.groups
     n, channels, height, width = input.shape
     out_h, out_w = geometry.output_hw(height, width)
     eager_cpu = input.device.type == "cpu" and not traced(input, weight, bias)
     if eager_cpu and groups == 1 and out_h * out_w < TAPS_MIN_PIXELS:
         # Small planes make thin GEMMs, one per image and tap: the im2col GEMM does better.
-        limit = chunk_limit(input.device, max_workspace_bytes)
-        result = im2col_gemm(input, weight, bias, kernel_size, stride, dilation, zero_pad, limit)
+        result = im2col_gemm(input, weight, bias, geometry)
         return result.squeeze(0) if unbatched else result
     out_dtype = input.dtype
     if input.dtype not in GRAD_DTYPES:
@@ -296,13 +275,7 @@ def pointwise_gemm(
 
 
 def depthwise_taps(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    zero_pad: tuple[int, int, int, int],
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
 ) -> torch.Tensor:
     """A depthwise convolution (``groups == C``, ``C_out = m*C``) as a sum over kernel taps.
 
@@ -317,7 +290,8 @@ def depthwise_taps(
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    kernel_size, stride, dilation, zero_pad = map(tuple, (kernel_size, stride, dilation, zero_pad))
+    kernel_size, stride = geometry.kernel_size, geometry.stride
+    dilation, zero_pad = geometry.dilation, geometry.zero_pad
     n, channels, height, width = input.shape
     multiplier = weight.shape[0] // channels
     (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation

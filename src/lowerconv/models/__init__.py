@@ -15,29 +15,15 @@ What :mod:`.resolve` exports is re-exported here, as ``lowerconv.models`` (then 
 exported it in 0.1: ``from lowerconv.models import resolve_model`` still works.
 """
 
-from .resolve import (
-    CATEGORIES,
-    DEFAULT_IMAGE_SIZE,
-    VIDEO_FRAMES,
-    ResolvedModel,
-    default_image_size,
-    factory_candidates,
-    load_weights,
-    resolve_model,
-    suggest_model_names,
-    torchvision_models,
-)
-from .resolve import MODEL_LIST_HINT as MODEL_LIST_HINT  # a name of lowerconv.models in 0.1
-
-__all__ = [
-    "CATEGORIES",
-    "DEFAULT_IMAGE_SIZE",
-    "VIDEO_FRAMES",
-    "ResolvedModel",
-    "default_image_size",
-    "factory_candidates",
-    "load_weights",
-    "resolve_model",
-    "suggest_model_names",
-    "torchvision_models",
-]
+# What lowerconv.models exported in 0.1, when it was one module: ``X as X`` re-exports each.
+from .resolve import CATEGORIES as CATEGORIES
+from .resolve import DEFAULT_IMAGE_SIZE as DEFAULT_IMAGE_SIZE
+from .resolve import MODEL_LIST_HINT as MODEL_LIST_HINT
+from .resolve import VIDEO_FRAMES as VIDEO_FRAMES
+from .resolve import ResolvedModel as ResolvedModel
+from .resolve import default_image_size as default_image_size
+from .resolve import factory_candidates as factory_candidates
+from .resolve import load_weights as load_weights
+from .resolve import resolve_model as resolve_model
+from .resolve import suggest_model_names as suggest_model_names
+from .resolve import torchvision_models as torchvision_models
