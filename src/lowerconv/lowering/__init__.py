@@ -2,6 +2,7 @@
 
 In the order data flows through it:
 
+- :mod:`.preflight`      step 0: refuse TorchScript, initialise lazy modules (on a copy)
 - :mod:`.trace`          step 1: model -> ``torch.fx`` graph, plain conv modules kept as leaves
 - :mod:`.sites`          step 2: graph -> the convolutions in it (:class:`ConvSite`), and those
   left alone (:class:`SkippedConv`)

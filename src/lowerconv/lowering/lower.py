@@ -27,6 +27,7 @@ from torch import fx, nn
 from ..errors import LoweringError
 from .emit import strategy_graph
 from .inputs import normalize_example_inputs
+from .preflight import materialize_lazy, refuse_torchscript
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .rewrite import lower_graph
 from .runtime import (
@@ -143,6 +144,7 @@ def lower(
         max_workspace_bytes=max_workspace_bytes,
         kinds=[k for k in KINDS if k in chosen],
     )
+    _materialize(model, work, inputs, inplace, record)
     holders = _lower_conv_modules(work, strategy, options, chosen)
     run_time = [h.conv for h in holders.values() if isinstance(h.module, RuntimeLoweredConv)]
     try:
@@ -505,7 +507,23 @@ def _check_kinds(model: Any, kinds: Iterable[str] | None) -> frozenset[str]:
         ) from err
 
 
+def _materialize(
+    model: nn.Module, work: nn.Module, inputs: tuple | None, inplace: bool, record: LoweringRecord
+) -> None:
+    """Initialise ``work``'s lazy modules (a copy unless ``inplace``), saying so in the record."""
+    lazy = materialize_lazy(work, inputs, f"lower({type(model).__name__})")
+    if lazy and not inplace:
+        record.notes.append(
+            f"lazy modules {', '.join(repr(name) for name in lazy)} were initialised on the copy that was "
+            "lowered, by one run on example_inputs; the model you passed is still "
+            "uninitialised, and its first call draws weights of its own. To make the two the "
+            "same, call the original once before lowering, or load the lowered model's "
+            "state_dict() into it"
+        )
+
+
 def _check_arguments(model: Any, strategy: str, leaf_modules: Iterable[Any]) -> None:
+    refuse_torchscript(model, "lower()")
     if not isinstance(model, nn.Module):
         raise LoweringError(
             f"lower() takes an nn.Module or fx.GraphModule, got {type(model).__name__}: "

@@ -30,6 +30,7 @@ and randomness, and :mod:`~.report` is the result.
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .._version import __version__
 from ..errors import LoweringError, VerificationError
 from ..lowering.inputs import normalize_example_inputs
 from ..lowering.lower import lower
+from ..lowering.preflight import describe_lazy, lazy_modules, materialize_lazy, refuse_torchscript
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
 from ..lowering.spec import KINDS
@@ -142,11 +144,12 @@ def verify(
     for name in skipped:
         say(f"skipping {name}: {skipped[name]}")
 
+    model, lazy_note = _materialized(model, lowered, inputs)
     if lowered is None:
         say(f"lowering {type(model).__name__} with strategy {strategy!r}")
         lowered = lower(model, strategy=strategy, example_inputs=inputs, **options)
     record = _record_of(lowered)
-    notes = []
+    notes = [lazy_note] if lazy_note else []
     if record is None:
         notes.append(
             f"{type(lowered).__name__} carries no lowering record (it did not come from "
@@ -609,7 +612,32 @@ def _structure(spec: pytree.TreeSpec) -> str:
 # -- arguments and the report's fields -------------------------------------------------------
 
 
+def _materialized(model: nn.Module, lowered: Any, inputs: tuple) -> tuple[nn.Module, str | None]:
+    """``model``, or a copy of it with its lazy modules initialised on ``inputs`` and a note that
+    says so: every copy the verifier makes then has the same weights."""
+    lazy = lazy_modules(model)
+    if not lazy:
+        return model, None
+    what = f"verify({type(model).__name__})"
+    if lowered is not None:
+        raise LoweringError(
+            f"{what}: the model has uninitialised lazy modules ({describe_lazy(model, lazy)}) "
+            "and lowered= was given: the lowered model's weights cannot be the ones the "
+            "original will draw. Fix: call the model once on an input before lowering and "
+            "verifying it, or leave lowered= out so verify lowers an initialised copy"
+        )
+    work = copy.deepcopy(model)
+    materialize_lazy(work, inputs, what)
+    names = ", ".join(repr(name) for name in lazy)
+    note = (
+        f"lazy modules {names} were initialised by one run on the example inputs, on a copy that "
+        "was then lowered and verified; the model you passed is still uninitialised"
+    )
+    return work, note
+
+
 def _check_arguments(model: Any, lowered: Any, dtype: Any, repeats: int, warmup: int) -> None:
+    refuse_torchscript(model, "verify()")
     if not isinstance(model, nn.Module):
         raise LoweringError(
             f"verify() takes the original nn.Module, got {type(model).__name__}: pass the model "
