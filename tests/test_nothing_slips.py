@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+from typing import ClassVar
 
 import pytest
 import torch
@@ -489,8 +490,24 @@ def test_outputs_pytree_cannot_flatten_get_a_clear_error() -> None:
         lowerconv.verify(Net().eval(), torch.randn(1, 3, 8, 8), timing=False)
 
 
+class DriftsPerCall(nn.Module):
+    """Flips its output's sign on every call of any copy of it: the verifier's float64 oracle is
+    then not the function its native copy computes (as with random numbers a model draws)."""
+
+    calls: ClassVar[list[int]] = [0]  # class state, shared by every copy the verifier makes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        DriftsPerCall.calls[0] += 1
+        return self.conv(x) * (-1) ** DriftsPerCall.calls[0]
+
+
 def test_a_meaningless_oracle_is_flagged() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    # (An uninitialised lazy module used to be the example; verify() now initialises it once.)
+    model = DriftsPerCall().eval()
     report = lowerconv.verify(model, torch.randn(2, 3, 8, 8), timing=False)
     assert report.warnings, str(report)
     assert "float64 oracle" in report.warnings[0]
