@@ -311,7 +311,8 @@ def test_weights_of_another_model_name_the_keys(tiny, tmp_path, capsys):
 
 
 def test_weights_are_loaded(tiny, tmp_path, capsys):
-    # Weights that make the stem output all zeros: verification must still pass on them.
+    # Weights that make the stem output all zeros, and so the whole output: nothing can fail,
+    # and nothing is proven, so the verdict is INCONCLUSIVE (exit 3) naming the zero output.
     state = {
         "stem.weight": torch.zeros(8, 3, 3, 3),
         "stem.bias": torch.zeros(8),
@@ -321,9 +322,15 @@ def test_weights_are_loaded(tiny, tmp_path, capsys):
     }
     path = tmp_path / "weights.pt"
     torch.save(state, path)
-    code, _, err = run(["verify", tiny, *FAST, "--weights", str(path)], capsys)
-    assert code == 0, err
+    code, out, err = run(["verify", tiny, *FAST, "--weights", str(path)], capsys)
+    assert code == 3, err
     assert f"weights {path}" in err
+    assert "[cpu] output: the float64 oracle's value is all zeros" in err
+    assert out.startswith("lowerconv verification: INCONCLUSIVE")
+    code, _, err = run(
+        ["verify", tiny, *FAST, "--weights", str(path), "--allow-inconclusive"], capsys
+    )
+    assert code == 0, err
 
 
 BAD_ARGUMENTS = [

@@ -7,6 +7,8 @@ proves no convolution op ran in the lowered one.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -111,3 +113,209 @@ def test_verify_initialises_a_lazy_model_once_for_every_copy():
     assert is_lazy(model[0].weight), "the user's model was changed"
     with pytest.raises(LoweringError, match="lowered= was given"):
         lowerconv.verify(model, torch.randn(2, 3, 8, 8), lowered=nn.Identity(), timing=False)
+
+
+# -- inconclusive is not PASS ------------------------------------------------------------------
+
+
+def _vanishing(depth: int = 3) -> nn.Module:
+    """Convs with tiny weights between batch norms at their initial statistics: the activations
+    shrink 1e-3 per layer, below float16's smallest value (6e-8) after three (random init at
+    its worst, as in mobilenet_v2 at float16)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1)]
+    for _ in range(depth - 1):
+        layers += [nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)]
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                layer.weight.mul_(1e-3)
+                layer.bias.zero_()
+    return nn.Sequential(*layers).eval()
+
+
+def _all_zero() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    return model.eval()
+
+
+INCONCLUSIVE_CASES = [
+    # (id, model, dtype, the cause named first)
+    ("underflow", _vanishing, torch.float16, "itself off its float64 oracle by rel-L2 1"),
+    ("zero_oracle", _all_zero, torch.float32, "float64 oracle's value is all zeros"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "dtype", "cause"),
+    [c[1:] for c in INCONCLUSIVE_CASES],
+    ids=[c[0] for c in INCONCLUSIVE_CASES],
+)
+def test_degenerate_outputs_are_inconclusive_not_pass(make, dtype, cause):
+    report = lowerconv.verify(make(), torch.randn(2, 3, 8, 8), dtype=dtype, timing=False)
+    assert report.verdict == "INCONCLUSIVE", report
+    assert not report.ok and report.first_failure is None
+    assert report.inconclusive[0].startswith("[cpu] output: ") and cause in report.inconclusive[0]
+    assert any(c.startswith("[cpu] layer ") for c in report.inconclusive), report.inconclusive
+    assert str(report).startswith("lowerconv verification: INCONCLUSIVE ([cpu] output: ")
+    assert report.to_dict()["verdict"] == "INCONCLUSIVE"
+    assert report.to_dict()["inconclusive"] == report.inconclusive
+    assert report.to_markdown().startswith("### lowerconv verification: INCONCLUSIVE")
+    with pytest.raises(lowerconv.VerificationError, match="is inconclusive") as caught:
+        report.raise_if_failed()
+    assert "calibrate_bn=True" in str(caught.value)
+    assert report.raise_if_failed(allow_inconclusive=True) is report
+
+
+def test_a_healthy_model_in_float16_still_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    report = lowerconv.verify(model, torch.randn(2, 3, 8, 8), dtype=torch.float16, timing=False)
+    assert report.verdict == "PASS" and report.inconclusive == [], report
+
+
+def test_calibrate_bn_sets_statistics_on_the_verifiers_copies_only():
+    model = _vanishing()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    report = lowerconv.verify(model, x, dtype=torch.float16, timing=False, calibrate_bn=True)
+    assert report.verdict == "PASS", report
+    assert any("running statistics of 2 batch-norm module(s) were set" in n for n in report.notes)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"the user's model changed: {key}"
+    # A lowered model passed in gets the same statistics, in the verifier's copy of it.
+    lowered = lowerconv.lower(model)
+    report = lowerconv.verify(
+        model, x, lowered=lowered, dtype=torch.float16, timing=False, calibrate_bn=True
+    )
+    assert report.verdict == "PASS" and report.lowered_model.startswith("Lowered"), report
+    assert torch.equal(lowered.get_buffer("1.running_var"), torch.ones(8))
+
+
+VANISHING_SOURCE = """
+import torch
+from torch import nn
+
+
+def make():
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1)]
+    for _ in range(2):
+        layers += [nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)]
+    with torch.no_grad():
+        for layer in layers[::2]:
+            layer.weight.mul_(1e-3)
+            layer.bias.zero_()
+    return nn.Sequential(*layers)
+"""
+
+CLI_INCONCLUSIVE_CASES = [
+    # (id, extra options, exit code, verdict on stdout)
+    ("default", [], 3, "INCONCLUSIVE"),
+    ("allowed", ["--allow-inconclusive"], 0, "INCONCLUSIVE"),
+    ("calibrated", ["--calibrate-bn"], 0, "PASS"),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "verdict"),
+    [c[1:] for c in CLI_INCONCLUSIVE_CASES],
+    ids=[c[0] for c in CLI_INCONCLUSIVE_CASES],
+)
+def test_cli_inconclusive_exits_3(tmp_path, capsys, extra, code, verdict):
+    from lowerconv.cli import main
+
+    path = tmp_path / "vanishing.py"
+    path.write_text(VANISHING_SOURCE)
+    argv = ["verify", f"{path}:make", "--dtype", "float16", "--image-size", "8", "--no-timing"]
+    assert main([*argv, *extra]) == code
+    out, err = capsys.readouterr()
+    assert out.startswith(f"lowerconv verification: {verdict}")
+    if verdict == "INCONCLUSIVE":
+        assert "is inconclusive" in err and "--calibrate-bn" in err
+        assert "--allow-inconclusive" in err and "calibrate_bn=" not in err
+    else:
+        assert "calibrate_bn: the running statistics of 2 batch-norm module(s)" in out
+
+
+# -- exit codes: the environment is not the model ----------------------------------------------
+
+TINY_SOURCE = """
+from torch import nn
+
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 4, 3))
+
+
+def make_int():
+    return 3
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_SOURCE)
+    return f"{path}:make"
+
+
+def test_a_missing_onnxruntime_is_exit_2_with_the_install_command(tiny, monkeypatch, capsys):
+    from lowerconv.cli import main
+    from lowerconv.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    argv = ["verify", tiny, "--image-size", "8", "--no-timing", "--against", "onnx"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith('lowerconv: error: pip install -e ".[onnx]"')
+    assert "--against onnx needs onnxruntime, which is not installed" in err
+    assert "does not match" not in err
+    with pytest.raises(MissingDependencyError, match=r"verify\(against='onnx'\) needs onnxrun"):
+        lowerconv.verify(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), against="onnx")
+
+
+@pytest.fixture
+def broken_torchvision(monkeypatch):
+    """torchvision.models fails to import as a torchvision built for another torch does."""
+    import importlib
+
+    from lowerconv.models import resolve as models
+
+    class BrokenImport:
+        util = importlib.util
+
+        @staticmethod
+        def import_module(name: str, *args):
+            if name.startswith("torchvision"):
+                raise RuntimeError("operator torchvision::nms does not exist")
+            return importlib.import_module(name, *args)
+
+    monkeypatch.setattr(models, "importlib", BrokenImport)
+    models.torchvision_models.cache_clear()
+    yield
+    models.torchvision_models.cache_clear()
+
+
+@pytest.mark.parametrize("argv", [["verify", "resnet18"], ["models"], ["--version"]])
+def test_a_torchvision_that_does_not_import_is_exit_2_with_the_versions(
+    broken_torchvision, capsys, argv
+):
+    from importlib.metadata import version
+
+    from lowerconv.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lowerconv: error: torchvision failed to import (RuntimeError: operator " in err
+    assert f"Found torch {torch.__version__} and torchvision {version('torchvision')}" in err
+    assert "pip install" in err and "Traceback" not in err
+
+
+def test_messages_say_an_int(tiny, capsys):
+    from lowerconv.cli import main
+
+    assert main(["verify", tiny.replace(":make", ":make_int"), "--no-timing"]) == 2
+    assert "make_int() returned an int, not an nn.Module" in capsys.readouterr().err

@@ -8,6 +8,8 @@ own.  Everything between the two is replaced:
 
     <!-- lowerconv verify --help -->   a ```console block: the command and what it prints, from
                                        ``lowerconv.cli.main`` at 100 columns
+    <!-- lowerconv commands -->        a table of the commands, their arguments and their help
+                                       line, from ``lowerconv.cli.build_parser``
     <!-- file examples/my_models.py --> a ```python block holding that file
     <!-- default image sizes -->       a table of the torchvision models whose default
                                        ``--image-size`` is not 224, from ``lowerconv.models``
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HELP_COLUMNS = 100
 
 START = (
-    r"<!-- (?P<what>lowerconv(?: [^>]*)? --help|file [^ >]+|default image sizes"
+    r"<!-- (?P<what>lowerconv(?: [^>]*)? --help|lowerconv commands|file [^ >]+|default image sizes"
     r"|lowered code [a-z0-9_]+) -->"
 )
 START_LINE = re.compile(f"^{START}$")
@@ -74,6 +76,27 @@ def help_text(command: str) -> str:
     if status != 0:
         raise RuntimeError(f"{command!r} exited {status}")
     return out.getvalue()
+
+
+def command_table() -> str:
+    """A Markdown table: each command of the parser, with its positional arguments and required
+    options, and its one-line help."""
+    from lowerconv.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help for choice in commands._choices_actions}
+    lines = ["| command | what it does |", "|---|---|"]
+    for name, sub in commands.choices.items():
+        words = ["lowerconv", name]
+        for action in sub._actions:
+            if action.option_strings and action.required:
+                words.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+            elif not action.option_strings:
+                metavar = action.metavar or action.dest.upper()
+                words.append(f"[{metavar} ...]" if action.nargs == "*" else metavar)
+        lines.append(f"| `{' '.join(words)}` | {helps[name]} |")
+    return "\n".join(lines) + "\n"
 
 
 def default_image_sizes() -> str:
@@ -120,6 +143,8 @@ def lowered_code(kind: str) -> str:
 
 def generate(what: str, root: Path = ROOT) -> str:
     """The body of the region whose start marker says ``what``."""
+    if what == "lowerconv commands":
+        return command_table()
     if what.startswith("lowerconv"):
         return f"```console\n$ {what}\n{help_text(what)}```\n"
     if what.startswith("file "):

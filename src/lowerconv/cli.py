@@ -2,7 +2,9 @@
 
 ``main(argv)`` returns the exit code instead of exiting, so tests call it in-process:
 0 when verification passed, 1 when the lowered model's numbers did not match, 2 for a usage
-error, a model that cannot be built, loaded, traced or run, or any other error.  Errors print
+error, a missing optional package, a model that cannot be built, loaded, traced or run, or any
+other error, 3 when verification was inconclusive (nothing failed, but the numbers prove
+nothing: ``--allow-inconclusive`` makes that 0).  Errors print
 one message (what, where, how to fix it) and no traceback unless ``--debug`` is given.  Progress
 goes to stderr so stdout holds only the report.
 """
@@ -33,6 +35,7 @@ __all__ = ["cli_hints", "main"]
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_ERROR = 2
+EXIT_INCONCLUSIVE = 3
 
 DTYPES = {
     "float32": torch.float32,
@@ -53,7 +56,10 @@ examples:
   lowerconv verify examples/my_models.py:make_net --image-size 64
 
 exit status: 0 verified, 1 the lowered model's outputs differ beyond tolerance,
-2 usage error or a model that cannot be built, loaded, lowered or run"""
+2 usage error, a missing optional package, or a model that cannot be built, loaded,
+lowered or run, 3 inconclusive: nothing failed, but an output or a layer is degenerate
+(the float64 reference is all zeros, or the original model is itself far from it), so
+the numbers prove nothing (--allow-inconclusive: exit 0)"""
 
 GRAPH_EPILOG = """\
 examples:
@@ -218,6 +224,17 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         help="also export the lowered model (as `lowerconv export` does) and check the "
         "artifact against the float64 oracle on the CPU: onnx runs in onnxruntime, pt2 is "
         "saved, loaded and run. One more row each. Repeatable",
+    )
+    check.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="exit 0, not 3, when the verdict is INCONCLUSIVE (degenerate outputs or layers)",
+    )
+    check.add_argument(
+        "--calibrate-bn",
+        action="store_true",
+        help="set batch-norm running statistics from the input in the verifier's copies first "
+        "(at random init, float16 activations can underflow to zero)",
     )
     out = verify.add_argument_group("reports")
     out.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -472,6 +489,10 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     for option, path in _report_paths(args):
         _check_writable(option, path)
+    if "onnx" in args.against:  # before minutes of building and lowering
+        from .lowering.export import require_onnx
+
+        require_onnx("--against onnx")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise LoweringError(
             "--device cuda: CUDA is not available here (torch.cuda.is_available() is False). "
@@ -503,6 +524,7 @@ def run_verify(args: argparse.Namespace) -> int:
             progress=progress,
             lower_options=_lower_options(args),
             against=args.against,
+            calibrate_bn=args.calibrate_bn,
         )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
@@ -520,6 +542,8 @@ def run_verify(args: argparse.Namespace) -> int:
         progress(f"wrote {args.junit_xml}")
     if not report.ok:
         print(cli_hints(report.failure_message() or ""), file=sys.stderr)
+        if report.verdict == "INCONCLUSIVE":
+            return EXIT_OK if args.allow_inconclusive else EXIT_INCONCLUSIVE
         return EXIT_MISMATCH
     return EXIT_OK
 
@@ -775,6 +799,8 @@ _CLI_HINTS = (
         "print(lowered.code) and check the lowering",
         "`lowerconv graph MODEL --format code` prints it; check the lowering",
     ),
+    ("(calibrate_bn=True)", "(--calibrate-bn)"),
+    ("allow_inconclusive=True", "--allow-inconclusive"),
     (
         "pass verify() the lower_options the model was lowered with",
         "pass the same --leaf-module and --strict options to graph and verify",
@@ -859,13 +885,23 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        import torchvision
+        from .errors import MissingDependencyError
+        from .models.resolve import import_torchvision_models
 
+        status = EXIT_OK
+        try:
+            import_torchvision_models()
+            import torchvision
+
+            vision = torchvision.__version__
+        except MissingDependencyError as err:  # the versions still print, and say what is wrong
+            print(f"lowerconv: error: {err}", file=sys.stderr)
+            vision, status = "that fails to import", EXIT_ERROR
         print(
             f"lowerconv {__version__} (torch {torch.__version__}, torchvision "
-            f"{torchvision.__version__}, Python {sys.version.split()[0]})"
+            f"{vision}, Python {sys.version.split()[0]})"
         )
-        parser.exit()
+        parser.exit(status)
 
 
 def _wrap(names: list[str], width: int = 100) -> str:

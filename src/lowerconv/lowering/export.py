@@ -39,7 +39,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 from torch.export import Dim, ExportedProgram
 
-from ..errors import LoweringError
+from ..errors import LoweringError, MissingDependencyError
 from .emit import META_KEY, Provenance
 from .inputs import normalize_example_inputs
 from .record import RECORD_ATTR, LoweringRecord
@@ -506,16 +506,34 @@ def run_artifact(program: ExportedProgram, kind: str, inputs: tuple) -> list[tor
     return [torch.from_numpy(value) for value in session.run(None, feeds)]
 
 
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def require_onnx(what: str) -> None:
+    """Raise :class:`MissingDependencyError`, install command first, unless every package of
+    the ``onnx`` extra is importable; ``what`` says what needs them (``"--against onnx"``).
+    Cheap: it finds the packages without importing them."""
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(_onnx_hint(what, ", ".join(missing)))
+
+
 def _require_onnx(module: str, what: str) -> Any:
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise LoweringError(
-            f"to {what}, lowerconv needs {module}, which is not installed. Fix: "
-            'pip install -e ".[onnx]" (onnx, onnxscript, onnxruntime)'
-        ) from exc
+        raise MissingDependencyError(_onnx_hint(f"to {what}", module)) from exc
+
+
+def _onnx_hint(what: str, missing: str) -> str:
+    return (
+        f'pip install -e ".[onnx]" (or pip install onnx onnxscript onnxruntime): {what} needs '
+        f"{missing}, which is not installed"
+    )
 
 
 def describe_ops(ops: Counter[str]) -> str:

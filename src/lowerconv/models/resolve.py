@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LoweringError
+from ..errors import LoweringError, MissingDependencyError, with_article
 from .realworld import REALWORLD_MODELS
 
 __all__ = [
@@ -162,10 +162,39 @@ def _is_detection(name: str) -> bool:
 # -- torchvision ---------------------------------------------------------------------------------
 
 
+def import_torchvision_models():
+    """``torchvision.models``; a torchvision that does not import (not installed, or built for
+    another torch: ``operator torchvision::nms does not exist``) is a
+    :class:`MissingDependencyError` naming the versions found and how to install a matching pair."""
+    try:
+        return importlib.import_module("torchvision.models")
+    except Exception as exc:
+        raise MissingDependencyError(describe_torchvision_failure(exc)) from exc
+
+
+def describe_torchvision_failure(exc: BaseException) -> str:
+    """Why torchvision did not import, with the torch and torchvision versions installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = f"torchvision {version('torchvision')}"
+    except PackageNotFoundError:
+        found = "no torchvision"
+    return (
+        f"torchvision failed to import ({type(exc).__name__}: {exc}). Found torch "
+        f"{torch.__version__} and {found}: torchvision must be the build made for this torch "
+        "(torch 2.N pairs with torchvision 0.(N+15), for the same CUDA or CPU variant). Fix: "
+        "pip install the pair together, e.g. pip install --force-reinstall torch torchvision "
+        "(with the same --index-url for both, https://pytorch.org/get-started/previous-versions/ "
+        "lists the pairs); models given as package.module:factory or path/to/file.py:factory do "
+        "not need torchvision"
+    )
+
+
 @cache
 def torchvision_models() -> dict[str, str]:
     """Every torchvision model name, mapped to its category (``classification``, ``video``...)."""
-    import torchvision.models as tvm
+    tvm = import_torchvision_models()
 
     categories: dict[str, str] = {}
     for category, module in (
@@ -413,7 +442,7 @@ def _resolve_factory(
         factory = getattr(factory, part)
     if not callable(factory):
         raise LoweringError(
-            f"model {spec!r}: {attr} is a {type(factory).__name__}, not a callable; "
+            f"model {spec!r}: {attr} is {with_article(factory)}, not a callable; "
             "name a function (or class) that returns an nn.Module"
         )
     try:
@@ -426,7 +455,7 @@ def _resolve_factory(
         ) from exc
     if not isinstance(model, nn.Module):
         raise LoweringError(
-            f"model {spec!r}: {attr}() returned a {type(model).__name__}, not an nn.Module"
+            f"model {spec!r}: {attr}() returned {with_article(model)}, not an nn.Module"
         )
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     size = image_size if image_size is not None else DEFAULT_IMAGE_SIZE
@@ -582,7 +611,7 @@ def _unwrap_state_dict(loaded: object, path: Path) -> Mapping[str, torch.Tensor]
         ):
             return dict(loaded)
     raise LoweringError(
-        f"--weights {str(path)!r} holds a {type(loaded).__name__}, not a state_dict (a dict of "
+        f"--weights {str(path)!r} holds {with_article(loaded)}, not a state_dict (a dict of "
         "parameter names to tensors, optionally under 'state_dict' or 'model'). Fix: save one "
         "with torch.save(model.state_dict(), path)"
     )

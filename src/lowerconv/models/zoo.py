@@ -92,7 +92,8 @@ def zoo_image_size(name: str, category: str, image_size: int | None = None) -> i
 
 @dataclass
 class ZooRow:
-    """One model's result. ``status`` is ``pass``, ``FAIL``, ``error`` or ``skipped``."""
+    """One model's result. ``status`` is ``pass``, ``FAIL``, ``inconclusive`` (nothing failed,
+    but degenerate values proved nothing), ``error`` or ``skipped``."""
 
     model: str
     category: str
@@ -449,10 +450,12 @@ def run_zoo(
     ``image_size`` applies to torchvision models only: real-world models run on their registry
     entry's own inputs.
     """
-    import torchvision
-
     from ..lowering.lower import lower
     from ..verification.verify import verify
+    from .resolve import import_torchvision_models
+
+    import_torchvision_models()  # one that does not import says so, with the versions and fix
+    import torchvision
 
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -527,7 +530,7 @@ def _library_versions(categories: set[str]) -> dict[str, str]:
 def _fill_row(row: ZooRow, result) -> None:
     run = result.runs[0]
     lowering = result.lowering
-    row.status = "pass" if result.ok else "FAIL"
+    row.status = {"PASS": "pass", "INCONCLUSIVE": "inconclusive"}.get(result.verdict, "FAIL")
     row.path = result.path
     row.convs_lowered = lowering.get("lowered", 0)
     row.convs_left_alone = len(lowering.get("skipped") or [])

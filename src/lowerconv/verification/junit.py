@@ -39,7 +39,7 @@ def zoo_junit(report: ZooReport) -> str:
             time=f"{row.seconds:.1f}",
         )
         reason = row.note or row.first_failure or ""
-        if row.status == "FAIL":
+        if row.status in ("FAIL", "inconclusive"):
             detail = (
                 f"first failure: {row.first_failure}\n{row.note}" if row.first_failure else reason
             )
@@ -76,6 +76,9 @@ def verification_junit(report: VerificationReport, *, model: str | None = None) 
                 suite, "testcase", classname=f"{classname}.conv_ops", name=f"{op.op} in {op.where}"
             )
             _outcome(case, "failure", op.reason)
+        if run.ok and run.inconclusive:  # nothing failed, and nothing was proven either
+            case = ET.SubElement(suite, "testcase", classname=classname, name="conclusive")
+            _outcome(case, "failure", "INCONCLUSIVE: " + "\n".join(run.inconclusive))
         if not run.outputs and not run.layers:  # a run that compared nothing is no pass
             case = ET.SubElement(suite, "testcase", classname=classname, name="outputs")
             _outcome(case, "failure", run.first_failure or "no output to compare")

@@ -33,7 +33,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
 
-from ..errors import LoweringError
+from ..errors import LoweringError, with_article
 from ..lowering.functional import convolution
 from ..lowering.record import LoweredConv
 from ..lowering.runtime import ConvCall
@@ -124,7 +124,7 @@ def check_graph_layers(
         return checks
     if not isinstance(low, fx.GraphModule):
         for check in checks.values():
-            _unchecked(check, f"the lowered model is a {type(low).__name__}, not a GraphModule")
+            _unchecked(check, f"the lowered model is {with_article(low)}, not a GraphModule")
         return checks
     original_nodes = {n.name: n for n in traced_native.graph.nodes}
     original_data = _input_dependent(traced_native.graph)

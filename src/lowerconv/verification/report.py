@@ -107,7 +107,12 @@ class Timing:
 
 @dataclass
 class DeviceRun:
-    """Everything verified on one device."""
+    """Everything verified on one device.
+
+    ``inconclusive`` lists why a run that found no failure still proves nothing: an output or a
+    checked layer whose float64 oracle is all zeros, or on which the native model is itself far
+    from the oracle (see ``docs/verification.md``, "Inconclusive").
+    """
 
     device: str
     device_name: str
@@ -119,6 +124,14 @@ class DeviceRun:
     notes: list[str] = field(default_factory=list)
     conv_ops: list[ConvOpRun] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``PASS``, ``FAIL`` or ``INCONCLUSIVE`` (no failure, but nothing proven)."""
+        if not self.ok:
+            return "FAIL"
+        return "INCONCLUSIVE" if self.inconclusive else "PASS"
 
     @property
     def failing_conv_ops(self) -> list[ConvOpRun]:
@@ -134,8 +147,9 @@ class DeviceRun:
 class VerificationReport:
     """The verdict of :func:`lowerconv.verify` and everything behind it.
 
-    ``ok`` is True when at least one device ran and no run failed (a run fails on a convolution
-    op that ran in the lowered model, a failing layer or output, or no output to compare).
+    ``ok`` is True when at least one device ran, no run failed (a run fails on a convolution
+    op that ran in the lowered model, a failing layer or output, or no output to compare) and
+    no run was inconclusive (``verdict`` is then ``INCONCLUSIVE``, ``inconclusive`` says why).
     ``first_failure`` names the first such thing: ``conv op ...``, the original qualified name of
     the first failing conv, or the first failing output's path (``output['out']``); else None.  ``devices_skipped`` maps a
     device that could not be used (CUDA absent) to the reason.
@@ -161,15 +175,24 @@ class VerificationReport:
 
     @property
     def ok(self) -> bool:
-        """True only when at least one device ran and every run passed: no PASS without a check."""
-        return bool(self.runs) and all(run.ok for run in self.runs)
+        """True only when at least one device ran and every run passed: no PASS without a check,
+        and none on numbers that prove nothing."""
+        return self.verdict == "PASS"
 
     @property
     def verdict(self) -> str:
-        """``PASS``, ``FAIL`` or ``NOTHING VERIFIED`` (no device ran)."""
+        """``PASS``, ``FAIL``, ``INCONCLUSIVE`` (nothing failed, but a degenerate output or layer
+        proves nothing) or ``NOTHING VERIFIED`` (no device ran)."""
         if not self.runs:
             return "NOTHING VERIFIED"
-        return "PASS" if self.ok else "FAIL"
+        if not all(run.ok for run in self.runs):
+            return "FAIL"
+        return "INCONCLUSIVE" if self.inconclusive else "PASS"
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Why the verdict is ``INCONCLUSIVE``, one line per cause, device first; else empty."""
+        return [f"[{run.device}] {cause}" for run in self.runs for cause in run.inconclusive]
 
     @property
     def first_failure(self) -> str | None:
@@ -196,9 +219,12 @@ class VerificationReport:
     # -- verdict -----------------------------------------------------------------------------
 
     def failure_message(self) -> str | None:
-        """Why verification failed, naming the first failure and its numbers; None when ok."""
+        """Why verification failed (or was inconclusive), naming the first failure and its
+        numbers; None when ok."""
         if self.ok:
             return None
+        if self.verdict == "INCONCLUSIVE":
+            return self._inconclusive_message()
         if not self.runs:
             skipped = "; ".join(f"{d}: {why}" for d, why in self.devices_skipped.items())
             return (
@@ -244,12 +270,29 @@ class VerificationReport:
         )
         return "\n".join(lines)
 
-    def raise_if_failed(self) -> VerificationReport:
-        """Raise :class:`VerificationError` if verification failed; return ``self`` otherwise."""
+    def raise_if_failed(self, *, allow_inconclusive: bool = False) -> VerificationReport:
+        """Raise :class:`VerificationError` if verification failed, or was inconclusive unless
+        ``allow_inconclusive=True``; return ``self`` otherwise."""
+        if allow_inconclusive and self.verdict == "INCONCLUSIVE":
+            return self
         message = self.failure_message()
         if message is not None:
             raise VerificationError(message)
         return self
+
+    def _inconclusive_message(self) -> str:
+        lines = [
+            f"verification of lowered {self.model} is inconclusive ({self.dtype}): nothing "
+            "failed, but these values prove nothing about the lowering:"
+        ]
+        lines += [f"  {cause}" for cause in self.inconclusive]
+        lines.append(
+            "  fix: values that underflow: verify in a wider dtype, or with batch-norm "
+            "statistics calibrated on the input (calibrate_bn=True); a reference of zeros: "
+            "trained weights, or an input that reaches the layer; or accept the verdict with "
+            "allow_inconclusive=True"
+        )
+        return "\n".join(lines)
 
     # -- data --------------------------------------------------------------------------------
 
@@ -260,6 +303,7 @@ class VerificationReport:
             "ok": self.ok,
             "verdict": self.verdict,
             "first_failure": self.first_failure,
+            "inconclusive": self.inconclusive,
         }
         for f in fields(self):
             if f.name == "runs":
@@ -351,6 +395,8 @@ class VerificationReport:
 
     def _headline(self) -> str:
         verdict = "PASS" if self.ok else f"FAIL (first failure: {self.first_failure})"
+        if self.verdict == "INCONCLUSIVE":
+            verdict = f"INCONCLUSIVE ({self.inconclusive[0]})"
         if not self.runs:
             verdict = "NOTHING VERIFIED (every device skipped)"
         warnings = "".join(f"\nWARNING: {warning}" for warning in self.warnings)
@@ -375,7 +421,7 @@ class VerificationReport:
             rows.append(
                 [
                     f"{run.device}",
-                    f"{'PASS' if run.ok else 'FAIL'}: {len(run.outputs)} output(s), "
+                    f"{run.status}: {len(run.outputs)} output(s), "
                     f"{len(checked)}/{len(run.layers)} layer(s) checked, {len(failed)} failing; "
                     f"conv ops run: {failing_ops} failing, {left_alone} left alone",
                 ]
@@ -516,6 +562,7 @@ def _run_dict(run: DeviceRun) -> dict:
         "device_name": run.device_name,
         "ok": run.ok,
         "first_failure": run.first_failure,
+        "inconclusive": list(run.inconclusive),
         "outputs": [_jsonable(o) for o in run.outputs],
         "layers": [_layer_dict(c) for c in run.layers],
         "timing": _jsonable(run.timing),

@@ -41,7 +41,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .._version import __version__
-from ..errors import LoweringError, VerificationError
+from ..errors import LoweringError, MissingDependencyError, VerificationError, with_article
 from ..lowering.inputs import normalize_example_inputs
 from ..lowering.lower import lower
 from ..lowering.preflight import describe_lazy, lazy_modules, materialize_lazy, refuse_torchscript
@@ -66,8 +66,8 @@ from .layer_checks import (
     check_graph_layers,
     check_runtime_layers,
 )
-from .metrics import Tolerance, compare, default_tolerance, judge
-from .report import DeviceRun, OutputCheck, VerificationReport
+from .metrics import TensorDiff, Tolerance, compare, default_tolerance, judge
+from .report import DeviceRun, LayerCheck, OutputCheck, VerificationReport
 from .timing import time_forward
 
 # MatchedRandomness, pinned_precision and VerificationError live in determinism and errors; they
@@ -104,6 +104,7 @@ def verify(
     allow_tf32: bool = False,
     lower_options: dict[str, Any] | None = None,
     against: Sequence[str] = (),
+    calibrate_bn: bool = False,
 ) -> VerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
     computes what ``model`` computes; return a
@@ -122,7 +123,10 @@ def verify(
     made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what ``lowerconv
     export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
     export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more row
-    each, judged against the float64 oracle by the same rule.
+    each, judged against the float64 oracle by the same rule.  ``calibrate_bn=True`` sets the
+    running statistics of every batch-norm module from ``example_inputs`` (one batch) in the
+    verifier's copies, original and lowered alike: at random init, activations can shrink until
+    they underflow in float16, which makes the verdict ``INCONCLUSIVE``.
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -145,11 +149,16 @@ def verify(
         say(f"skipping {name}: {skipped[name]}")
 
     model, lazy_note = _materialized(model, lowered, inputs)
+    calibration_note = None
+    # Named before calibrate_bn copies it: a copy of a GraphModule is a plain "GraphModule".
+    lowered_name = None if lowered is None else type(lowered).__name__
+    if calibrate_bn:
+        model, lowered, calibration_note = _calibrated(model, lowered, inputs)
     if lowered is None:
         say(f"lowering {type(model).__name__} with strategy {strategy!r}")
         lowered = lower(model, strategy=strategy, example_inputs=inputs, **options)
     record = _record_of(lowered)
-    notes = [lazy_note] if lazy_note else []
+    notes = [note for note in (lazy_note, calibration_note) if note]
     if record is None:
         notes.append(
             f"{type(lowered).__name__} carries no lowering record (it did not come from "
@@ -181,7 +190,7 @@ def verify(
     warnings = [f"[{run.device}] {warning}" for run in runs for warning in run.warnings]
     return VerificationReport(
         model=type(model).__name__,
-        lowered_model=type(lowered).__name__,
+        lowered_model=lowered_name or type(lowered).__name__,
         strategy=record.strategy if record else strategy,
         path=record.path if record else "unknown",
         dtype=dtype_name(dtype),
@@ -381,7 +390,10 @@ def _verify_on(
         or nothing_compared
     )
     run.ok = run.first_failure is None
+    run.inconclusive = inconclusive_causes(run.outputs, run.layers, plan.dtype)
     verdict = "pass" if run.ok else f"FAIL, first failure {run.first_failure}"
+    if run.ok and run.inconclusive:
+        verdict = f"INCONCLUSIVE: {run.inconclusive[0]}"
     say(f"[{dev}] {verdict}")
     return run
 
@@ -414,6 +426,10 @@ def _check_against(against: Sequence[str]) -> tuple[str, ...]:
             f"against={unknown[0]!r}: verify can check the lowered model exported as "
             f"{' or '.join(repr(k) for k in ARTIFACTS)}"
         )
+    if "onnx" in kinds:
+        from ..lowering.export import require_onnx
+
+        require_onnx("verify(against='onnx')")
     return kinds
 
 
@@ -449,6 +465,8 @@ def _check_artifacts(
         try:
             program = export_lowered(native, x, strategy=strategy, max_workspace_bytes=workspace)
             got = run_artifact(program, kind, x)
+        except MissingDependencyError:
+            raise  # the environment, not the lowering: no failing row
         except LoweringError as err:
             checks.append(OutputCheck(f"{label}: output", None, None, ok=False, reason=str(err)))
             continue
@@ -495,6 +513,52 @@ def _oracle_warnings(outputs: list[OutputCheck], dtype: torch.dtype) -> list[str
     return found
 
 
+# A native error against the oracle at or above this rel-L2 (or an oracle that is all zeros)
+# makes a value degenerate: the rule's bound (factor x native error) is then so loose, or the
+# reference so empty, that any lowering passes, so the verdict is INCONCLUSIVE, not PASS.
+INCONCLUSIVE_REL_L2 = 0.5
+
+
+def inconclusive_causes(
+    outputs: list[OutputCheck], layers: list[LayerCheck], dtype: torch.dtype
+) -> list[str]:
+    """Why a run that found no failure proves nothing: each degenerate output, and the checked
+    layers that are, with their numbers (layers summarised after the first three)."""
+    causes = []
+    for check in outputs:
+        if check.ok and "float" in (check.dtype or ""):
+            cause = _degenerate(check.native, dtype)
+            if cause:
+                causes.append(f"{check.path}: {cause}")
+    degenerate = [
+        (layer.name, cause)
+        for layer in layers
+        if layer.status == "pass" and (cause := _degenerate(layer.local_native, dtype))
+    ]
+    causes += [f"layer {name!r}: {cause}" for name, cause in degenerate[:3]]
+    if len(degenerate) > 3:
+        names = ", ".join(repr(name) for name, _ in degenerate[3:9])
+        more = f" and {len(degenerate) - 9} more" if len(degenerate) > 9 else ""
+        causes.append(f"{len(degenerate) - 3} more degenerate layer(s): {names}{more}")
+    return causes
+
+
+def _degenerate(native: TensorDiff | None, dtype: torch.dtype) -> str | None:
+    if native is None or native.numel == 0:
+        return None
+    if native.reference_peak == 0:
+        return "the float64 oracle's value is all zeros, so any lowering matches it"
+    if native.rel_l2 >= INCONCLUSIVE_REL_L2:
+        return (
+            f"the original model in {dtype_name(dtype)} is itself off its float64 oracle by "
+            f"rel-L2 {native.rel_l2:.3g} (>= {INCONCLUSIVE_REL_L2:g}; the oracle's RMS is "
+            f"{native.reference_rms:.3g}), so a lowered error within a factor of it proves "
+            "nothing: values that underflow or overflow in this dtype (activations at random "
+            "init), or a model that is not one function"
+        )
+    return None
+
+
 def _flatten(value: Any, what: str, model: str) -> tuple[list[tuple[str, Any]], Any]:
     """``(path, leaf)`` pairs of an output, and its spec; positional paths where pytree has
     no keys for a container (diffusers registers its outputs without them)."""
@@ -507,7 +571,7 @@ def _flatten(value: Any, what: str, model: str) -> tuple[list[tuple[str, Any]], 
     for path, leaf in pairs:
         if not isinstance(leaf, torch.Tensor | int | float | bool | str | complex | type(None)):
             raise LoweringError(
-                f"{what} ({model}) returns a {type(leaf).__name__} at output{path}, which "
+                f"{what} ({model}) returns {with_article(leaf)} at output{path}, which "
                 "torch.utils._pytree cannot flatten into tensors, so its values cannot be "
                 f"compared. Fix: register {type(leaf).__name__} with "
                 "torch.utils._pytree.register_pytree_node (or register_dataclass), or verify a "
@@ -634,6 +698,65 @@ def _materialized(model: nn.Module, lowered: Any, inputs: tuple) -> tuple[nn.Mod
         "was then lowered and verified; the model you passed is still uninitialised"
     )
     return work, note
+
+
+def _calibrated(
+    model: nn.Module, lowered: nn.Module | None, inputs: tuple
+) -> tuple[nn.Module, nn.Module | None, str]:
+    """Copies of ``model`` (and ``lowered``) whose batch-norm running statistics are those of
+    ``inputs``, and a note that says so; the caller's modules are not changed."""
+    model = copy.deepcopy(model)
+    norms = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+    }
+    if not norms:
+        return model, lowered, "calibrate_bn: the model has no batch norm with running statistics"
+    saved = {name: (m.momentum, m.training) for name, m in norms.items()}
+    try:
+        for module in norms.values():
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: after one batch, its statistics
+            module.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(*inputs)
+    except Exception as exc:
+        raise LoweringError(
+            f"calibrate_bn: running {type(model).__name__} once on the example inputs to set "
+            f"its batch-norm statistics failed: {type(exc).__name__}: {exc}. Fix: a batch of "
+            "more than one sample (batch norm needs several values per channel), or verify "
+            "without calibrate_bn"
+        ) from exc
+    finally:
+        for name, (momentum, training) in saved.items():
+            norms[name].momentum = momentum
+            norms[name].training = training
+    if lowered is not None:
+        # The lowering keeps the original's state_dict keys: give its copy the same statistics.
+        statistics = {
+            key: value
+            for key, value in model.state_dict().items()
+            if key.rpartition(".")[0] in norms
+        }
+        lowered = copy.deepcopy(lowered)
+        missing = sorted(set(statistics) - set(lowered.state_dict()))
+        if missing:
+            raise LoweringError(
+                f"calibrate_bn: the lowered model has no {', '.join(missing[:3])} to take the "
+                "calibrated batch-norm statistics. Fix: leave lowered= out, so verify lowers "
+                "the calibrated copy itself"
+            )
+        lowered.load_state_dict(statistics, strict=False)
+    return (
+        model,
+        lowered,
+        (
+            f"calibrate_bn: the running statistics of {len(norms)} batch-norm module(s) were set "
+            "from the example inputs (one batch) in the verifier's copies, original and lowered; "
+            "the model you passed is unchanged"
+        ),
+    )
 
 
 def _check_arguments(model: Any, lowered: Any, dtype: Any, repeats: int, warmup: int) -> None:
