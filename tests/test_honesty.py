@@ -319,3 +319,83 @@ def test_messages_say_an_int(tiny, capsys):
 
     assert main(["verify", tiny.replace(":make", ":make_int"), "--no-timing"]) == 2
     assert "make_int() returned an int, not an nn.Module" in capsys.readouterr().err
+
+
+# -- direct calls of torch.convolution and the ATen ops ------------------------------------------
+
+# (id, the call, input shape, weight shape): each convolves x with w (and b where it takes one).
+aten = torch.ops.aten
+DIRECT_CALLS = [
+    (
+        "torch.convolution",
+        lambda x, w, b: torch.convolution(x, w, b, [1, 1], [1, 1], [1, 1], False, [0, 0], 1),
+        (2, 3, 8, 8),
+        (4, 3, 3, 3),
+    ),
+    (
+        "torch.convolution_transposed",
+        lambda x, w, b: torch.convolution(x, w, None, [2, 2], [1, 1], [1, 1], True, [1, 1], 1),
+        (2, 3, 5, 5),
+        (3, 4, 3, 3),
+    ),
+    (
+        "torch._convolution",
+        lambda x, w, b: torch._convolution(
+            x, w, b, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True
+        ),
+        (2, 3, 8, 8),
+        (4, 3, 3, 3),
+    ),
+    (
+        "aten.convolution",
+        lambda x, w, b: aten.convolution(x, w, b, [2], [1], [1], False, [0], 1),
+        (2, 3, 9),
+        (4, 3, 3),
+    ),
+    (
+        "aten.convolution.default",
+        lambda x, w, b: aten.convolution.default(x, w, b, [1, 1, 1], [1, 1, 1], [1, 1, 1], False, [0, 0, 0], 1),
+        (1, 3, 4, 5, 6),
+        (4, 3, 3, 3, 3),
+    ),
+    ("aten.conv2d.default", lambda x, w, b: aten.conv2d.default(x, w, b, [1, 1], [1, 1]), (2, 3, 8, 8), (4, 3, 3, 3)),
+    ("torch.conv_transpose2d", lambda x, w, b: torch.conv_transpose2d(x, w, None, 2, 1), (2, 3, 5, 5), (3, 4, 3, 3)),
+]  # fmt: skip
+
+
+class DirectCall(nn.Module):
+    def __init__(self, call, weight_shape: tuple[int, ...], traceable: bool) -> None:
+        super().__init__()
+        self.call, self.traceable = call, traceable
+        self.weight = nn.Parameter(torch.randn(weight_shape, dtype=torch.float64) / 3)
+        self.bias = nn.Parameter(torch.randn(weight_shape[0], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.traceable and x.sum() > 1e9:  # data-dependent: torch.fx cannot trace it
+            return x
+        return self.call(x, self.weight, self.bias)
+
+
+@pytest.mark.parametrize("traceable", [False, True], ids=["fallback", "graph"])
+@pytest.mark.parametrize(
+    ("call", "input_shape", "weight_shape"),
+    [c[1:] for c in DIRECT_CALLS],
+    ids=[c[0] for c in DIRECT_CALLS],
+)
+def test_direct_convolution_calls_are_lowered(call, input_shape, weight_shape, traceable):
+    from op_names import OpNames
+
+    torch.manual_seed(0)
+    model = DirectCall(call, weight_shape, traceable)
+    x = torch.randn(input_shape, dtype=torch.float64)
+    lowered = lowerconv.lower(model, example_inputs=x)
+    record = lowering_record(lowered)
+    assert record.path == ("graph" if traceable else "fallback")
+    assert record.num_lowered == 1 and not record.skipped, record
+    with OpNames() as ops:
+        got = lowered(x)
+    assert ops.convs == [], f"convolution ops ran in the lowered model: {ops.convs}"
+    with OpNames() as control:
+        want = model(x)
+    assert control.convs, "the original ran no convolution op: the counter sees nothing"
+    torch.testing.assert_close(got, want)

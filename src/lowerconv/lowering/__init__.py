@@ -6,6 +6,8 @@ In the order data flows through it:
 - :mod:`.trace`          step 1: model -> ``torch.fx`` graph, plain conv modules kept as leaves
 - :mod:`.sites`          step 2: graph -> the convolutions in it (:class:`ConvSite`), and those
   left alone (:class:`SkippedConv`)
+- :mod:`.conv_calls`     every function a forward can convolve with (``F.conv*``,
+  ``torch.convolution``, the ATen ops), and how to read a call's arguments
 - :mod:`.spec`           each conv's configuration and shape arithmetic (:class:`ConvSpec`), no FX
 - :mod:`.strategies`     step 3: the eager im2col arithmetic that replaces a conv, one function a
   strategy, and ``auto``'s rule (:func:`choose_strategy`)

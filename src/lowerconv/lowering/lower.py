@@ -250,7 +250,7 @@ def _list_runtime_convs(lowered: nn.Module, record: LoweringRecord, inputs: tupl
                 LoweredConv(
                     name=call.name,
                     node="",
-                    target=f"F.{call.kind}",
+                    target=call.target,
                     kind=call.kind,
                     spec=call.spec,
                     strategy=f"{call.concrete_strategy} (run time)",

@@ -4,7 +4,9 @@ Two things defeat a graph: ``Conv2d`` subclasses whose ``forward`` computes its 
 plain Python (timm's ``Conv2dSame``), and whole models that ``torch.fx`` cannot trace at all
 (type checks, data-dependent branches: most Hugging Face models, kornia's filters).  Both keep
 running their ``forward`` as written, under :class:`Im2colMode`, a ``TorchFunctionMode`` that
-sends every ``F.conv*``/``F.conv_transpose*`` call (of the lowering's kinds) to
+sends every ``F.conv*``/``F.conv_transpose*`` call (of the lowering's kinds), and every direct
+call of ``torch.convolution`` or of an ATen convolution op (``torch.ops.aten.convolution``,
+packet or overload: a ``TorchFunctionMode`` sees those too; :mod:`.conv_calls` lists them), to
 :func:`lowerconv.lowering.functional.convolution`: the same strategies as in a lowered graph, plain
 differentiable tensor ops (gradients reach whatever parameters built the kernel), and no
 convolution op.  Transposed convolution modules always run this way, because their output
@@ -31,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .conv_calls import CONV_CALLABLES, bind_conv_call
 from .functional import convolution
-from .spec import CONV_ARGS, CONV_TRANSPOSE_ARGS, KINDS, ConvSpec
+from .spec import KINDS, ConvSpec
 from .strategies import choose_strategy
 
 __all__ = [
@@ -53,15 +55,11 @@ __all__ = [
     "trace_conv_calls",
 ]
 
-# The functional convolutions a forward can call, by kind.  Those of the lowering's kinds are
+# The functional convolutions a forward can call, by kind (the generic ones, whose kind is
+# in their arguments, are in conv_calls.CONV_CALLABLES).  Calls of the lowering's kinds are
 # lowered at run time; the others are reported so that the record can list them as left alone.
 CONV_FUNCTIONS: dict[Any, str] = {
-    F.conv1d: "conv1d",
-    F.conv2d: "conv2d",
-    F.conv3d: "conv3d",
-    F.conv_transpose1d: "conv_transpose1d",
-    F.conv_transpose2d: "conv_transpose2d",
-    F.conv_transpose3d: "conv_transpose3d",
+    func: kind for func, (kind, label, _) in CONV_CALLABLES.items() if label.startswith("F.")
 }
 
 
@@ -85,6 +83,12 @@ class ConvCall:
     called_from: str | None = None  # the innermost module of the model on the stack
     location: str | None = None  # the model's own source line that made the call
     name: str = ""  # ``called_from``, numbered when one module makes several calls
+    function: str = ""  # what the forward called: "F.conv2d", "torch.convolution"...
+
+    @property
+    def target(self) -> str:
+        """The function called, as the record shows it (``F.conv2d`` when unknown)."""
+        return self.function or f"F.{self.kind}"
 
     @property
     def concrete_strategy(self) -> str | None:
@@ -122,26 +126,17 @@ def observe_conv_calls(callback: Callable[[ConvCall], None]) -> Iterator[None]:
         _OBSERVER.reset(token)
 
 
-def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    names = CONV_TRANSPOSE_ARGS if "transpose" in CONV_FUNCTIONS[func] else CONV_ARGS
-    bound = dict(zip(names, args, strict=False))
-    bound.update(kwargs)
-    return bound
-
-
-def _report(func: Any, args: tuple, kwargs: dict, output: Any, **how: Any) -> None:
+def _report(call: tuple[str, str, dict[str, Any]], output: Any, **how: Any) -> None:
     observer = _OBSERVER.get()
     if observer is not None:
-        observer(
-            ConvCall(
-                CONV_FUNCTIONS[func], arguments=_bind(func, args, kwargs), output=output, **how
-            )
-        )
+        kind, function, arguments = call
+        observer(ConvCall(kind, arguments=dict(arguments), output=output, function=function, **how))
 
 
 class Im2colMode(TorchFunctionMode):
     """Within this mode, ``F.conv*``/``torch.conv*`` calls of ``kinds`` (default: every kind)
-    run as im2col + matmul (transposed ones: GEMM + col2im).
+    run as im2col + matmul (transposed ones: GEMM + col2im), and so do direct calls of
+    ``torch.convolution`` and of the ATen convolution ops (:data:`.conv_calls.CONV_CALLABLES`).
 
     ``scope`` says who pushed the mode (``"model"`` or ``"module"``), for observers.
     """
@@ -161,23 +156,24 @@ class Im2colMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        kind = CONV_FUNCTIONS.get(func)
-        if kind is not None and kind in self.kinds:
-            arguments = _bind(func, args, kwargs)
+        call = bind_conv_call(func, args, kwargs)
+        if call is not None and call[0] in self.kinds:
+            kind, _, arguments = call
+            lowering = dict(arguments)
             out = convolution(
-                arguments.pop("input"),
-                arguments.pop("weight"),
-                arguments.pop("bias", None),
+                lowering.pop("input"),
+                lowering.pop("weight"),
+                lowering.pop("bias", None),
                 transposed="transpose" in kind,
                 strategy=self.strategy,
                 max_workspace_bytes=self.max_workspace_bytes,
-                **arguments,
+                **lowering,
             )
-            _report(func, args, kwargs, out, scope=self.scope, lowered=True, strategy=self.strategy)
+            _report(call, out, scope=self.scope, lowered=True, strategy=self.strategy)
             return out
         out = func(*args, **kwargs)
-        if func in CONV_FUNCTIONS:
-            _report(func, args, kwargs, out, scope=self.scope, lowered=False, strategy=None)
+        if call is not None:
+            _report(call, out, scope=self.scope, lowered=False, strategy=None)
         return out
 
 
@@ -191,8 +187,9 @@ class ConvCallRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in CONV_FUNCTIONS:
-            _report(func, args, kwargs, out, scope="native", lowered=False, strategy=None)
+        call = bind_conv_call(func, args, kwargs)
+        if call is not None:
+            _report(call, out, scope="native", lowered=False, strategy=None)
         return out
 
 

@@ -3,8 +3,8 @@
 A *site* is one node computing a convolution of a kind the pass lowers (:data:`KINDS`, all of
 them unless ``kinds=`` narrows it): a ``call_module`` of a plain ``nn.Conv1d/2d/3d`` or
 ``nn.ConvTranspose1d/2d/3d``, or a ``call_function`` of ``F.conv*``/``F.conv_transpose*``
-(also ``aten.conv*``, ``aten.conv_transpose*`` and ``aten.convolution`` in graphs traced at the
-ATen level).  Every other convolution (a kind left out by ``kinds=``, deformable) is reported as
+(also ``torch.convolution``, ``aten.conv*``, ``aten.conv_transpose*`` and ``aten.convolution``,
+called directly or in graphs traced at the ATen level: :mod:`.conv_calls`).  Every other convolution (a kind left out by ``kinds=``, deformable) is reported as
 skipped, never silently.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from .spec import CONV_ARGS, CONV_TRANSPOSE_ARGS, KINDS, ConvSpec, kind_of
+from .conv_calls import CONV_CALLABLES
+from .spec import KINDS, ConvSpec, kind_of
 from .trace import CONV_MODULES, conv_base, is_plain_conv
 
 __all__ = [
@@ -32,39 +32,6 @@ __all__ = [
     "other_conv_kind",
     "skipped_conv_modules",
 ]
-
-aten = torch.ops.aten
-
-# Functional convolutions by target: (kind, label, argument names); kind None for the generic
-# ``aten.convolution``, whose kind is read from its arguments.
-_GENERIC_ARGS = (
-    "input",
-    "weight",
-    "bias",
-    "stride",
-    "padding",
-    "dilation",
-    "transposed",
-    "output_padding",
-    "groups",
-)
-_FUNCTIONS: dict[Any, tuple[str | None, str, tuple[str, ...]]] = {}
-for _n in (1, 2, 3):
-    _plain, _transposed = kind_of(_n, False), kind_of(_n, True)
-    _FUNCTIONS[getattr(F, _plain)] = (_plain, f"F.{_plain}", CONV_ARGS)
-    _FUNCTIONS[getattr(F, _transposed)] = (_transposed, f"F.{_transposed}", CONV_TRANSPOSE_ARGS)
-    for _overload in ("default", "padding"):
-        _FUNCTIONS[getattr(getattr(aten, _plain), _overload)] = (
-            _plain,
-            f"aten.{_plain}",
-            CONV_ARGS,
-        )
-    for _overload in ("input", "default"):
-        _op = getattr(getattr(aten, _transposed), _overload, None)
-        if _op is not None:
-            _FUNCTIONS[_op] = (_transposed, f"aten.{_transposed}", CONV_TRANSPOSE_ARGS)
-_FUNCTIONS[aten.convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
-_FUNCTIONS[aten._convolution.default] = (None, "aten.convolution", _GENERIC_ARGS)
 
 _DEFAULTS = {
     "bias": None,
@@ -207,7 +174,7 @@ def find_conv_sites(
             elif (kind := other_conv_kind(module, chosen)) is not None:
                 skipped.append(_skip(node, kind, _why_not(kind, chosen)))
         elif node.op == "call_function":
-            if node.target in _FUNCTIONS:
+            if _is_conv_callable(node.target):
                 site = _function_site(node, static, chosen)
                 (sites if isinstance(site, ConvSite) else skipped).append(site)
             elif getattr(node.target, "__name__", "") == "deform_conv2d":
@@ -292,10 +259,17 @@ def _module_site(node: fx.Node, conv: nn.Module) -> ConvSite:
     )
 
 
+def _is_conv_callable(target: Any) -> bool:
+    try:
+        return target in CONV_CALLABLES
+    except TypeError:  # an unhashable target (a functools.partial...) is no convolution
+        return False
+
+
 def _function_site(
     node: fx.Node, static: _StaticEvaluator, chosen: frozenset[str]
 ) -> ConvSite | SkippedConv:
-    kind, label, names = _FUNCTIONS[node.target]
+    kind, label, names = CONV_CALLABLES[node.target]
     args = dict(_DEFAULTS)
     args.update(zip(names, node.args, strict=False))
     args.update(node.kwargs)
@@ -305,7 +279,7 @@ def _function_site(
         if ndim not in (1, 2, 3) or isinstance(args["transposed"], fx.Node):
             return _skip(node, label, "its kind is only known at run time")
         kind = kind_of(ndim, bool(args["transposed"]))
-        label = f"aten.convolution({kind})" if kind != "conv2d" else label
+        label = f"{label}({kind})" if kind != "conv2d" else label
     if kind not in chosen:
         return _skip(node, label, _why_not(kind, chosen))
     transposed = kind.startswith("conv_transpose")

@@ -397,7 +397,7 @@ def check_runtime_layers(
         check = LayerCheck(
             name=call.name,
             node="",
-            target=f"F.{call.kind}",
+            target=call.target,
             strategy=f"{strategy} (run time)",
             config=call.spec.describe() if call.spec else "dynamic",
             graph_module="",
