@@ -399,3 +399,61 @@ def test_direct_convolution_calls_are_lowered(call, input_shape, weight_shape, t
         want = model(x)
     assert control.convs, "the original ran no convolution op: the counter sees nothing"
     torch.testing.assert_close(got, want)
+
+
+# -- transposed convs called with output_size= ---------------------------------------------------
+
+
+class UpsampleTo(nn.Module):
+    """A transposed conv inside a model, called with ``output_size=``."""
+
+    def __init__(self, up: nn.Module) -> None:
+        super().__init__()
+        self.up = up
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return self.up(x, output_size=output_size)
+
+
+# (id, module, input shape, the output_size= of each call: None, spatial sizes, a whole shape)
+OUTPUT_SIZE_CASES = [
+    ("2d", lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1), (2, 3, 5, 6), [None, (10, 12), (2, 4, 9, 11)]),
+    ("1d", lambda: nn.ConvTranspose1d(3, 2, 4, stride=3), (2, 3, 7), [None, [23], [24]]),
+    ("3d", lambda: nn.ConvTranspose3d(2, 2, 2, stride=2, dilation=1), (1, 2, 2, 3, 2), [None, (5, 6, 5)]),
+    ("unbatched", lambda: nn.ConvTranspose2d(3, 4, 3, stride=2), (3, 5, 5), [(12, 11), (4, 11, 12)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["unfold", "auto"])
+@pytest.mark.parametrize("where", ["bare", "in_a_model"])
+@pytest.mark.parametrize(
+    ("make", "input_shape", "sizes"),
+    [c[1:] for c in OUTPUT_SIZE_CASES],
+    ids=[c[0] for c in OUTPUT_SIZE_CASES],
+)
+def test_output_size_is_lowered_bare_and_in_a_model(make, input_shape, sizes, where, strategy):
+    from op_names import OpNames
+
+    torch.manual_seed(0)
+    conv = make().double()
+    model = conv if where == "bare" else UpsampleTo(conv)
+    lowered = lowerconv.lower(model, strategy=strategy)
+    assert lowering_record(lowered).path == "graph"
+    x = torch.randn(input_shape, dtype=torch.float64)
+    for output_size in sizes:
+        with OpNames() as ops:
+            got = lowered(x, output_size=output_size)
+        assert ops.convs == [], f"output_size={output_size}: conv ops ran: {ops.convs}"
+        torch.testing.assert_close(got, model(x, output_size=output_size))
+    if where == "bare":  # positionally too, as ConvTranspose*d.forward takes it
+        torch.testing.assert_close(lowered(x, sizes[-1]), model(x, sizes[-1]))
+
+
+def test_an_output_size_out_of_range_fails_as_pytorch_does():
+    conv = nn.ConvTranspose2d(3, 4, 3, stride=2)
+    x = torch.randn(1, 3, 5, 5)
+    with pytest.raises(ValueError) as native:
+        conv(x, output_size=(14, 11))
+    with pytest.raises(ValueError) as lowered:
+        lowerconv.lower(conv)(x, output_size=(14, 11))
+    assert str(lowered.value) == str(native.value)

@@ -181,6 +181,11 @@ def lower(
         return work
 
     lowered, skipped = lower_graph(traced, strategy, options=options, kinds=chosen)
+    if is_plain_conv(work) and work.transposed and concrete_args is None:
+        # A bare transposed conv: lowered dynamically, as its output padding comes from each
+        # call's output_size=; its configuration is the module's, as for one inside a model.
+        for conv in lowered:
+            conv.spec = conv.spec or ConvSpec.from_module(work)
     record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
     record.skipped.extend(skipped)
     already = {s.name for s in record.skipped}

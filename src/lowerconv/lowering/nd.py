@@ -30,10 +30,13 @@ size go through one traced graph.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch import nn
 
 from .engine import gemm, without_autograd
 from .spec import ConvSpec, transposed_output_size
@@ -43,6 +46,7 @@ __all__ = [
     "col2im_nd",
     "conv_nd",
     "conv_transpose",
+    "conv_transpose_output_padding",
     "conv_transpose_output_size",
     "depthwise_taps_nd",
     "im2col_conv_nd",
@@ -304,6 +308,31 @@ def conv_transpose_output_size(
     )
 
 
+def conv_transpose_output_padding(
+    input: torch.Tensor,
+    output_size: Sequence[int] | None,
+    output_padding: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+) -> list[int]:
+    """The output padding of one call of a transposed convolution module: its own
+    ``output_padding``, or the one ``output_size=`` asks for, with the same checks and errors
+    as ``nn.ConvTranspose*d.forward`` (whose own arithmetic this calls)."""
+    owner = SimpleNamespace(output_padding=tuple(output_padding))  # all the method reads
+    return nn.modules.conv._ConvTransposeNd._output_padding(
+        owner,  # type: ignore[arg-type]
+        input,
+        output_size,
+        list(stride),
+        list(padding),
+        list(kernel_size),
+        len(kernel_size),
+        list(dilation),
+    )
+
+
 def transposed_columns(input, weight, spec: ConvSpec, use_gemm: bool = False) -> torch.Tensor:
     """``(..., C_in, *S)`` -> ``(..., C_out*K, L)``: each group's ``weightᵀ @ input``.
 
@@ -422,7 +451,13 @@ def col2im_nd(
 
 # Leaves of the traced graph, like the 2-D kernels (see strategies._LEAVES), printed in
 # generated code under their own names with an import.
-_LEAVES = ("im2col_conv_nd", "depthwise_taps_nd", "col2im_nd", "conv_transpose_output_size")
+_LEAVES = (
+    "im2col_conv_nd",
+    "depthwise_taps_nd",
+    "col2im_nd",
+    "conv_transpose_output_size",
+    "conv_transpose_output_padding",
+)
 for _name in _LEAVES:
     torch.fx.wrap(_name)
 try:

@@ -9,9 +9,10 @@ stay leaves, because several of them carry control flow that symbolic tracing ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -138,23 +139,45 @@ def trace(
     """Symbolically trace ``model`` with :class:`LoweringTracer`.
 
     ``leaf_objects`` are module instances to keep as leaves (the pass passes conv subclasses
-    that cannot be traced on their own).  A bare transposed conv is traced for calls without
-    ``output_size=``.  A ``GraphModule`` is returned as is.  A failure raises
+    that cannot be traced on their own).  A bare transposed conv keeps its ``output_size=``
+    argument: the output padding it picks is a graph node, computed per call.  A ``GraphModule`` is returned as is.  A failure raises
     :class:`LoweringError` naming the model,
     the module being traced when it failed, the last node recorded, and the tracer's message.
     """
     if isinstance(model, fx.GraphModule):
         return model
     tracer = LoweringTracer(leaf_modules, leaf_objects)
-    if concrete_args is None and is_plain_conv(model) and getattr(model, "transposed", False):
-        # A bare transposed conv as the model: its forward branches on output_size=.
-        concrete_args = {"output_size": None}
+    bare_transposed = (
+        concrete_args is None and is_plain_conv(model) and getattr(model, "transposed", False)
+    )
     try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        if bare_transposed:
+            with _output_padding_as_node(model, tracer):
+                graph = tracer.trace(model)
+        else:
+            graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:
         raise LoweringError(describe_trace_failure(model, tracer, exc)) from exc
     name = type(model).__name__
     return fx.GraphModule(tracer.root, graph, class_name=name)
+
+
+@contextlib.contextmanager
+def _output_padding_as_node(conv: nn.Module, tracer: fx.Tracer) -> Iterator[None]:
+    """While ``tracer`` traces a bare transposed conv, its ``output_size=`` argument stays a
+    placeholder (default None) and the output padding it picks is one graph node, computed per
+    call: its forward branches on ``output_size`` in plain Python, which tracing cannot follow."""
+    from .nd import conv_transpose_output_padding
+
+    def output_padding_node(input, output_size, stride, padding, kernel_size, dims, dilation):
+        args = (input, output_size, conv.output_padding, stride, padding, kernel_size, dilation)
+        return tracer.create_proxy("call_function", conv_transpose_output_padding, args, {})
+
+    conv.__dict__["_output_padding"] = output_padding_node
+    try:
+        yield
+    finally:
+        del conv.__dict__["_output_padding"]
 
 
 def describe_trace_failure(model: nn.Module, tracer: LoweringTracer, exc: BaseException) -> str:
