@@ -541,5 +541,7 @@ def _fill_row(row: ZooRow, result) -> None:
     row.lowered_error = max(lowereds) if lowereds else None
     if run.timing is not None:
         row.cpu_ratio = run.timing.ratio
-    if not result.ok and result.failure_message():
+    if result.verdict == "INCONCLUSIVE":
+        row.note = result.inconclusive[0][:160]
+    elif not result.ok and result.failure_message():
         row.note = result.failure_message().splitlines()[0][:160]
