@@ -719,7 +719,8 @@ def _calibrated(
             module.reset_running_stats()
             module.momentum = None  # a cumulative average: after one batch, its statistics
             module.train()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             model(*inputs)
     except Exception as exc:
         raise LoweringError(
