@@ -3,12 +3,14 @@
 :func:`~.verify.verify` takes a model, its example inputs and (optionally) its lowering, and
 returns a :class:`~.report.VerificationReport`.  In the order data flows through it:
 
+- :mod:`.prepare`       before the copies: lazy modules initialised, batch norms calibrated
 - :mod:`.devices`       before step 1: the devices to run on, and on each the three copies (the
   *native* model, its float64 *oracle*, the *lowered* model) and their inputs
 - :mod:`.determinism`   around every step: pinned precision flags, seeds, dropout masks matched
   across the three copies, so that they differ by the lowering alone
 - :mod:`.verify`        step 1 and the verdict: every output end to end against the oracle's
 - :mod:`.metrics`       the comparison math each check uses (:func:`compare`, :func:`judge`)
+- :mod:`.inconclusive`  the verdict's third answer: degenerate values that prove nothing
 - :mod:`.audit`         during step 1: the convolution ops the lowered model really dispatches
 - :mod:`.layer_checks`  step 2: each lowered conv on its own, on the input the original gives it
 - :mod:`.timing`        step 3: A/B interleaved timing and CUDA peak memory

@@ -30,7 +30,6 @@ and randomness, and :mod:`~.report` is the result.
 from __future__ import annotations
 
 import contextlib
-import copy
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from .._version import __version__
 from ..errors import LoweringError, MissingDependencyError, VerificationError, with_article
 from ..lowering.inputs import normalize_example_inputs
 from ..lowering.lower import lower
-from ..lowering.preflight import describe_lazy, lazy_modules, materialize_lazy, refuse_torchscript
+from ..lowering.preflight import refuse_torchscript
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
 from ..lowering.spec import KINDS
@@ -60,14 +59,16 @@ from .devices import (
     oracle_forward,
     resolve_devices,
 )
+from .inconclusive import inconclusive_causes
 from .layer_checks import (
     ModuleCapture,
     check_fallback_layers,
     check_graph_layers,
     check_runtime_layers,
 )
-from .metrics import TensorDiff, Tolerance, compare, default_tolerance, judge
-from .report import DeviceRun, LayerCheck, OutputCheck, VerificationReport
+from .metrics import Tolerance, compare, default_tolerance, judge
+from .prepare import calibrated, materialized
+from .report import DeviceRun, OutputCheck, VerificationReport
 from .timing import time_forward
 
 # MatchedRandomness, pinned_precision and VerificationError live in determinism and errors; they
@@ -148,12 +149,12 @@ def verify(
     for name in skipped:
         say(f"skipping {name}: {skipped[name]}")
 
-    model, lazy_note = _materialized(model, lowered, inputs)
+    model, lazy_note = materialized(model, lowered, inputs)
     calibration_note = None
     # Named before calibrate_bn copies it: a copy of a GraphModule is a plain "GraphModule".
     lowered_name = None if lowered is None else type(lowered).__name__
     if calibrate_bn:
-        model, lowered, calibration_note = _calibrated(model, lowered, inputs)
+        model, lowered, calibration_note = calibrated(model, lowered, inputs)
     if lowered is None:
         say(f"lowering {type(model).__name__} with strategy {strategy!r}")
         lowered = lower(model, strategy=strategy, example_inputs=inputs, **options)
@@ -513,52 +514,6 @@ def _oracle_warnings(outputs: list[OutputCheck], dtype: torch.dtype) -> list[str
     return found
 
 
-# A native error against the oracle at or above this rel-L2 (or an oracle that is all zeros)
-# makes a value degenerate: the rule's bound (factor x native error) is then so loose, or the
-# reference so empty, that any lowering passes, so the verdict is INCONCLUSIVE, not PASS.
-INCONCLUSIVE_REL_L2 = 0.5
-
-
-def inconclusive_causes(
-    outputs: list[OutputCheck], layers: list[LayerCheck], dtype: torch.dtype
-) -> list[str]:
-    """Why a run that found no failure proves nothing: each degenerate output, and the checked
-    layers that are, with their numbers (layers summarised after the first three)."""
-    causes = []
-    for check in outputs:
-        if check.ok and "float" in (check.dtype or ""):
-            cause = _degenerate(check.native, dtype)
-            if cause:
-                causes.append(f"{check.path}: {cause}")
-    degenerate = [
-        (layer.name, cause)
-        for layer in layers
-        if layer.status == "pass" and (cause := _degenerate(layer.local_native, dtype))
-    ]
-    causes += [f"layer {name!r}: {cause}" for name, cause in degenerate[:3]]
-    if len(degenerate) > 3:
-        names = ", ".join(repr(name) for name, _ in degenerate[3:9])
-        more = f" and {len(degenerate) - 9} more" if len(degenerate) > 9 else ""
-        causes.append(f"{len(degenerate) - 3} more degenerate layer(s): {names}{more}")
-    return causes
-
-
-def _degenerate(native: TensorDiff | None, dtype: torch.dtype) -> str | None:
-    if native is None or native.numel == 0:
-        return None
-    if native.reference_peak == 0:
-        return "the float64 oracle's value is all zeros, so any lowering matches it"
-    if native.rel_l2 >= INCONCLUSIVE_REL_L2:
-        return (
-            f"the original model in {dtype_name(dtype)} is itself off its float64 oracle by "
-            f"rel-L2 {native.rel_l2:.3g} (>= {INCONCLUSIVE_REL_L2:g}; the oracle's RMS is "
-            f"{native.reference_rms:.3g}), so a lowered error within a factor of it proves "
-            "nothing: values that underflow or overflow in this dtype (activations at random "
-            "init), or a model that is not one function"
-        )
-    return None
-
-
 def _flatten(value: Any, what: str, model: str) -> tuple[list[tuple[str, Any]], Any]:
     """``(path, leaf)`` pairs of an output, and its spec; positional paths where pytree has
     no keys for a container (diffusers registers its outputs without them)."""
@@ -674,90 +629,6 @@ def _structure(spec: pytree.TreeSpec) -> str:
 
 
 # -- arguments and the report's fields -------------------------------------------------------
-
-
-def _materialized(model: nn.Module, lowered: Any, inputs: tuple) -> tuple[nn.Module, str | None]:
-    """``model``, or a copy of it with its lazy modules initialised on ``inputs`` and a note that
-    says so: every copy the verifier makes then has the same weights."""
-    lazy = lazy_modules(model)
-    if not lazy:
-        return model, None
-    what = f"verify({type(model).__name__})"
-    if lowered is not None:
-        raise LoweringError(
-            f"{what}: the model has uninitialised lazy modules ({describe_lazy(model, lazy)}) "
-            "and lowered= was given: the lowered model's weights cannot be the ones the "
-            "original will draw. Fix: call the model once on an input before lowering and "
-            "verifying it, or leave lowered= out so verify lowers an initialised copy"
-        )
-    work = copy.deepcopy(model)
-    materialize_lazy(work, inputs, what)
-    names = ", ".join(repr(name) for name in lazy)
-    note = (
-        f"lazy modules {names} were initialised by one run on the example inputs, on a copy that "
-        "was then lowered and verified; the model you passed is still uninitialised"
-    )
-    return work, note
-
-
-def _calibrated(
-    model: nn.Module, lowered: nn.Module | None, inputs: tuple
-) -> tuple[nn.Module, nn.Module | None, str]:
-    """Copies of ``model`` (and ``lowered``) whose batch-norm running statistics are those of
-    ``inputs``, and a note that says so; the caller's modules are not changed."""
-    model = copy.deepcopy(model)
-    norms = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-    }
-    if not norms:
-        return model, lowered, "calibrate_bn: the model has no batch norm with running statistics"
-    saved = {name: (m.momentum, m.training) for name, m in norms.items()}
-    try:
-        for module in norms.values():
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average: after one batch, its statistics
-            module.train()
-        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            model(*inputs)
-    except Exception as exc:
-        raise LoweringError(
-            f"calibrate_bn: running {type(model).__name__} once on the example inputs to set "
-            f"its batch-norm statistics failed: {type(exc).__name__}: {exc}. Fix: a batch of "
-            "more than one sample (batch norm needs several values per channel), or verify "
-            "without calibrate_bn"
-        ) from exc
-    finally:
-        for name, (momentum, training) in saved.items():
-            norms[name].momentum = momentum
-            norms[name].training = training
-    if lowered is not None:
-        # The lowering keeps the original's state_dict keys: give its copy the same statistics.
-        statistics = {
-            key: value
-            for key, value in model.state_dict().items()
-            if key.rpartition(".")[0] in norms
-        }
-        lowered = copy.deepcopy(lowered)
-        missing = sorted(set(statistics) - set(lowered.state_dict()))
-        if missing:
-            raise LoweringError(
-                f"calibrate_bn: the lowered model has no {', '.join(missing[:3])} to take the "
-                "calibrated batch-norm statistics. Fix: leave lowered= out, so verify lowers "
-                "the calibrated copy itself"
-            )
-        lowered.load_state_dict(statistics, strict=False)
-    return (
-        model,
-        lowered,
-        (
-            f"calibrate_bn: the running statistics of {len(norms)} batch-norm module(s) were set "
-            "from the example inputs (one batch) in the verifier's copies, original and lowered; "
-            "the model you passed is unchanged"
-        ),
-    )
 
 
 def _check_arguments(model: Any, lowered: Any, dtype: Any, repeats: int, warmup: int) -> None:
