@@ -166,6 +166,11 @@ def test_degenerate_outputs_are_inconclusive_not_pass(make, dtype, cause):
         report.raise_if_failed()
     assert "calibrate_bn=True" in str(caught.value)
     assert report.raise_if_failed(allow_inconclusive=True) is report
+    with pytest.raises(lowerconv.VerificationError, match="is inconclusive"):
+        lowerconv.testing.assert_lowering_close(make(), torch.randn(2, 3, 8, 8), dtype=dtype)
+    lowerconv.testing.assert_lowering_close(
+        make(), torch.randn(2, 3, 8, 8), dtype=dtype, allow_inconclusive=True
+    )
 
 
 def test_a_healthy_model_in_float16_still_passes():
