@@ -181,7 +181,7 @@ def test_module_factory(factory_file, monkeypatch):
 # (spec template, expected message) for each way a factory spec goes wrong.
 FACTORY_ERRORS = [
     ("{file}:gray_nt", r"has no attribute 'gray_nt'\. Did you mean gray_net"),
-    ("{file}:not_a_model", r"not_a_model\(\) returned a int, not an nn\.Module"),
+    ("{file}:not_a_model", r"not_a_model\(\) returned an int, not an nn\.Module"),
     ("{file}:broken", r"calling broken\(\) raised RuntimeError: factory exploded"),
     ("{dir}/absent.py:make", r"no such file"),
     ("no_such_package_xyz.models:make", r"cannot import 'no_such_package_xyz\.models'"),
