@@ -127,7 +127,9 @@ def _plain_conv(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
     if form == "pointwise":
         return _pointwise(input, weight, bias, spec, channels_last)
     width = input.shape[-1] + spec.pad[0] + spec.pad[1]
-    if form == "depthwise_banded" and width <= BANDED_MAX_WIDTH:
+    # (An empty batch goes to the columns: the banded form pads a channel-major copy, and
+    # reflect padding refuses an empty dimension there.)
+    if form == "depthwise_banded" and width <= BANDED_MAX_WIDTH and input.shape[0] > 0:
         if spec.ndim == 1:
             lifted = spec.lifted_to_2d()
             out = _depthwise_banded(input.unsqueeze(-2), weight.unsqueeze(-2), bias, lifted)
