@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from op_names import OpNames
 from torch import nn
 
 import lowerconv
 from lowerconv import ConvSpec, LoweringError
 from lowerconv.cuda_plan import BANDED_MAX_WIDTH, cuda_conv, cuda_form, cuda_workspace_bytes
+from op_names import OpNames
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -119,9 +119,11 @@ def conv_configs(draw):
     kernel = tuple(draw(st.sampled_from([1, 2, 3, 5])) for _ in range(ndim))
     stride = tuple(draw(st.sampled_from([1, 1, 2, 3])) for _ in range(ndim))
     dilation = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(ndim))
-    size = tuple(draw(st.integers(k * d, k * d + 7)) for k, d in zip(kernel, dilation))
+    size = tuple(draw(st.integers(k * d, k * d + 7)) for k, d in zip(kernel, dilation, strict=True))
     if transposed:
-        padding = tuple(draw(st.integers(0, d * (k - 1))) for k, d in zip(kernel, dilation))
+        padding = tuple(
+            draw(st.integers(0, d * (k - 1))) for k, d in zip(kernel, dilation, strict=True)
+        )
         extra = tuple(
             draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation, strict=True)
         )
