@@ -521,12 +521,11 @@ def planned_conv(
     """:func:`lowerconv.cuda_plan.cuda_conv`, unless its intermediate would exceed the workspace
     limit (the cap, and on a GPU :func:`~lowerconv.cuda_plan.cuda_workspace_limit`): then
     ``nchw``'s im2col, chunked under that limit."""
-    # (A compiler plans its own buffers: torch.compile and export trace the plan as it is.)
-    if not torch.compiler.is_compiling():
+    out = cuda_plan.planned(input, weight, bias, spec, max_workspace_bytes)
+    if out is None:
         limit = cuda_plan.cuda_workspace_limit(input.device, max_workspace_bytes)
-        if cuda_plan.plan_workspace_bytes(input, spec) > limit:
-            return STRATEGIES["nchw"](input, weight, bias, spec, StrategyOptions(limit))
-    return cuda_plan.cuda_conv(input, weight, bias, spec)
+        return STRATEGIES["nchw"](input, weight, bias, spec, StrategyOptions(limit))
+    return out
 
 
 def auto_conv(
