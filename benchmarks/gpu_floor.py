@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from lowerconv.cuda_plan import cuda_conv
+from lowerconv.lowering.cuda_plan import cuda_conv
 
 from lowerconv import ConvSpec
 

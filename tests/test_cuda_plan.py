@@ -1,4 +1,4 @@
-"""The CUDA plan (``lowerconv.cuda_plan``): pinned on CPU tensors with ``target="cuda"``.
+"""The CUDA plan (``lowerconv.lowering.cuda_plan``): pinned on CPU tensors with ``target="cuda"``.
 
 What a GPU pays for is launches and bytes, so the plan is pinned by what it dispatches: no
 ``im2col``/``col2im`` (one kernel per image on CUDA), and a number of non-view ATen ops per conv
@@ -18,7 +18,7 @@ from torch import nn
 
 import lowerconv
 from lowerconv import ConvSpec, LoweringError
-from lowerconv.cuda_plan import BANDED_MAX_WIDTH, cuda_conv, cuda_form, cuda_workspace_bytes
+from lowerconv.lowering.cuda_plan import BANDED_MAX_WIDTH, cuda_conv, cuda_form, cuda_workspace_bytes
 from op_names import OpNames
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -333,7 +333,7 @@ def _as_plain_conv(input, weight, spec: ConvSpec):
 
 # Without a cap, the plan builds its intermediate whole unless it would take more than this share
 # of the GPU's memory (then ``nchw`` computes the conv in chunks under that size).  A CPU's limit
-# is its cache-sized chunk (:func:`lowerconv.kernels.chunk_limit`).
+# is its cache-sized chunk (:func:`lowerconv.lowering.kernels.chunk_limit`).
 CUDA_WORKSPACE_FRACTION = 1 / 8
 
 

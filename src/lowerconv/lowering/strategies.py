@@ -505,7 +505,7 @@ def cuda_conv2d(
     spec: ConvSpec,
     options: StrategyOptions | None = None,
 ) -> torch.Tensor:
-    """The CUDA plan (:mod:`lowerconv.cuda_plan`) for any convolution, on any device: a few
+    """The CUDA plan (:mod:`lowerconv.lowering.cuda_plan`) for any convolution, on any device: a few
     batch-wide ops (pad, one gather copy, one batched GEMM), one graph node
     (:func:`planned_conv`)."""
     return planned_conv(input, weight, bias, spec, _workspace_cap(options))
@@ -518,8 +518,8 @@ def planned_conv(
     spec: ConvSpec,
     max_workspace_bytes: int | None = None,
 ) -> torch.Tensor:
-    """:func:`lowerconv.cuda_plan.cuda_conv`, unless its intermediate would exceed the workspace
-    limit (the cap, and on a GPU :func:`~lowerconv.cuda_plan.cuda_workspace_limit`): then
+    """:func:`lowerconv.lowering.cuda_plan.cuda_conv`, unless its intermediate would exceed the workspace
+    limit (the cap, and on a GPU :func:`~lowerconv.lowering.cuda_plan.cuda_workspace_limit`): then
     ``nchw``'s im2col, chunked under that limit."""
     out = cuda_plan.planned(input, weight, bias, spec, max_workspace_bytes)
     if out is None:
