@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from lowerconv.lowering.cuda_plan import cuda_conv
 
 from lowerconv import ConvSpec
+from lowerconv.lowering.cuda_plan import cuda_conv
 
 MODELS = [
     "resnet18",

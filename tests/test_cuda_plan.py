@@ -18,7 +18,12 @@ from torch import nn
 
 import lowerconv
 from lowerconv import ConvSpec, LoweringError
-from lowerconv.lowering.cuda_plan import BANDED_MAX_WIDTH, cuda_conv, cuda_form, cuda_workspace_bytes
+from lowerconv.lowering.cuda_plan import (
+    BANDED_MAX_WIDTH,
+    cuda_conv,
+    cuda_form,
+    cuda_workspace_bytes,
+)
 from op_names import OpNames
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
