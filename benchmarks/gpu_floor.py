@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     if args.json:
-        args.json.write_text(json.dumps({"bandwidth": bandwidth, "models": results}, indent=1))
+        command = " ".join(["python benchmarks/gpu_floor.py", *(argv if argv else sys.argv[1:])])
+        data = {"bandwidth": bandwidth, "command": command, "models": results}
+        args.json.write_text(json.dumps(data, indent=1))
     return 0
 
 

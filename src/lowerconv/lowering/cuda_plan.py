@@ -426,14 +426,16 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
         and spec.padding_mode == "zeros"
         and batch > 0
     )
-    form = cuda_form(spec) if simple else "general"
+    if not simple:
+        return _Recipe("general", ())
+    form = cuda_form(spec)
     pad = spec.pad if any(spec.pad) else ()
-    n, c, h, w = shape if simple else (0, 0, 0, 0)
-    (top, bottom), (left, right) = spec.pad_per_dim if simple else ((0, 0), (0, 0))
+    n, c, h, w = shape
+    (top, bottom), (left, right) = spec.pad_per_dim
     hp, wp = h + top + bottom, w + left + right
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
-    out_h = (hp - dh * (kh - 1) - 1) // sh + 1 if simple else 0
-    out_w = (wp - dw * (kw - 1) - 1) // sw + 1 if simple else 0
+    out_h = (hp - dh * (kh - 1) - 1) // sh + 1
+    out_w = (wp - dw * (kw - 1) - 1) // sw + 1
     o = spec.out_channels
     if form == "gemm" and spec.groups == 1:
         return _Recipe(
