@@ -44,7 +44,9 @@ FORMS = [
     (nn.Conv3d(8, 8, 3, padding=1, groups=8), 6, "depthwise_gemm", 5),
     (nn.Conv3d(8, 16, 3, padding=1), 6, "gemm", 3),
     (nn.Conv1d(8, 16, 3, padding=1), 12, "gemm", 3),
-    (nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), 8, "gemm", 7),  # + zero stuffing, flip
+    # The GEMM, the zeroed full output, one add per tap (16), the crop with the bias.
+    (nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), 8, "gemm", 19),
+    (nn.ConvTranspose2d(16, 8, 3, padding=1), 8, "gemm", 5),  # a conv: + the flipped kernel
 ]
 FORM_IDS = [f"{type(m).__name__}-{ConvSpec.from_module(m).describe()}" for m, *_ in FORMS]
 

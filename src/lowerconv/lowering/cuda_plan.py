@@ -34,8 +34,10 @@ batch size, with no loop over images, taps or chunks, and no ``im2col``/``col2im
     which Inductor fuses into one kernel (eager, that would be ``2*kh*kw`` launches).
 
 A transposed conv of stride 1 is the plain conv of its padded (or cropped) input with the
-flipped kernel; a strided one first stuffs ``stride - 1`` zeros between input values (one copy)
-instead of calling col2im.
+flipped kernel.  A strided one is its GEMM, ``Wᵀ @ x`` (one batched GEMM: the columns of every
+output tap), then col2im written as one strided, in-place add per kernel tap into the full
+output (``kh*kw`` adds, batch-wide, where ``F.fold`` launches one kernel per image), cropped
+with the bias in one last pass.
 
 Autograd differentiates these ops directly: their backward is GEMMs, a scatter of the column
 gradient back through the views (``unfold_backward``), and a slice, again a fixed number of
@@ -49,8 +51,10 @@ the plan's arithmetic runs, and is tested, on CPU tensors too.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -117,9 +121,12 @@ def cuda_conv(
     unbatched = input.dim() == spec.ndim + 1
     if unbatched:
         input = input.unsqueeze(0)
-    if spec.transposed:
-        input, weight, spec = _as_plain_conv(input, weight, spec)
-    out = _plain_conv(input, weight, bias, spec)
+    if spec.transposed and any(s != 1 for s in spec.stride):
+        out = _transposed_gemm(input, weight, bias, spec)
+    elif spec.transposed:
+        out = _plain_conv(input, flipped_kernel(weight, spec), bias, spec.equivalent_conv())
+    else:
+        out = _plain_conv(input, weight, bias, spec)
     return out.squeeze(0) if unbatched else out
 
 
@@ -319,16 +326,39 @@ def _cached_selector(kw, sw, dw, wp, out_w, device, dtype) -> torch.Tensor:
     return _build_selector(kw, sw, dw, wp, out_w, device, dtype)
 
 
-def _as_plain_conv(input, weight, spec: ConvSpec):
-    """A transposed conv as a plain one: zeros stuffed between input values (strided), the
-    padding of the equivalent conv (negative amounts crop), the flipped, channel-swapped kernel."""
-    if any(s != 1 for s in spec.stride):
-        n, c, *sizes = input.shape
-        stuffed_sizes = [(size - 1) * s + 1 for size, s in zip(sizes, spec.stride, strict=True)]
-        stuffed = input.new_zeros((n, c, *stuffed_sizes))
-        stuffed[(slice(None), slice(None), *(slice(None, None, s) for s in spec.stride))] = input
-        input = stuffed
-    return input, flipped_kernel(weight, spec), spec.equivalent_conv()
+def _transposed_gemm(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
+    """A strided transposed conv: ``columns = Wᵀ @ x``, each tap's columns added into its
+    strided place in the full output, then the crop (``padding``, ``output_padding``) and the
+    bias in one pass."""
+    n, nd, g = input.shape[0], spec.ndim, spec.groups
+    sizes = tuple(input.shape[2:])
+    taps = tuple(spec.kernel_size)
+    weight_matrix = weight.reshape(g, spec.in_per_group, spec.out_per_group * spec.kernel_numel)
+    planes = input.reshape(n, g, spec.in_per_group, math.prod(sizes))
+    columns = torch.matmul(weight_matrix.transpose(1, 2), planes)
+    columns = columns.view(n, spec.out_channels, *taps, *sizes)
+    out_sizes = spec.output_size(*sizes)
+    lows = [low for low, _ in spec.pad_per_dim]
+    spans = [
+        (size - 1) * s + d * (k - 1) + 1
+        for size, s, d, k in zip(sizes, spec.stride, spec.dilation, taps, strict=True)
+    ]
+    full_sizes = [
+        max(span, low + out) for span, low, out in zip(spans, lows, out_sizes, strict=True)
+    ]
+    full = columns.new_zeros((n, spec.out_channels, *full_sizes))
+    for tap in itertools.product(*(range(k) for k in taps)):
+        place = tuple(
+            slice(t * d, t * d + (size - 1) * s + 1, s)
+            for t, d, s, size in zip(tap, spec.dilation, spec.stride, sizes, strict=True)
+        )
+        # (.add_ on the view: ``full[place] += ...`` would also copy the sum back onto itself.)
+        full[(slice(None), slice(None), *place)].add_(columns[(slice(None), slice(None), *tap)])
+    crop = tuple(slice(low, low + out) for low, out in zip(lows, out_sizes, strict=True))
+    out = full[(slice(None), slice(None), *crop)]
+    if bias is None:
+        return out.contiguous()
+    return out + bias.view(-1, *(1,) * nd)
 
 
 # Without a cap, the plan builds its intermediate whole unless it would take more than this share
@@ -372,9 +402,15 @@ def cuda_workspace_bytes(
     """The largest intermediate the CUDA plan builds for one call, in bytes: the column matrix
     (``gemm``, ``gemm_nhwc``, ``depthwise_gemm``), the banded product (``depthwise_banded``),
     nothing for ``pointwise``."""
+    if spec.transposed and any(s != 1 for s in spec.stride):
+        return spec.im2col_elements(batch, *spatial) * itemsize
     if spec.transposed:
-        stuffed = tuple((n - 1) * s + 1 for n, s in zip(spatial, spec.stride, strict=True))
-        return cuda_workspace_bytes(spec.equivalent_conv(), batch, stuffed, itemsize)
+        padded = tuple(
+            n + low + high
+            for n, (low, high) in zip(spatial, spec.equivalent_conv().pad_per_dim, strict=True)
+        )
+        unpadded = replace(spec.equivalent_conv(), pad=(0,) * len(spec.pad))
+        return cuda_workspace_bytes(unpadded, batch, padded, itemsize)
     form = cuda_form(spec, channels_last)
     padded = [n + low + high for n, (low, high) in zip(spatial, spec.pad_per_dim, strict=True)]
     if form == "pointwise":
