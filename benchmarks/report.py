@@ -143,11 +143,22 @@ either direction.
 """
 
 
+CUDA_TRAINING_NOTE = """\
+One SGD step in train mode: forward, cross-entropy, backward, the optimizer's step, at batch
+{batch}, native and lowered interleaved, {repeats} timed steps each; peak memory is the most bytes
+one step had allocated at once, lowered/native. On CUDA the lowered convs' backward is autograd's
+through the CUDA plan's own ops: GEMMs, and the column gradient scattered back through the
+strided views; the column matrix is kept for `dW`, which is what the memory column shows. No
+convolution op runs in either direction.
+"""
+
+
 def _training_table(training: dict, device: str) -> list[str]:
     runs = training["runs"]
     strategies = list(training["summary"])
     lines = [f"### Training step ({device})", ""]
-    lines += [TRAINING_NOTE.format(batch=runs[0]["batch"], repeats=runs[0]["native"]["repeats"])]
+    note = CUDA_TRAINING_NOTE if device == "cuda" else TRAINING_NOTE
+    lines += [note.format(batch=runs[0]["batch"], repeats=runs[0]["native"]["repeats"])]
     head = ["model", "native ms"]
     head += [f"`{s}`" for s in strategies] + [f"peak mem `{s}`" for s in strategies]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -247,6 +258,11 @@ resnet18 took about as long at batch 1 as at batch 32), so what remains is mostl
 launches per conv: a native conv is one call, a lowered one a handful. The training step's
 backward is autograd's through the same ops (GEMMs and the scatter of the column gradient back
 through the views).
+
+Not measured on a GPU yet: the forms changed after this run. Strided transposed convs were a
+conv over a zero-stuffed input then (the DCGAN generator ran 4.0-4.3x native with 24x the
+memory) and are now a GEMM plus one strided add per kernel tap; the other kinds' table is
+left out until a rerun.
 """
 
 
