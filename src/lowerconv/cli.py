@@ -247,7 +247,14 @@ def _add_graph_parser(commands: argparse._SubParsersAction) -> None:
         "--format",
         choices=("table", "code"),
         default="table",
-        help="table: one row per conv (default); code: the lowered graph's Python",
+        help="table: one row per conv (default); code: the lowered graph's Python, then the "
+        "source of the lowerconv functions it calls",
+    )
+    graph.add_argument(
+        "--conv",
+        metavar="NAME",
+        default=None,
+        help="with --format code: only this lowered conv's lines (e.g. layer1.0.conv1)",
     )
     graph.set_defaults(run=run_graph)
 
@@ -441,6 +448,13 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
         help="how each conv is lowered (default unfold; auto picks per conv)",
     )
     group.add_argument(
+        "--target",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="auto's device plan for every call (default: each call's input device; cuda runs "
+        "the CUDA plan on CPU tensors too)",
+    )
+    group.add_argument(
         "--kind",
         action="append",
         choices=KINDS,
@@ -530,7 +544,7 @@ def run_graph(args: argparse.Namespace) -> int:
     resolved = _resolve(args, _progress)
     lowered = _lower(resolved, args, _progress)
     if args.format == "code":
-        print(lowered_code(lowered), end="")
+        print(lowered_code(lowered, conv=args.conv), end="")
         return EXIT_OK
     try:
         inspection = inspect_lowered(lowered, resolved.example_inputs, model=resolved.spec)
@@ -736,6 +750,8 @@ def _lower_options(args: argparse.Namespace) -> dict:
     options = {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
     if getattr(args, "kind", None):
         options["kinds"] = frozenset(args.kind)
+    if getattr(args, "target", None):
+        options["target"] = args.target
     return options
 
 

@@ -103,10 +103,13 @@ __all__ = [
     "StrategyOptions",
     "auto_conv",
     "choose_strategy",
+    "chunk_arithmetic",
+    "conv2d_strategy",
     "conv_output_width",
     "cuda_conv2d",
     "depthwise_conv2d",
     "flipped_kernel",
+    "graph_leaves",
     "nchw_conv2d",
     "nhwc_conv2d",
     "patchify_conv2d",
@@ -892,6 +895,27 @@ _LEAVES = {
 }
 for _name in _LEAVES:
     torch.fx.wrap(_name)
+
+
+def conv2d_strategy(name: str) -> StrategyFn:
+    """Strategy ``name``'s function for 2-D convolutions (``taps_conv2d`` for ``"taps"``)."""
+    return _CONV2D_STRATEGIES[name]
+
+
+def chunk_arithmetic(name: str) -> StrategyFn:
+    """What :func:`run_in_chunks` runs on each chunk for strategy ``name``."""
+    return _CHUNK_ARITHMETIC[name]
+
+
+def graph_leaves() -> dict[str, StrategyFn]:
+    """The functions a lowered graph calls as single nodes, by the name it prints them under."""
+    modules = {
+        "lowerconv.lowering.strategies": sys.modules[__name__],
+        "lowerconv.lowering.kernels": kernels,
+    }
+    return {name: getattr(modules[module], name) for name, module in _LEAVES.items()}
+
+
 try:
     from torch.fx.graph import _register_custom_builtin
 
