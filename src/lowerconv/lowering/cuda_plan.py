@@ -518,7 +518,7 @@ def planned(
 ) -> torch.Tensor | None:
     """:func:`cuda_conv`, or ``None`` when its intermediate would exceed the workspace limit
     (:func:`cuda_workspace_limit`).  Eager calls that need no gradient take the fast path."""
-    if _traced(weight) or _traced(input):
+    if traced(weight, input):
         return cuda_conv(input, weight, bias, spec)
     recipe = _recipe(
         spec,

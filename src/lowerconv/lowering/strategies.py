@@ -82,6 +82,7 @@ from .kernels import (
     pointwise_gemm,
     tap_gemms,
 )
+from .nd import flipped_kernel
 from .plain_kernels import ROW_GEMMS_MIN_PIXELS, TAPS_MIN_PIXELS
 from .spec import ConvSpec, conv_output_size
 from .tiling import (
@@ -92,7 +93,6 @@ from .tiling import (
     plan_chunks,
     to_phases,
 )
-from .nd import flipped_kernel
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -909,11 +909,7 @@ def chunk_arithmetic(name: str) -> StrategyFn:
 
 def graph_leaves() -> dict[str, StrategyFn]:
     """The functions a lowered graph calls as single nodes, by the name it prints them under."""
-    modules = {
-        "lowerconv.lowering.strategies": sys.modules[__name__],
-        "lowerconv.lowering.kernels": kernels,
-    }
-    return {name: getattr(modules[module], name) for name, module in _LEAVES.items()}
+    return {name: getattr(sys.modules[module], name) for name, module in _LEAVES.items()}
 
 
 try:
