@@ -384,7 +384,12 @@ def helper_sources(code: str) -> list[str]:
 def _lowerconv_callees(fn) -> list:
     """The functions of lowerconv.lowering that ``fn`` names (globals and ``module.name``)."""
     module_globals = getattr(fn, "__globals__", {})
-    names = set(fn.__code__.co_names) if hasattr(fn, "__code__") else set()
+    code = getattr(fn, "__code__", None)
+    names = set(code.co_names) if code else set()
+    # Names passed as strings (``_leaf("tap_gemms", ...)`` looks its arithmetic up by name).
+    names |= {
+        c for c in (code.co_consts if code else ()) if isinstance(c, str) and c.isidentifier()
+    }
     found = []
     for name in sorted(names):
         value = module_globals.get(name)
