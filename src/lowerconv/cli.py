@@ -50,6 +50,7 @@ examples:
   lowerconv verify resnet18
   lowerconv verify resnet18 --device all --json report.json --markdown report.md
   lowerconv verify mobilenet_v3_small --strategy auto --dtype float64 --no-timing
+  lowerconv verify resnet18 --image-size 64 --gradients --train
   lowerconv verify examples/my_models.py:make_net --image-size 64
 
 exit status: 0 verified, 1 the lowered model's outputs differ beyond tolerance,
@@ -209,6 +210,14 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         "--train",
         action="store_true",
         help="verify in train mode (dropout, batch-norm batch statistics) instead of eval mode",
+    )
+    check.add_argument(
+        "--gradients",
+        action="store_true",
+        help="also check the backward pass: pull the original, its float64 copy and the lowered "
+        "model back from one seeded random output gradient and judge every input's and "
+        "parameter's gradient, and each lowered conv's dX, dW and db on its own input, by the "
+        "forward's rule; a convolution op in the lowered backward fails. Combines with --train",
     )
     check.add_argument(
         "--against",
@@ -517,6 +526,7 @@ def run_verify(args: argparse.Namespace) -> int:
             progress=progress,
             lower_options=_lower_options(args),
             against=args.against,
+            gradients=args.gradients,
         )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
