@@ -18,12 +18,12 @@ import torchvision
 from torch import nn
 
 import lowerconv
-from lowerconv import autograd as lowered_autograd
 from lowerconv.audit import ConvOpAudit
 from lowerconv.cli import main
-from lowerconv.emit import META_KEY
 from lowerconv.junit import verification_junit
-from lowerconv.record import SkippedConv
+from lowerconv.lowering import autograd as lowered_autograd
+from lowerconv.lowering.emit import META_KEY
+from lowerconv.lowering.record import SkippedConv
 
 
 class SmallCNN(nn.Module):
