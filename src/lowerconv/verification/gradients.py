@@ -236,15 +236,19 @@ def local_gradients(
     """Pull the three copies of one conv back from one seeded cotangent and judge each of the
     native copy's gradients (``dX``, ``dW``, ``db``): one :class:`GradientCheck` each."""
     with torch.enable_grad():
+        native_out = None
         try:
             native_out = native.run()
-        except Exception as exc:  # the original conv on its own input: nothing to judge
-            return _all(layer, native.wrt, "unchecked", f"the native conv raised: {exc}")
-        if not isinstance(native_out, torch.Tensor) or not native_out.requires_grad:
-            return _all(layer, native.wrt, "unchecked", "the conv's output is not differentiable")
-        (cotangent,) = cotangents([native_out.shape], seed)
-        native_grads = _pull_back(native_out, native.wrt, cotangent)
-        oracle_grads = _pull_back(oracle.run(), oracle.wrt, cotangent)
+            (cotangent,) = cotangents([native_out.shape], seed)
+            native_grads = _pull_back(native_out, native.wrt, cotangent)
+            oracle_grads = _pull_back(oracle.run(), oracle.wrt, cotangent)
+        except Exception as exc:  # the original conv, on its own input: nothing to judge by
+            reason = (
+                "the conv's output is not differentiable"
+                if isinstance(native_out, torch.Tensor) and not native_out.requires_grad
+                else f"the native or float64 conv's backward raised {type(exc).__name__}: {exc}"
+            )
+            return _all(layer, native.wrt, "unchecked", reason)
         try:
             lowered_out = lowered.run()
             if lowered_out.shape != native_out.shape:

@@ -461,21 +461,17 @@ def check_fallback_layers(
             dtype=dtype,
             max_workspace_bytes=max_workspace_bytes,
         )
-        if gradients and name in hooks.modules["native"] and args:
-            copies = [
-                _module_copy(hooks.modules[run][name], cast(args))
-                for run, cast in (
-                    ("native", _same),
-                    ("lowered", _same),
-                    ("oracle", to_float64),
-                )
-            ]
-            check.gradients = local_gradients(conv.name, *copies, seed=seed, tolerance=tolerance)
+        if gradients and args:
+            # The native module ran (its hook kept the input), so it is in hooks.modules.
+            check.gradients = local_gradients(
+                conv.name,
+                _module_copy(hooks.modules["native"][name], args),
+                _module_copy(low.get_submodule(name), args),
+                _module_copy(oracle.get_submodule(name), to_float64(args)),
+                seed=seed,
+                tolerance=tolerance,
+            )
     return checks
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _module_copy(module: nn.Module, args: tuple) -> LocalConv:
