@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -75,6 +77,37 @@ class ShapeBranch(nn.Module):
             for block in self.blocks:
                 y = y + block(y)
         return self.head(y)
+
+
+class SamePadConv(nn.Conv2d):
+    """TensorFlow's 'SAME' padding from math.ceil: not traceable, so lowered at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = max(
+            (math.ceil(x.shape[-1] / self.stride[1]) - 1) * self.stride[1] + 3 - x.shape[-1], 0
+        )
+        x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+class StandardizedConv(nn.Conv2d):
+    """A weight computed in the graph from the parameter."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return F.conv2d(x, w, self.bias, padding=1)
+
+
+class MixedConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.same = SamePadConv(3, 8, 3, stride=2)
+        self.standardized = StandardizedConv(8, 8, 3)
+        self.conv1d = nn.Conv1d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.standardized(self.same(x))
+        return self.conv1d(y.flatten(2))
 
 
 def seeded(make):
@@ -183,6 +216,32 @@ def test_export_path_checks_gradients():
     report = lowerconv.verify(seeded(ShapeBranch)(), X_SMALL, timing=False, gradients=True)
     assert report.path == "export"
     _assert_all_checked_and_pass(report, ["stem", "blocks.0", "blocks.1", "head"])
+
+
+def test_run_time_lowered_computed_weight_and_kinds_left_alone():
+    model = seeded(MixedConvs)()
+    report = lowerconv.verify(model, X_SMALL, timing=False, gradients=True)
+    assert report.ok, report.failure_message()
+    grads = {c.name: [(g.grad, g.status) for g in c.gradients] for c in report.layers}
+    assert report.layer("same").strategy == "unfold (run time)"
+    assert grads["same"] == [("dX", "pass"), ("dW", "pass"), ("db", "pass")]
+    # The standardized weight is no parameter: no dW of the conv; its parameter's gradient is
+    # checked end to end.
+    assert grads["standardized"] == [("dX", "pass"), ("db", "pass")]
+    assert report.runs[0].gradients[3].path == "standardized.weight.grad"
+    assert grads["conv1d"] == [("dX", "pass"), ("dW", "pass"), ("db", "pass")]
+
+    # Lowering conv2d only: conv1d's convolution and its backward are left alone, not failures.
+    report = lowerconv.verify(
+        model,
+        X_SMALL,
+        timing=False,
+        gradients=True,
+        lower_options={"kinds": frozenset({"conv2d"})},
+    )
+    assert report.ok, report.failure_message()
+    ops = {(op.phase, op.kind, op.status) for op in report.runs[0].conv_ops}
+    assert ops == {("forward", "conv1d", "left alone"), ("backward", "conv1d", "left alone")}
 
 
 # -- wrong backwards fail, at the right conv -------------------------------------------------
