@@ -21,12 +21,12 @@ import torchvision
 from torch import nn
 
 import lowerconv
-from lowerconv.audit import ConvOpAudit
 from lowerconv.cli import main
-from lowerconv.junit import verification_junit
 from lowerconv.lowering import autograd as lowered_autograd
 from lowerconv.lowering.emit import META_KEY
 from lowerconv.lowering.record import SkippedConv
+from lowerconv.verification.audit import ConvOpAudit
+from lowerconv.verification.junit import verification_junit
 
 
 class SmallCNN(nn.Module):
