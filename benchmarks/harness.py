@@ -196,7 +196,9 @@ def layer_times(
         for name, x in inputs.items():
             conv = modules[name]
             spec = ConvSpec.from_module(conv)
-            chosen = choose_strategy(spec) if strategy == "auto" else strategy
+            chosen = strategy
+            if strategy == "auto":
+                chosen = "cuda" if x.device.type == "cuda" else choose_strategy(spec)
             fn = STRATEGIES[chosen]
             timings = time_interleaved(
                 {

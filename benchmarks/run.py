@@ -21,6 +21,7 @@ matplotlib, the ``plot`` extra, is installed).  Runs on CPU, and also on CUDA wh
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -62,6 +63,7 @@ MODELS = [
 # The models whose SGD training step is timed, native against lowered.
 TRAINING_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny"]
 ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,12 +101,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compile-strategy", default="auto", help="the lowering compiled")
     parser.add_argument("--compile-batch", type=int, default=1)
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="models and inputs in this dtype (lowered on the CPU in float32, then moved with "
+        ".to(device, dtype), as users do)",
+    )
+    parser.add_argument(
+        "--tf32",
+        choices=("default", "on", "off"),
+        default="default",
+        help="torch.backends.cuda.matmul.allow_tf32 for the run (cuDNN's flag is left as is: "
+        "native float32 convs use TF32 by default)",
+    )
     return parser.parse_args(argv)
 
 
-def make_model(name: str, device: torch.device) -> nn.Module:
+def make_model(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)().eval().to(device)
+    return getattr(torchvision.models, name)().eval().to(device, dtype)
+
+
+def lowered_like_users(model: nn.Module, strategy: str, device: torch.device, dtype) -> nn.Module:
+    """``strategy``'s lowering of ``model``, made as users make it: on the CPU, in float32,
+    then moved with ``.to(device, dtype)``."""
+    on_cpu = copy.deepcopy(model).to("cpu", torch.float32)
+    return lowerconv.lower(on_cpu, strategy=strategy).to(device, dtype)
 
 
 def geomean(values: list[float]) -> float:
@@ -112,13 +135,18 @@ def geomean(values: list[float]) -> float:
 
 
 def measure_model(name, device, batches, strategies, args) -> dict:
-    model = make_model(name, device)
+    dtype = DTYPES[args.dtype]
+    model = make_model(name, torch.device("cpu"))
     lowered, lower_seconds, chosen = lower_each(model, strategies)
+    if device.type == "cuda" and chosen:  # auto's node runs the CUDA plan on CUDA inputs
+        chosen = {"cuda": sum(chosen.values())}
+    model = model.to(device, dtype)
+    lowered = {s: m.to(device, dtype) for s, m in lowered.items()}
     entry: dict = {"model": name, "device": device.type, "lower_seconds": lower_seconds}
     entry["chosen"] = chosen
     entry["batches"] = {}
     for batch in batches:
-        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+        x = torch.randn(batch, 3, args.image_size, args.image_size, device=device, dtype=dtype)
         result = compare_forwards(model, lowered, x, repeats=args.repeats, device=device)
         if args.layer_repeats and "auto" in strategies:
             layers = layer_times(model, x, "auto", repeats=args.layer_repeats, device=device)
@@ -132,7 +160,7 @@ def measure_model(name, device, batches, strategies, args) -> dict:
         line = " ".join(f"{s}={result['strategies'][s]['ratio']:.2f}x" for s in strategies)
         native_ms = result["native"]["median_ms"]
         print(f"  {name:20s} batch {batch}: native {native_ms:8.1f} ms  {line}", flush=True)
-    x = torch.randn(max(batches), 3, args.image_size, args.image_size, device=device)
+    x = torch.randn(max(batches), 3, args.image_size, args.image_size, device=device, dtype=dtype)
     entry["peak_memory"] = peak_memory_ratios(model, lowered, x, device)
     return entry
 
@@ -146,7 +174,7 @@ def measure_training(name, device, strategies, args) -> dict:
     target = torch.randint(0, 1000, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
     models = {"native": model}
-    models.update({s: lowerconv.lower(model, strategy=s) for s in strategies})
+    models.update({s: lowered_like_users(model, s, device, torch.float32) for s in strategies})
     # lr=0: every step sees the same weights, so the rounds time the same work.
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.0) for k, m in models.items()}
 
@@ -183,7 +211,7 @@ def measure_compiled(name, device, strategy, args) -> dict:
     """``torch.compile`` of the lowered model against ``torch.compile`` of the native one:
     each one's compile time (its first call), then both timed interleaved, and the error."""
     model = make_model(name, device)
-    lowered = lowerconv.lower(model, strategy=strategy)
+    lowered = lowered_like_users(model, strategy, device, torch.float32)
     x = torch.randn(args.compile_batch, 3, args.image_size, args.image_size, device=device)
     compiled = {"native": torch.compile(model), strategy: torch.compile(lowered)}
     compile_seconds, outputs = {}, {}
@@ -200,6 +228,7 @@ def measure_compiled(name, device, strategy, args) -> dict:
     native = timings["native"].median
     return {
         "model": name,
+        "device": device.type,
         "batch": args.compile_batch,
         "strategy": strategy,
         "compile_seconds": compile_seconds,
@@ -255,7 +284,34 @@ def environment(threads: int) -> dict:
         "threads": threads,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
     }
+
+
+def merge_other_devices(results: dict, path: Path, measured: set[str]) -> dict:
+    """``results`` plus what ``path`` (an earlier run's JSON) holds for the devices this run did
+    not measure: a CUDA run keeps the CPU tables, a CPU run the CUDA ones."""
+    results["environments"] = {d: results["environment"] for d in measured}
+    results["configs"] = {d: results["config"] for d in measured}
+    if not path.exists():
+        return results
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return results
+    kept = {d for d in old.get("summary", {}) if d not in measured}
+    for key in ("models", "kind_models", "compiled"):
+        earlier = [e for e in old.get(key, []) if e.get("device", "cpu") in kept]
+        results[key] = earlier + results.get(key, [])
+    for key in ("training", "summary"):
+        results[key] = {**{d: v for d, v in old.get(key, {}).items() if d in kept}, **results[key]}
+    for key, single in (("environments", "environment"), ("configs", "config")):
+        earlier = {d: old.get(key, {}).get(d, old.get(single)) for d in kept}
+        results[key] = {**earlier, **results[key]}
+    if "cpu" in kept:  # the page's header describes the CPU run
+        results["environment"], results["config"] = old["environment"], old["config"]
+    return results
 
 
 def _cpu_name() -> str:
@@ -272,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tf32 != "default":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batches.split(",")]
     strategies = [s for s in args.strategies.split(",") if s]
@@ -348,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             "training_strategies": training_strategies,
             "training_batch": args.training_batch,
             "training_repeats": args.training_repeats,
+            "dtype": args.dtype,
+            "tf32": args.tf32,
         },
         "models": entries,
         "kind_models": kinds,
@@ -368,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{device} {strategy} training step: geomean {s['geomean']:.2f}x, max "
                 f"{s['max']:.2f}x, peak memory <= {s['peak_memory_ratio_max']:.2f}x native"
             )
+    results = merge_other_devices(results, args.json, {d.type for d in devices})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -19,9 +19,13 @@ class OpNames(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.names: collections.Counter[str] = collections.Counter()
+        self.non_views: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names[str(func)] += 1
+        # _unsafe_view is a view that autograd treats as a new tensor (reshape's second half).
+        if not func.is_view and func is not torch.ops.aten._unsafe_view.default:
+            self.non_views[str(func)] += 1
         return func(*args, **(kwargs or {}))
 
     @property

@@ -80,3 +80,32 @@ def test_the_depthwise_floor_script_finds_every_layer_and_its_toeplitz_is_the_co
     weight = torch.randn(5, 1, 5, 5, dtype=torch.float64)
     got = depthwise_floor.toeplitz_depthwise(x, weight, 2)
     torch.testing.assert_close(got, F.conv2d(x, weight, None, 1, 2, 1, 5))
+
+
+def test_a_run_on_one_device_keeps_the_other_devices_results(tmp_path: Path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import run
+
+    def results(device: str, ratio: float) -> dict:
+        return {
+            "environment": {"device": device},
+            "config": {"batches": [1, 32] if device == "cuda" else [1, 8]},
+            "models": [{"model": "resnet18", "device": device, "ratio": ratio}],
+            "kind_models": [],
+            "compiled": [{"model": "resnet18", "device": device}],
+            "training": {device: {"ratio": ratio}},
+            "summary": {device: {"auto": {"geomean": ratio}}},
+        }
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(run.merge_other_devices(results("cpu", 1.3), path, {"cpu"})))
+    merged = run.merge_other_devices(results("cuda", 1.5), path, {"cuda"})
+    assert set(merged["summary"]) == {"cpu", "cuda"}
+    assert [m["device"] for m in merged["models"]] == ["cpu", "cuda"]
+    assert merged["environment"] == {"device": "cpu"}  # the page's header: the CPU run
+    assert merged["configs"]["cuda"]["batches"] == [1, 32]
+    path.write_text(json.dumps(merged))
+    again = run.merge_other_devices(results("cpu", 1.2), path, {"cpu"})
+    assert again["summary"]["cpu"]["auto"]["geomean"] == 1.2
+    assert again["summary"]["cuda"]["auto"]["geomean"] == 1.5
+    assert [c["device"] for c in again["compiled"]] == ["cuda", "cpu"]

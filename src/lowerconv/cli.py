@@ -53,6 +53,7 @@ examples:
   lowerconv verify resnet18
   lowerconv verify resnet18 --device all --json report.json --markdown report.md
   lowerconv verify mobilenet_v3_small --strategy auto --dtype float64 --no-timing
+  lowerconv verify resnet18 --image-size 64 --gradients --train
   lowerconv verify examples/my_models.py:make_net --image-size 64
 
 exit status: 0 verified, 1 the lowered model's outputs differ beyond tolerance,
@@ -217,6 +218,14 @@ def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
         help="verify in train mode (dropout, batch-norm batch statistics) instead of eval mode",
     )
     check.add_argument(
+        "--gradients",
+        action="store_true",
+        help="also check the backward pass: pull the original, its float64 copy and the lowered "
+        "model back from one seeded random output gradient and judge every input's and "
+        "parameter's gradient, and each lowered conv's dX, dW and db on its own input, by the "
+        "forward's rule; a convolution op in the lowered backward fails. Combines with --train",
+    )
+    check.add_argument(
         "--against",
         action="append",
         choices=("onnx", "pt2"),
@@ -264,7 +273,14 @@ def _add_graph_parser(commands: argparse._SubParsersAction) -> None:
         "--format",
         choices=("table", "code"),
         default="table",
-        help="table: one row per conv (default); code: the lowered graph's Python",
+        help="table: one row per conv (default); code: the lowered graph's Python, then the "
+        "source of the lowerconv functions it calls",
+    )
+    graph.add_argument(
+        "--conv",
+        metavar="NAME",
+        default=None,
+        help="with --format code: only this lowered conv's lines (e.g. layer1.0.conv1)",
     )
     graph.set_defaults(run=run_graph)
 
@@ -458,6 +474,13 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
         help="how each conv is lowered (default unfold; auto picks per conv)",
     )
     group.add_argument(
+        "--target",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="auto's device plan for every call (default: each call's input device; cuda runs "
+        "the CUDA plan on CPU tensors too)",
+    )
+    group.add_argument(
         "--kind",
         action="append",
         choices=KINDS,
@@ -525,6 +548,7 @@ def run_verify(args: argparse.Namespace) -> int:
             lower_options=_lower_options(args),
             against=args.against,
             calibrate_bn=args.calibrate_bn,
+            gradients=args.gradients,
         )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
@@ -554,7 +578,7 @@ def run_graph(args: argparse.Namespace) -> int:
     resolved = _resolve(args, _progress)
     lowered = _lower(resolved, args, _progress)
     if args.format == "code":
-        print(lowered_code(lowered), end="")
+        print(lowered_code(lowered, conv=args.conv), end="")
         return EXIT_OK
     try:
         inspection = inspect_lowered(lowered, resolved.example_inputs, model=resolved.spec)
@@ -760,6 +784,8 @@ def _lower_options(args: argparse.Namespace) -> dict:
     options = {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
     if getattr(args, "kind", None):
         options["kinds"] = frozenset(args.kind)
+    if getattr(args, "target", None):
+        options["target"] = args.target
     return options
 
 

@@ -11,6 +11,8 @@ In the order data flows through it:
 - :mod:`.spec`           each conv's configuration and shape arithmetic (:class:`ConvSpec`), no FX
 - :mod:`.strategies`     step 3: the eager im2col arithmetic that replaces a conv, one function a
   strategy, and ``auto``'s rule (:func:`choose_strategy`)
+- :mod:`.cuda_plan`      step 3 on a GPU: ``auto``'s CUDA plan, a few batch-wide ops per conv
+  (one gather, one batched GEMM; banded depthwise), which :mod:`.strategies` calls per call
 - :mod:`.kernels`        the run-time kernels the fast strategies call as single graph nodes
 - :mod:`.autograd`       their backward, as GEMMs and col2im (:class:`GemmConv2d`)
 - :mod:`.plain_kernels`  the kernels' arithmetic, which the forward and the backward both run

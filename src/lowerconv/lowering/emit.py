@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from torch import fx
 
 from .spec import ConvSpec
-from .strategies import DEFAULT_OPTIONS, STRATEGIES, StrategyOptions
+from .strategies import DEFAULT_OPTIONS, StrategyOptions, strategy_function
 
 __all__ = [
     "META_KEY",
@@ -59,11 +59,12 @@ class Provenance:
 def strategy_graph(
     strategy: str, spec: ConvSpec, has_bias: bool, options: StrategyOptions = DEFAULT_OPTIONS
 ) -> fx.Graph:
-    """The graph of ``STRATEGIES[strategy]`` for one conv, inputs ``input, weight[, bias]``.
+    """The graph of strategy ``strategy`` (one of ``STRATEGIES``, or ``"auto"``'s per-call node)
+    for one conv, inputs ``input, weight[, bias]``.
 
     ``options`` (frozen, hashable) is part of the cache key: a workspace cap changes the code.
     """
-    fn = STRATEGIES[strategy]
+    fn = strategy_function(strategy)
     if has_bias:
 
         def conv(input, weight, bias):
@@ -90,9 +91,14 @@ def emit_lowered_conv(
     source: str,
     source_target: str,
     options: StrategyOptions = DEFAULT_OPTIONS,
+    recorded_as: str | None = None,
 ) -> tuple[fx.Node, list[fx.Node]]:
-    """Insert the lowered conv before ``anchor``; return its output node and all new nodes."""
+    """Insert the lowered conv before ``anchor``; return its output node and all new nodes.
+
+    ``recorded_as`` is the strategy the provenance names, when it is not ``strategy`` itself
+    (``auto``'s per-call node is recorded as its CPU choice)."""
     template = strategy_graph(strategy, spec, bias is not None, options)
+    strategy = recorded_as or strategy
     inputs = {"input": input, "weight": weight, "bias": bias}
     env: dict[fx.Node, fx.Node] = {}
     new_nodes: list[fx.Node] = []

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import LoweringError
 from .spec import ConvSpec, kind_of
-from .strategies import STRATEGIES, StrategyOptions, choose_strategy
+from .strategies import STRATEGIES, StrategyOptions, strategy_function
 
 __all__ = [
     "conv1d",
@@ -45,8 +45,12 @@ def convolution(
     output_padding: Size = 0,
     strategy: str = "unfold",
     max_workspace_bytes: int | None = None,
+    target: str | None = None,
 ) -> torch.Tensor:
-    """Any convolution, its kind read from the weight's dimensions and ``transposed``."""
+    """Any convolution, its kind read from the weight's dimensions and ``transposed``.
+
+    ``strategy="auto"`` plans for the input's device (``target`` forces one: see
+    :func:`lowerconv.lower`)."""
     if strategy not in STRATEGIES and strategy != "auto":
         valid = ", ".join(repr(s) for s in (*STRATEGIES, "auto"))
         raise LoweringError(f"unknown strategy {strategy!r}; valid strategies: {valid}")
@@ -62,10 +66,8 @@ def convolution(
         output_padding=output_padding,
     )
     _check_input(input, weight, spec)
-    if strategy == "auto":
-        strategy = choose_strategy(spec)
-    options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
-    return STRATEGIES[strategy](input, weight, bias, spec, options)
+    options = StrategyOptions(max_workspace_bytes=max_workspace_bytes, target=target)
+    return strategy_function(strategy)(input, weight, bias, spec, options)
 
 
 def _check_input(input: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> None:

@@ -11,7 +11,11 @@ size come from :class:`~lowerconv.lowering.spec.ConvSpec` and the propagated inp
 from __future__ import annotations
 
 import contextlib
+import inspect as pyinspect
 import io
+import re
+import textwrap
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -300,17 +304,111 @@ def _row(
     )
 
 
-def lowered_code(lowered: nn.Module) -> str:
-    """The generated ``forward`` of the lowered graph; on the fallback path, each conv's."""
+def lowered_code(lowered: nn.Module, conv: str | None = None, helpers: bool = True) -> str:
+    """The generated ``forward`` of the lowered graph (on the fallback path, each conv's), then
+    the source of every lowerconv function it calls (``auto_conv``, ``tap_gemms``...), each
+    once, with the functions those call in turn: so the printout shows every conv's arithmetic
+    in standard torch ops, in the forward or in the helpers below it.
+
+    ``conv`` (a lowered conv's name, ``layer1.0.conv1``) keeps only that conv's lines.
+    """
     record = lowering_record(lowered)
     if record.path in ("graph", "export") and isinstance(lowered, fx.GraphModule):
-        return lowered.code.strip() + "\n"
-    parts = [f"# {record.model} could not be traced as one graph: {record.trace_error}"]
-    for qualname in dict.fromkeys(c.graph_module for c in record.lowered if c.graph_module):
-        submodule = lowered.get_submodule(qualname)
-        if isinstance(submodule, fx.GraphModule):
-            parts.append(f"# {qualname}\n{submodule.code.strip()}")
+        codes = {"": lowered.code}
+    else:
+        codes = {}
+        for qualname in dict.fromkeys(c.graph_module for c in record.lowered if c.graph_module):
+            submodule = lowered.get_submodule(qualname)
+            if isinstance(submodule, fx.GraphModule):
+                codes[qualname] = submodule.code
+    if conv is not None:
+        codes = _one_conv(record, codes, conv)
+    parts = (
+        []
+        if "" in codes
+        else [f"# {record.model} could not be traced as one graph: {record.trace_error}"]
+    )
+    parts += [f"# {name}\n{code.strip()}" if name else code.strip() for name, code in codes.items()]
+    if helpers:
+        sources = helper_sources("\n".join(codes.values()))
+        if sources:
+            parts.append("# The lowerconv functions called above, and those they call:")
+            parts += sources
     return "\n\n".join(parts) + "\n"
+
+
+def _one_conv(record: LoweringRecord, codes: dict[str, str], conv: str) -> dict[str, str]:
+    found = [c for c in record.lowered if c.name == conv]
+    if not found:
+        names = ", ".join(c.name for c in record.lowered[:8])
+        raise LoweringError(
+            f"no lowered conv named {conv!r} in {record.model}; lowered convs include {names} "
+            "(lowerconv graph MODEL lists them all)"
+        )
+    lowered_conv = found[0]
+    code = codes.get(lowered_conv.graph_module, "")
+    wanted = set(lowered_conv.nodes)
+    lines = [line for line in code.splitlines() if line.strip().split(" = ")[0] in wanted]
+    header = f"# {conv}: {lowered_conv.strategy}" + (
+        f" (on CUDA inputs: {lowered_conv.cuda_strategy})" if lowered_conv.cuda_strategy else ""
+    )
+    return {"": header + "\n" + "\n".join(line.strip() for line in lines) + "\n"}
+
+
+def helper_sources(code: str) -> list[str]:
+    """The source of each lowerconv function the generated ``code`` calls (a graph leaf such as
+    ``auto_conv`` or ``tap_gemms``), and of the lowerconv functions those call, each once."""
+    from . import strategies
+
+    leaves = strategies.graph_leaves()
+    pending = [leaves[name] for name in leaves if re.search(rf"\b{name}\(", code)]
+    # auto_conv(..., 'taps', ...) runs the strategy it names on CPU inputs.
+    for name in dict.fromkeys(re.findall(r"\bauto_conv\([^\n]*?'(\w+)'", code)):
+        pending.append(strategies.conv2d_strategy(name))
+    # run_in_chunks('nchw', ...) runs that strategy's arithmetic on each chunk.
+    for name in dict.fromkeys(re.findall(r"\brun_in_chunks\('(\w+)'", code)):
+        pending.append(strategies.chunk_arithmetic(name))
+    seen: dict[object, str] = {}
+    while pending:
+        fn = pending.pop(0)
+        if fn in seen:
+            continue
+        try:
+            seen[fn] = textwrap.dedent(pyinspect.getsource(fn)).strip()
+        except (OSError, TypeError):
+            continue
+        pending += _lowerconv_callees(fn)
+    return [f"# {fn.__module__}.{fn.__qualname__}\n{source}" for fn, source in seen.items()]
+
+
+def _lowerconv_callees(fn) -> list:
+    """The functions of lowerconv.lowering that ``fn`` names (globals and ``module.name``)."""
+    module_globals = getattr(fn, "__globals__", {})
+    code = getattr(fn, "__code__", None)
+    names = set(code.co_names) if code else set()
+    # Names passed as strings (``_leaf("tap_gemms", ...)`` looks its arithmetic up by name).
+    names |= {
+        c for c in (code.co_consts if code else ()) if isinstance(c, str) and c.isidentifier()
+    }
+    found = []
+    for name in sorted(names):
+        value = module_globals.get(name)
+        if isinstance(value, types.ModuleType):
+            continue
+        if _is_lowering_function(value):
+            found.append(value)
+    for value in module_globals.values():
+        if isinstance(value, types.ModuleType) and value.__name__.startswith(__package__):
+            found += [
+                getattr(value, n)
+                for n in sorted(names)
+                if _is_lowering_function(getattr(value, n, None))
+            ]
+    return found
+
+
+def _is_lowering_function(value) -> bool:
+    return isinstance(value, types.FunctionType) and value.__module__.startswith(__package__)
 
 
 class _NodeTrackingShapeProp(FreshArgs, ShapeProp):

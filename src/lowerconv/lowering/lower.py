@@ -62,6 +62,7 @@ def lower(
     max_workspace_bytes: int | None = None,
     example_inputs: Any = None,
     kinds: Iterable[str] | None = None,
+    target: str | None = None,
 ) -> nn.Module:
     """Return ``model`` with every convolution computed by Unfold + matmul + reshape.
 
@@ -74,10 +75,14 @@ def lower(
     first and never changed, unless ``inplace=True``: then the result shares its parameters and
     its ``Conv2d`` submodules are swapped for their lowered versions.
 
-    ``strategy`` picks the arithmetic (see :mod:`lowerconv.lowering.strategies`): ``"unfold"``
-    (default, the faithful ``F.unfold`` + matmul + reshape), ``"auto"`` (the fastest, chosen per
-    conv among ``pointwise``, ``patchify``, ``depthwise``, ``nchw`` and ``nhwc``), or any one of
-    :data:`STRATEGY_NAMES` for every conv.  ``max_workspace_bytes`` caps every im2col buffer a
+    ``strategy`` picks the arithmetic (see :mod:`lowerconv.lowering.strategies`): ``"unfold"`` (default,
+    the faithful ``F.unfold`` + matmul + reshape), ``"auto"`` (the fastest for the device each
+    call's input is on: on a CPU, chosen per conv among ``pointwise``, ``patchify``,
+    ``depthwise``, ``taps``, ``nchw`` and ``nhwc``; on a GPU, the CUDA plan, ``"cuda"``), or any
+    one of :data:`STRATEGY_NAMES` for every conv.  ``target`` (``"cpu"`` or ``"cuda"``) fixes
+    ``auto``'s device instead: ``target="cuda"`` runs the CUDA plan's arithmetic on CPU tensors
+    too (to test it), ``target="cpu"`` emits the CPU choice inline.  By default a model lowered
+    on the CPU and moved with ``.cuda()`` runs the CUDA plan.  ``max_workspace_bytes`` caps every im2col buffer a
     lowered conv allocates: convs that need a larger one compute it in chunks of images or output
     rows (:func:`lowerconv.lowering.strategies.run_in_chunks`).  ``leaf_modules`` (types or qualified names) are not
     traced into; ``concrete_args`` is passed to the tracer.
@@ -134,9 +139,14 @@ def lower(
     chosen = _check_kinds(model, kinds)
     inputs = None if example_inputs is None else normalize_example_inputs(model, example_inputs)
     try:
-        options = StrategyOptions(max_workspace_bytes=max_workspace_bytes)
+        options = StrategyOptions(max_workspace_bytes=max_workspace_bytes, target=target)
     except ValueError as err:
-        raise LoweringError(f"{err}; e.g. max_workspace_bytes=64 * 2**20 for 64 MiB") from err
+        fix = (
+            "pass target='cuda', 'cpu' or None (follow the input's device)"
+            if "target" in str(err)
+            else "e.g. max_workspace_bytes=64 * 2**20 for 64 MiB"
+        )
+        raise LoweringError(f"lower({type(model).__name__}): {err}; {fix}") from err
     work = model if inplace else _copy_model(model)
     record = LoweringRecord(
         model=type(model).__name__,
@@ -174,7 +184,7 @@ def lower(
             record.skipped.extend(holder.skipped)
         record.skipped.extend(skipped_conv_modules(work, kinds=chosen))
         _swap_conv_modules(work, holders)
-        RuntimeLowering(strategy, options.max_workspace_bytes, chosen).attach(work)
+        RuntimeLowering(strategy, options.max_workspace_bytes, chosen, target).attach(work)
         record.runtime.append("")
         setattr(work, RECORD_ATTR, record)
         _list_runtime_convs(work, record, inputs)
@@ -192,7 +202,7 @@ def lower(
     record.skipped.extend(skipped_conv_modules(work, already, kinds=chosen))
     _swap_conv_modules(work, holders)
     for name in _user_leaves(traced, holders, leaf_modules):
-        runtime = RuntimeLowering(strategy, options.max_workspace_bytes, chosen)
+        runtime = RuntimeLowering(strategy, options.max_workspace_bytes, chosen, target)
         runtime.attach(work.get_submodule(name))
         record.runtime.append(name)
     gm = _rebuild(work, traced.graph, class_name=f"Lowered{type(model).__name__}")
@@ -385,7 +395,9 @@ def _lower_conv_module(
             mechanism="run time",
             kind=kind,
         )
-        runtime = RuntimeLoweredConv(conv, strategy, options.max_workspace_bytes, kinds)
+        runtime = RuntimeLoweredConv(
+            conv, strategy, options.max_workspace_bytes, kinds, options.target
+        )
         return _ConvHolder(conv, runtime, [lowered], [])
     gm = fx.GraphModule(tracer.root, graph, class_name=f"Lowered{type(conv).__name__}")
     lowered, skipped = lower_graph(gm, strategy, name_prefix=qualname, options=options, kinds=kinds)

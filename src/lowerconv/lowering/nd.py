@@ -49,6 +49,7 @@ __all__ = [
     "conv_transpose_output_padding",
     "conv_transpose_output_size",
     "depthwise_taps_nd",
+    "flipped_kernel",
     "im2col_conv_nd",
     "lift_1d",
 ]
@@ -469,3 +470,12 @@ try:
         )
 except ImportError:  # private API; without it the code still runs, under a longer name
     pass
+
+
+def flipped_kernel(weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    """A transposed convolution's weight ``(C_in, C_out/g, *K)`` as the kernel of its equivalent
+    plain convolution: ``(C_out, C_in/g, *K)``, channels swapped within each group and every
+    spatial dimension reversed."""
+    g, n = spec.groups, spec.ndim
+    swapped = weight.unflatten(0, (g, spec.in_per_group)).transpose(1, 2).flatten(0, 1)
+    return swapped.flip(tuple(range(-n, 0)))

@@ -35,6 +35,9 @@ class LoweredConv:
     lowered as the model runs (an untraceable ``Conv2d`` subclass, or an ``F.conv2d`` call in a
     forward ``torch.fx`` could not trace); ``note`` then says where it is called from.
     ``kind`` is the convolution's kind (``"conv2d"``, ``"conv_transpose3d"``...).
+    ``cuda_strategy`` is ``"cuda"`` where ``auto`` emitted a node that plans per call: it runs
+    ``strategy`` on CPU inputs and the CUDA plan on CUDA ones (``""`` where one strategy runs
+    on every device).
     """
 
     name: str
@@ -49,6 +52,7 @@ class LoweredConv:
     note: str = ""
     mechanism: str = "graph"
     kind: str = "conv2d"
+    cuda_strategy: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +68,7 @@ class LoweredConv:
             "note": self.note,
             "mechanism": self.mechanism,
             "kind": self.kind,
+            "cuda_strategy": self.cuda_strategy,
         }
 
 

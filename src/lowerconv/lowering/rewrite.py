@@ -17,7 +17,7 @@ from torch import fx
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
 from .record import LoweredConv
 from .sites import ConvSite, SkippedConv, find_conv_sites
-from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy
+from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy, resolve_auto
 
 __all__ = ["lower_graph"]
 
@@ -58,10 +58,12 @@ def _lower_site(
     node = site.node
     base = name.replace(".", "_").replace("#", "_call")
     target = site.module_type
-    if site.spec is None:
-        concrete = strategy
-    else:
-        concrete = choose_strategy(site.spec) if strategy == "auto" else strategy
+    # What the emitted node runs: ``auto`` without a target emits a node that plans per call
+    # (recorded as its CPU choice, with ``cuda_strategy`` for a GPU).
+    emitted = concrete = strategy
+    if site.spec is not None and strategy == "auto":
+        emitted = resolve_auto(site.spec, options)
+        concrete = choose_strategy(site.spec) if emitted == "auto" else emitted
     weight, bias = site.weight, site.bias
     params: list[fx.Node] = []
     with graph.inserting_before(node):
@@ -102,10 +104,11 @@ def _lower_site(
             weight=weight,
             bias=bias,
             spec=site.spec,
-            strategy=concrete,
+            strategy=emitted,
             source=name,
             source_target=target,
             options=options,
+            recorded_as=concrete,
         )
     input_name = site.input.name
     node.replace_all_uses_with(output)
@@ -119,6 +122,7 @@ def _lower_site(
         input_node=input_name,
         output_node=output.name,
         kind=site.conv_kind,
+        cuda_strategy="cuda" if emitted == "auto" else "",
         nodes=[n.name for n in params + nodes],
     )
 

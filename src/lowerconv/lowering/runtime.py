@@ -92,10 +92,16 @@ class ConvCall:
 
     @property
     def concrete_strategy(self) -> str | None:
-        """The strategy that computed a lowered call (``"auto"`` resolved for its spec)."""
+        """The strategy that computed a lowered call (``"auto"`` resolved for its spec and the
+        device of its input: ``"cuda"`` on a GPU)."""
         if self.strategy != "auto":
             return self.strategy
-        return choose_strategy(self.spec) if self.spec is not None else "unfold"
+        if self.spec is None:
+            return "unfold"
+        device = getattr(self.arguments.get("input"), "device", None)
+        if device is not None and device.type == "cuda":
+            return "cuda"
+        return choose_strategy(self.spec)
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -147,12 +153,14 @@ class Im2colMode(TorchFunctionMode):
         max_workspace_bytes: int | None = None,
         scope: str = "model",
         kinds: frozenset[str] | None = None,
+        target: str | None = None,
     ) -> None:
         super().__init__()
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
         self.scope = scope
         self.kinds = frozenset(KINDS) if kinds is None else frozenset(kinds)
+        self.target = target
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -167,6 +175,7 @@ class Im2colMode(TorchFunctionMode):
                 transposed="transpose" in kind,
                 strategy=self.strategy,
                 max_workspace_bytes=self.max_workspace_bytes,
+                target=self.target,
                 **lowering,
             )
             _report(call, out, scope=self.scope, lowered=True, strategy=self.strategy)
@@ -209,6 +218,7 @@ class RuntimeLoweredConv(nn.Module):
         strategy: str,
         max_workspace_bytes: int | None = None,
         kinds: frozenset[str] | None = None,
+        target: str | None = None,
     ) -> None:
         super().__init__()
         self._parameters = conv._parameters
@@ -220,12 +230,17 @@ class RuntimeLoweredConv(nn.Module):
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
         self.kinds = kinds
+        self.target = target
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         conv = self._wrapped_conv
         conv.training = self.training
-        kinds = self.__dict__.get("kinds")  # absent in modules pickled before it existed
-        with Im2colMode(self.strategy, self.max_workspace_bytes, scope="module", kinds=kinds):
+        # Absent in modules pickled before they existed.
+        kinds, target = self.__dict__.get("kinds"), self.__dict__.get("target")
+        mode = Im2colMode(
+            self.strategy, self.max_workspace_bytes, scope="module", kinds=kinds, target=target
+        )
+        with mode:
             return conv(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -268,10 +283,12 @@ class RuntimeLowering:
         strategy: str,
         max_workspace_bytes: int | None = None,
         kinds: frozenset[str] | None = None,
+        target: str | None = None,
     ) -> None:
         self.strategy = strategy
         self.max_workspace_bytes = max_workspace_bytes
         self.kinds = kinds
+        self.target = target
 
     def attach(self, module: nn.Module) -> None:
         module.register_forward_pre_hook(self.enter, prepend=True)
@@ -279,8 +296,10 @@ class RuntimeLowering:
         object.__setattr__(module, RUNTIME_ATTR, self)
 
     def enter(self, module: nn.Module, args: tuple) -> None:
-        kinds = self.__dict__.get("kinds")
-        mode = Im2colMode(self.strategy, self.max_workspace_bytes, scope="model", kinds=kinds)
+        kinds, target = self.__dict__.get("kinds"), self.__dict__.get("target")
+        mode = Im2colMode(
+            self.strategy, self.max_workspace_bytes, scope="model", kinds=kinds, target=target
+        )
         mode.__enter__()
         _stack().append((self, mode))
 

@@ -72,7 +72,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from . import engine, nd
+from . import cuda_plan, engine, nd
 from .autograd import GemmConv2d
 from .engine import gemm, needs_grad, traced, without_autograd
 from .kernels import (
@@ -82,6 +82,7 @@ from .kernels import (
     pointwise_gemm,
     tap_gemms,
 )
+from .nd import flipped_kernel
 from .plain_kernels import ROW_GEMMS_MIN_PIXELS, TAPS_MIN_PIXELS
 from .spec import ConvSpec, conv_output_size
 from .tiling import (
@@ -97,16 +98,26 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "TARGETS",
     "StrategyFn",
     "StrategyOptions",
+    "auto_conv",
     "choose_strategy",
+    "chunk_arithmetic",
+    "conv2d_strategy",
     "conv_output_width",
+    "cuda_conv2d",
     "depthwise_conv2d",
+    "flipped_kernel",
+    "graph_leaves",
     "nchw_conv2d",
     "nhwc_conv2d",
     "patchify_conv2d",
+    "planned_conv",
     "pointwise_conv2d",
+    "resolve_auto",
     "run_in_chunks",
+    "strategy_function",
     "strided_conv2d",
     "taps_conv2d",
     "unfold_conv2d",
@@ -123,11 +134,18 @@ class StrategyOptions:
     """
 
     max_workspace_bytes: int | None = None
+    target: str | None = None
 
     def __post_init__(self) -> None:
         cap = self.max_workspace_bytes
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
             raise ValueError(f"max_workspace_bytes must be a positive int or None, got {cap!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+
+
+# ``target=None``: each call follows its input's device; "cpu"/"cuda": that device's plan always.
+TARGETS = (None, "cpu", "cuda")
 
 
 DEFAULT_OPTIONS = StrategyOptions()
@@ -483,6 +501,79 @@ def depthwise_conv2d(
     )
 
 
+def cuda_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    options: StrategyOptions | None = None,
+) -> torch.Tensor:
+    """The CUDA plan (:mod:`lowerconv.lowering.cuda_plan`) for any convolution, on any device: a few
+    batch-wide ops (pad, one gather copy, one batched GEMM), one graph node
+    (:func:`planned_conv`)."""
+    return planned_conv(input, weight, bias, spec, _workspace_cap(options))
+
+
+def planned_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    max_workspace_bytes: int | None = None,
+) -> torch.Tensor:
+    """:func:`lowerconv.lowering.cuda_plan.cuda_conv`, unless its intermediate would exceed the workspace
+    limit (the cap, and on a GPU :func:`~lowerconv.lowering.cuda_plan.cuda_workspace_limit`): then
+    ``nchw``'s im2col, chunked under that limit."""
+    out = cuda_plan.planned(input, weight, bias, spec, max_workspace_bytes)
+    if out is None:
+        limit = cuda_plan.cuda_workspace_limit(input.device, max_workspace_bytes)
+        return STRATEGIES["nchw"](input, weight, bias, spec, StrategyOptions(limit))
+    return out
+
+
+def auto_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    cpu_strategy: str,
+    max_workspace_bytes: int | None = None,
+    target: str | None = None,
+) -> torch.Tensor:
+    """``auto`` for one conv, planned for the device its input is on (or ``target``): the CUDA
+    plan (:func:`planned_conv`) on a GPU, ``cpu_strategy`` (:func:`choose_strategy`'s pick,
+    fixed when the conv was lowered) on a CPU.  One graph node, so a model lowered on the CPU
+    and moved with ``.cuda()`` runs the CUDA plan."""
+    if (target or input.device.type) == "cuda":
+        return planned_conv(input, weight, bias, spec, max_workspace_bytes)
+    options = (
+        DEFAULT_OPTIONS if max_workspace_bytes is None else StrategyOptions(max_workspace_bytes)
+    )
+    return STRATEGIES[cpu_strategy](input, weight, bias, spec, options)
+
+
+def _auto(input, weight, bias, spec: ConvSpec, options: StrategyOptions | None = None):
+    cap, target = (None, None) if options is None else (options.max_workspace_bytes, options.target)
+    return auto_conv(input, weight, bias, spec, choose_strategy(spec), cap, target)
+
+
+def resolve_auto(spec: ConvSpec, options: StrategyOptions | None = None) -> str:
+    """What ``auto`` lowers one conv to: ``"cuda"`` under ``target="cuda"``,
+    :func:`choose_strategy`'s pick under ``target="cpu"``, and ``"auto"`` (the node
+    :func:`auto_conv`, which picks per call by the input's device) without a target."""
+    target = options.target if options is not None else None
+    if target == "cuda":
+        return "cuda"
+    if target == "cpu":
+        return choose_strategy(spec)
+    return "auto"
+
+
+def strategy_function(name: str) -> StrategyFn:
+    """The eager function of strategy ``name`` (one of :data:`STRATEGIES`, or ``"auto"``)."""
+    return _auto if name == "auto" else STRATEGIES[name]
+
+
 _CONV2D_STRATEGIES: dict[str, StrategyFn] = {
     "unfold": unfold_conv2d,
     "strided": strided_conv2d,
@@ -492,6 +583,7 @@ _CONV2D_STRATEGIES: dict[str, StrategyFn] = {
     "pointwise": pointwise_conv2d,
     "patchify": patchify_conv2d,
     "depthwise": depthwise_conv2d,
+    "cuda": cuda_conv2d,
 }
 
 
@@ -501,7 +593,7 @@ def _every_kind(name: str, conv2d_fn: StrategyFn) -> StrategyFn:
     the traced code holds only the branch taken)."""
 
     def strategy(input, weight, bias, spec: ConvSpec, options: StrategyOptions | None = None):
-        if spec.ndim == 2 and not spec.transposed:
+        if (spec.ndim == 2 and not spec.transposed) or name == "cuda":
             return conv2d_fn(input, weight, bias, spec, options)
         return other_kind(name, input, weight, bias, spec, options)
 
@@ -563,15 +655,6 @@ def other_kind(
     channel_major = name in ("unfold", "nchw") or spec.groups > 1
     cache_chunks = name not in ("unfold", "strided", "patchify")
     return nd.im2col_conv_nd(input, weight, bias, spec, cap, channel_major, cache_chunks)
-
-
-def flipped_kernel(weight: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    """A transposed convolution's weight ``(C_in, C_out/g, *K)`` as the kernel of its equivalent
-    plain convolution: ``(C_out, C_in/g, *K)``, channels swapped within each group and every
-    spatial dimension reversed."""
-    g, n = spec.groups, spec.ndim
-    swapped = weight.unflatten(0, (g, spec.in_per_group)).transpose(1, 2).flatten(0, 1)
-    return swapped.flip(tuple(range(-n, 0)))
 
 
 # What run_in_chunks runs on each chunk (already padded, so the spec pads nothing).
@@ -807,9 +890,28 @@ _LEAVES = {
     "pointwise_gemm": "lowerconv.lowering.kernels",
     "tap_gemms": "lowerconv.lowering.kernels",
     "run_in_chunks": "lowerconv.lowering.strategies",
+    "planned_conv": "lowerconv.lowering.strategies",
+    "auto_conv": "lowerconv.lowering.strategies",
 }
 for _name in _LEAVES:
     torch.fx.wrap(_name)
+
+
+def conv2d_strategy(name: str) -> StrategyFn:
+    """Strategy ``name``'s function for 2-D convolutions (``taps_conv2d`` for ``"taps"``)."""
+    return _CONV2D_STRATEGIES[name]
+
+
+def chunk_arithmetic(name: str) -> StrategyFn:
+    """What :func:`run_in_chunks` runs on each chunk for strategy ``name``."""
+    return _CHUNK_ARITHMETIC[name]
+
+
+def graph_leaves() -> dict[str, StrategyFn]:
+    """The functions a lowered graph calls as single nodes, by the name it prints them under."""
+    return {name: getattr(sys.modules[module], name) for name, module in _LEAVES.items()}
+
+
 try:
     from torch.fx.graph import _register_custom_builtin
 

@@ -12,6 +12,8 @@ returns a :class:`~.report.VerificationReport`.  In the order data flows through
 - :mod:`.metrics`       the comparison math each check uses (:func:`compare`, :func:`judge`)
 - :mod:`.inconclusive`  the verdict's third answer: degenerate values that prove nothing
 - :mod:`.audit`         during step 1: the convolution ops the lowered model really dispatches
+- :mod:`.gradients`     with ``gradients=True``, after step 1 and within step 2: the backward of
+  each copy from one seeded cotangent, input and parameter gradients, each conv's dX, dW, db
 - :mod:`.layer_checks`  step 2: each lowered conv on its own, on the input the original gives it
 - :mod:`.timing`        step 3: A/B interleaved timing and CUDA peak memory
 - :mod:`.report`        the result as data: tables, Markdown, versioned JSON

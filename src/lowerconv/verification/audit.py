@@ -12,13 +12,19 @@ own source line, and judged:
   deliberately left alone;
 - a convolution of another kind (one ``kinds=`` left out, deformable) is *left alone*: the
   record says so.
+
+In the backward pass no module's code is on the stack, so an op there is named by the autograd
+node that ran it (``ConvolutionBackward0``) and judged by count: a convolution left alone in
+the forward has one backward op of its kind, so as many backward ops of a kind as the forward
+left alone are *left alone* too; any more are failures (a lowered conv whose backward runs a
+native convolution).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -84,7 +90,8 @@ class ConvOpRun:
     @property
     def where(self) -> str:
         if self.phase == "backward":
-            return "the backward pass" + (f" of {self.called_from!r}" if self.called_from else "")
+            where = "the backward pass" + (f" of {self.called_from!r}" if self.called_from else "")
+            return f"{where} (autograd node {self.location})" if self.location else where
         where = f"module {self.called_from!r}" if self.called_from else "the model's own forward"
         return f"{where} ({self.location})" if self.location else where
 
@@ -112,8 +119,13 @@ class ConvOpAudit(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
         if _CONV_OP.search(name):
-            phase = "backward" if torch._C._current_autograd_node() is not None else "forward"
-            called_from, location = self.locator.locate()
+            node = torch._C._current_autograd_node()
+            if node is None:
+                phase = "forward"
+                called_from, location = self.locator.locate()
+            else:
+                # The stack holds the caller of backward(), not the model: name the node.
+                phase, called_from, location = "backward", None, node.name()
             key = (str(func), conv_op_kind(name, args), phase, called_from, location)
             self._seen[key] = self._seen.get(key, 0) + 1
         return func(*args, **(kwargs or {}))
@@ -124,6 +136,7 @@ class ConvOpAudit(TorchDispatchMode):
         for (op, kind, phase, called_from, location), count in self._seen.items():
             status, reason = self._judge(kind, called_from)
             found.append(ConvOpRun(op, kind, phase, called_from, location, count, status, reason))
+        found = _backward_of_left_alone(found)
         for run in found:
             run.reason = f"{run.reason}; from {run.where}"
         return found
@@ -136,6 +149,34 @@ class ConvOpAudit(TorchDispatchMode):
             if skip.conv_kind == kind and called_from and _within(called_from, skip.name):
                 return "left alone", f"listed in the record as left alone: {skip.reason}"
         return "fail", f"a {kind} ran in the lowered model; it should have been lowered"
+
+
+def _backward_of_left_alone(found: list[ConvOpRun]) -> list[ConvOpRun]:
+    """Backward ops judged failures, up to as many of each kind as the forward left alone,
+    judged left alone instead: each conv the forward left alone has one backward op."""
+    allowance: dict[str, int] = {}
+    for run in found:
+        if run.phase == "forward" and run.status == "left alone":
+            allowance[run.kind] = allowance.get(run.kind, 0) + run.count
+    judged = []
+    for run in found:
+        spare = allowance.get(run.kind, 0)
+        if run.phase != "backward" or run.status != "fail" or not spare:
+            judged.append(run)
+            continue
+        alone = min(spare, run.count)
+        allowance[run.kind] = spare - alone
+        judged.append(
+            replace(
+                run,
+                count=alone,
+                status="left alone",
+                reason=f"the backward of a {run.kind} the forward left alone",
+            )
+        )
+        if run.count > alone:
+            judged.append(replace(run, count=run.count - alone))
+    return judged
 
 
 def _within(name: str, prefix: str) -> bool:

@@ -1,8 +1,9 @@
 """After the report: the same verdicts as JUnit XML, which CI dashboards read.
 
 ``lowerconv verify --junit-xml PATH`` writes one ``<testsuite>`` per device run, with one
-``<testcase>`` per output and per lowered conv (and one per conv op that ran when it should not
-have); ``lowerconv zoo --junit-xml PATH`` writes one ``<testcase>`` per model.  A failing case
+``<testcase>`` per output and per lowered conv (with ``--gradients``, also one per input and
+parameter gradient and one per gradient of each lowered conv, ``layer1.0.conv1 (dW)``; and one
+per conv op that ran when it should not have); ``lowerconv zoo --junit-xml PATH`` writes one ``<testcase>`` per model.  A failing case
 carries a ``<failure>`` whose ``message`` is the first line of the reason and whose text is all
 of it; a zoo model that errored carries an ``<error>``, one skipped or left unchecked a
 ``<skipped>``.  Written with :mod:`xml.etree.ElementTree`, so the reasons are escaped::
@@ -52,8 +53,9 @@ def zoo_junit(report: ZooReport) -> str:
 
 
 def verification_junit(report: VerificationReport, *, model: str | None = None) -> str:
-    """One suite per device run of ``lowerconv verify``: a case per output, per lowered conv and
-    per conv op that should have been lowered; ``model`` names the suites (default: the class)."""
+    """One suite per device run of ``lowerconv verify``: a case per output, per lowered conv, per
+    gradient checked and per conv op that should have been lowered; ``model`` names the suites
+    (default: the class)."""
     name = model or report.model
     root = ET.Element("testsuites", name="lowerconv")
     for run in report.runs:
@@ -71,6 +73,20 @@ def verification_junit(report: VerificationReport, *, model: str | None = None) 
                 _outcome(case, "failure", f"{layer.config}: {layer.reason or 'outside tolerance'}")
             elif layer.status == "unchecked":
                 _outcome(case, "skipped", layer.reason or "unchecked")
+        for gradient in run.gradients:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{classname}.gradients", name=gradient.path
+            )
+            if not gradient.ok:
+                _outcome(case, "failure", gradient.reason or "outside tolerance")
+        for grad in run.layer_gradients:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{classname}.layer_gradients", name=grad.label
+            )
+            if grad.status == "fail":
+                _outcome(case, "failure", grad.reason or "outside tolerance")
+            elif grad.status == "unchecked":
+                _outcome(case, "skipped", grad.reason or "unchecked")
         for op in run.failing_conv_ops:
             case = ET.SubElement(
                 suite, "testcase", classname=f"{classname}.conv_ops", name=f"{op.op} in {op.where}"

@@ -6,7 +6,9 @@ model gives that conv; the lowered output's error and the native one's, both aga
 oracle, are judged by the same rule as the outputs (the *local* error).  The *accumulated*
 error is each model's own value at that conv's output against the oracle's.  Each conv becomes
 one :class:`~lowerconv.verification.report.LayerCheck`: ``pass``, ``fail`` or ``unchecked`` with the
-reason.
+reason.  With ``gradients=True`` the same three convs, on the same input, are also pulled back
+from one seeded output gradient (:func:`~lowerconv.verification.gradients.local_gradients`):
+each conv's ``dX``, ``dW`` and ``db`` are judged by the same rule, into ``LayerCheck.gradients``.
 
 Two paths, as the pass took them:
 
@@ -43,8 +45,9 @@ from ..lowering.subgraph import FreshArgs, conv_subgraph, provenance
 from ..lowering.trace import trace
 from .determinism import seed_generators
 from .devices import to_float64
+from .gradients import LocalConv, leaf, local_gradients
 from .metrics import Tolerance, compare, judge
-from .report import LayerCheck
+from .report import GradientCheck, LayerCheck
 
 __all__ = ["ModuleCapture", "check_fallback_layers", "check_graph_layers", "check_runtime_layers"]
 
@@ -97,6 +100,7 @@ def check_graph_layers(
     seed: int,
     trace_options: dict[str, Any],
     retrace: Callable[[nn.Module, tuple], fx.GraphModule] | None = None,
+    gradients: bool = False,
 ) -> dict[int, LayerCheck]:
     """Local and accumulated errors of convs lowered into the top module's graph.
 
@@ -107,7 +111,8 @@ def check_graph_layers(
     kept as ``call_module`` leaves (checked with hooks instead); the re-trace keeps them too.
     ``retrace(model, inputs)``, when given, captures the originals instead of ``torch.fx``
     (the export tier: :func:`lowerconv.lowering.export.capture`, whose node names are as
-    deterministic).
+    deterministic).  ``gradients=True`` also checks each conv's backward
+    (:func:`_graph_backward`).
     """
     checks = {id(c): _layer_check(c) for c in convs}
     options = dict(trace_options)
@@ -154,6 +159,8 @@ def check_graph_layers(
         wanted["lowered"].add(p.lowered_output)
         for run, name in [*p.sub_inputs, *p.oracle_inputs.values()]:
             wanted[run].add(name)
+        if gradients:  # the native conv runs again, for its backward: all of its inputs
+            wanted["native"].update(node.name for node in p.original.all_input_nodes)
 
     values = {
         "native": _capture(traced_native, x, wanted["native"], dev, seed),
@@ -194,8 +201,91 @@ def check_graph_layers(
             dtype=dtype,
             max_workspace_bytes=max_workspace_bytes,
         )
+        if gradients:
+            p.check.gradients = _graph_backward(
+                p, values, traced_native, traced_oracle, low, seed=seed, tolerance=tolerance
+            )
     oracle_runner.env = {}
     return checks
+
+
+def _graph_backward(
+    p: _LayerPlan,
+    values: dict[str, dict[str, Any]],
+    traced_native: fx.GraphModule,
+    traced_oracle: fx.GraphModule,
+    low: fx.GraphModule,
+    *,
+    seed: int,
+    tolerance: Tolerance,
+) -> list[GradientCheck]:
+    """The backward of one conv of the graph path: the original conv node runs again on the
+    native and the oracle graph's modules, the lowered nodes as their own module, all three
+    on the original's input to the conv; its weight and bias are the parameters it reads."""
+    original = p.original
+    data = original.args[0] if original.args else original.kwargs.get("input")
+    if not isinstance(data, fx.Node) or ("native", data.name) not in p.sub_inputs:
+        return []
+    parameters = _conv_parameters(original)
+
+    def copy(gm: fx.GraphModule, env: dict[fx.Node, Any]) -> LocalConv:
+        x = leaf(env[data])
+        env = {**env, data: x}
+        runner = fx.Interpreter(gm)
+
+        def run() -> Any:
+            runner.env = dict(env)
+            try:
+                return runner.run_node(original)
+            finally:
+                runner.env = {}
+
+        return LocalConv(run, {"dX": x, **_trainable(gm, parameters)})
+
+    native_env = {node: values["native"][node.name] for node in original.all_input_nodes}
+    oracle_env = {
+        node: to_float64(values[run][name]) if run == "native" else values[run][name]
+        for node, (run, name) in p.oracle_inputs.items()
+    }
+    args = [values[run][name] for run, name in p.sub_inputs]
+    position = p.sub_inputs.index(("native", data.name))
+    args[position] = x = leaf(args[position])
+    lowered = LocalConv(lambda: p.subgraph(*args), {"dX": x, **_trainable(low, parameters)})
+    return local_gradients(
+        p.conv.name,
+        copy(traced_native, native_env),
+        lowered,
+        copy(traced_oracle, oracle_env),
+        seed=seed,
+        tolerance=tolerance,
+    )
+
+
+def _conv_parameters(original: fx.Node) -> dict[str, str]:
+    """``{"dW": "layer1.0.conv1.weight", "db": ...}``: the qualified names of the parameters an
+    original conv node reads as its weight and bias (a module's own, or ``get_attr`` nodes)."""
+    if original.op == "call_module":
+        return {"dW": f"{original.target}.weight", "db": f"{original.target}.bias"}
+    names = {}
+    for grad, position, keyword in (("dW", 1, "weight"), ("db", 2, "bias")):
+        arg = original.args[position] if len(original.args) > position else None
+        arg = original.kwargs.get(keyword, arg)
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            names[grad] = str(arg.target)
+    return names
+
+
+def _trainable(module: nn.Module, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The parameters of ``module`` with those qualified names that require grad."""
+    found = {}
+    for grad, name in names.items():
+        try:
+            tensor = module.get_parameter(name)
+        except AttributeError:
+            continue
+        if tensor.requires_grad:
+            found[grad] = tensor
+    return found
 
 
 def _plan_layer(
@@ -292,7 +382,8 @@ class ModuleCapture:
     """Forward hooks on the three copies' lowered-conv modules, first call only.
 
     On the fallback path each conv is a submodule of its own; the native copy's hook keeps its
-    input and output, the oracle's and lowered copy's hooks their outputs.
+    input and output, the oracle's and lowered copy's hooks their outputs.  ``modules`` holds
+    the hooked modules, by copy and name.
     """
 
     def __init__(
@@ -300,6 +391,7 @@ class ModuleCapture:
     ) -> None:
         self.inputs: dict[str, Any] = {}
         self.outputs: dict[str, dict[str, Any]] = {"native": {}, "oracle": {}, "lowered": {}}
+        self.modules: dict[str, dict[str, nn.Module]] = {"native": {}, "oracle": {}, "lowered": {}}
         self.handles = []
         for conv in convs:
             name = conv.graph_module
@@ -308,6 +400,7 @@ class ModuleCapture:
                     module = model.get_submodule(name)
                 except AttributeError:
                     continue
+                self.modules[run][name] = module
                 self.handles.append(module.register_forward_hook(self._hook(run, name)))
 
     def _hook(self, run: str, name: str):
@@ -335,8 +428,11 @@ def check_fallback_layers(
     tolerance: Tolerance,
     dtype: torch.dtype,
     max_workspace_bytes: int | None = None,
+    gradients: bool = False,
+    seed: int = 0,
 ) -> dict[int, LayerCheck]:
-    """Local and accumulated errors of convs lowered each in a submodule of their own."""
+    """Local and accumulated errors of convs lowered each in a submodule of their own; with
+    ``gradients=True`` also each one's backward, pulled back from the cotangent of ``seed``."""
     checks = {}
     for conv in convs:
         check = checks[id(conv)] = _layer_check(conv)
@@ -365,7 +461,28 @@ def check_fallback_layers(
             dtype=dtype,
             max_workspace_bytes=max_workspace_bytes,
         )
+        if gradients and args:
+            # The native module ran (its hook kept the input), so it is in hooks.modules.
+            check.gradients = local_gradients(
+                conv.name,
+                _module_copy(hooks.modules["native"][name], args),
+                _module_copy(low.get_submodule(name), args),
+                _module_copy(oracle.get_submodule(name), to_float64(args)),
+                seed=seed,
+                tolerance=tolerance,
+            )
     return checks
+
+
+def _module_copy(module: nn.Module, args: tuple) -> LocalConv:
+    """A conv module (or the submodule holding its lowered nodes) on ``args``, its first
+    argument a fresh leaf; its ``weight`` and ``bias`` parameters are what ``dW``, ``db`` are
+    taken of."""
+    x = leaf(args[0])
+    rest = args[1:]
+    return LocalConv(
+        lambda: module(x, *rest), {"dX": x, **_trainable(module, {"dW": "weight", "db": "bias"})}
+    )
 
 
 # -- the run-time path -----------------------------------------------------------------------
@@ -379,13 +496,16 @@ def check_runtime_layers(
     tolerance: Tolerance,
     dtype: torch.dtype,
     max_workspace_bytes: int | None = None,
+    gradients: bool = False,
+    seed: int = 0,
 ) -> list[LayerCheck]:
     """Local and accumulated errors of the ``F.conv*`` calls lowered at run time.
 
     ``lowered_calls`` are the lowered model's (only lowered ones count), ``native_calls`` and
     ``oracle_calls`` the original's and its float64 copy's, each call with its arguments and
     output kept.  The local check runs the lowered call's strategy, the native conv and a
-    float64 conv on the arguments the original passed.
+    float64 conv on the arguments the original passed; with ``gradients=True`` the three are
+    also pulled back from the cotangent of ``seed``, for the input, the weight and the bias.
     """
     natives = {c.name: c for c in native_calls}
     oracles = {c.name: c for c in oracle_calls}
@@ -437,7 +557,38 @@ def check_runtime_layers(
             dtype=dtype,
             max_workspace_bytes=max_workspace_bytes,
         )
+        if gradients:
+            check.gradients = _runtime_backward(call, args, strategy, seed, tolerance)
     return checks
+
+
+def _runtime_backward(
+    call: ConvCall, args: dict[str, Any], strategy: str, seed: int, tolerance: Tolerance
+) -> list[GradientCheck]:
+    """The backward of one conv call lowered at run time, on the original call's arguments."""
+    native_conv = getattr(torch.nn.functional, call.kind)
+    return local_gradients(
+        call.name,
+        _call_copy(lambda a: native_conv(**a), args),
+        _call_copy(lambda a: _lowered_call(call.kind, a, strategy), args),
+        _call_copy(lambda a: native_conv(**a), to_float64(args)),
+        seed=seed,
+        tolerance=tolerance,
+    )
+
+
+def _call_copy(conv: Callable[[dict[str, Any]], Any], args: dict[str, Any]) -> LocalConv:
+    """A conv call on ``args`` whose input, weight and bias are fresh leaves."""
+    wrt = {
+        grad: leaf(args[name])
+        for grad, name in (("dX", "input"), ("dW", "weight"), ("db", "bias"))
+        if isinstance(args.get(name), torch.Tensor) and args[name].is_floating_point()
+    }
+    called = {**args, **{name: wrt[grad] for grad, name in _ARGUMENT.items() if grad in wrt}}
+    return LocalConv(lambda: conv(called), wrt)
+
+
+_ARGUMENT = {"dX": "input", "dW": "weight", "db": "bias"}
 
 
 def _lowered_call(kind: str, args: dict[str, Any], strategy: str) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 A :class:`VerificationReport` holds one :class:`DeviceRun` per device verified; each has the
 end-to-end :class:`OutputCheck` of every output leaf, the :class:`LayerCheck` of every lowered
-convolution in graph order, and :class:`Timing`.  ``to_dict()`` follows the versioned schema
+convolution in graph order, and :class:`Timing`.  With ``gradients=True`` it also has an
+:class:`OutputCheck` per input and parameter gradient, and each layer a :class:`GradientCheck`
+per gradient of the conv (``dX``, ``dW``, ``db``).  ``to_dict()`` follows the versioned schema
 ``lowerconv.verification/1`` documented field by field in ``docs/verification.md``.
 """
 
@@ -13,15 +15,17 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+import torch
 from tabulate import tabulate
 
 from ..errors import VerificationError
 from .audit import ConvOpRun
-from .metrics import Judgement, TensorDiff, Tolerance
+from .metrics import Judgement, TensorDiff, Tolerance, compare, judge
 
 __all__ = [
     "SCHEMA",
     "DeviceRun",
+    "GradientCheck",
     "LayerCheck",
     "OutputCheck",
     "Timing",
@@ -49,6 +53,64 @@ class OutputCheck:
     lowered: TensorDiff | None = None
     lowered_vs_native: TensorDiff | None = None
     judgement: Judgement | None = None
+
+    @classmethod
+    def judged(
+        cls, path: str, native: Any, lowered: Any, oracle: Any, tolerance: Tolerance
+    ) -> OutputCheck:
+        """The check of one value that both models computed: ``native`` and ``lowered`` each
+        against the float64 ``oracle``, judged by :func:`~lowerconv.metrics.judge`."""
+        shape, dtype = tuple(native.shape), str(native.dtype).removeprefix("torch.")
+        if not isinstance(lowered, torch.Tensor) or lowered.shape != native.shape:
+            got = (
+                tuple(lowered.shape)
+                if isinstance(lowered, torch.Tensor)
+                else type(lowered).__name__
+            )
+            return cls(
+                path, shape, dtype, ok=False, reason=f"lowered value is {got}, original {shape}"
+            )
+        tol = tolerance
+        native_diff = compare(native, oracle, rtol=tol.rtol, atol=tol.atol)
+        lowered_diff = compare(lowered, oracle, rtol=tol.rtol, atol=tol.atol)
+        verdict = judge(native_diff, lowered_diff, tol)
+        return cls(
+            path=path,
+            shape=shape,
+            dtype=dtype,
+            ok=verdict.ok,
+            reason=verdict.reason,
+            native=native_diff,
+            lowered=lowered_diff,
+            lowered_vs_native=compare(lowered, native, rtol=tol.rtol, atol=tol.atol),
+            judgement=verdict,
+        )
+
+
+@dataclass
+class GradientCheck:
+    """One gradient of one lowered conv, checked on its own: ``dX`` (its input), ``dW`` (its
+    weight) or ``db`` (its bias).
+
+    The lowered conv, the native conv and the float64 conv run on the input the original model
+    gives that conv and are pulled back from one seeded random output gradient; ``local_*`` are
+    the lowered and native gradients against the float64 one, judged by the forward's rule.
+    ``status`` is ``"pass"``, ``"fail"`` or ``"unchecked"`` (``reason`` says why).
+    """
+
+    layer: str
+    grad: str
+    status: str
+    reason: str | None = None
+    shape: tuple[int, ...] | None = None
+    local_native: TensorDiff | None = None
+    local_lowered: TensorDiff | None = None
+    judgement: Judgement | None = None
+
+    @property
+    def label(self) -> str:
+        """``layer2.0.conv1 (dW)``: how the report's ``first_failure`` names it."""
+        return f"{self.layer} ({self.grad})"
 
 
 @dataclass
@@ -78,6 +140,7 @@ class LayerCheck:
     judgement: Judgement | None = None
     accumulated_native: float | None = None
     accumulated_lowered: float | None = None
+    gradients: list[GradientCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +196,13 @@ class DeviceRun:
             return "FAIL"
         return "INCONCLUSIVE" if self.inconclusive else "PASS"
 
+    gradients: list[OutputCheck] = field(default_factory=list)
+
+    @property
+    def layer_gradients(self) -> list[GradientCheck]:
+        """Every lowered conv's gradient checks, in graph order."""
+        return [grad for layer in self.layers for grad in layer.gradients]
+
     @property
     def failing_conv_ops(self) -> list[ConvOpRun]:
         return [op for op in self.conv_ops if op.status == "fail"]
@@ -151,7 +221,9 @@ class VerificationReport:
     op that ran in the lowered model, a failing layer or output, or no output to compare) and
     no run was inconclusive (``verdict`` is then ``INCONCLUSIVE``, ``inconclusive`` says why).
     ``first_failure`` names the first such thing: ``conv op ...``, the original qualified name of
-    the first failing conv, or the first failing output's path (``output['out']``); else None.  ``devices_skipped`` maps a
+    the first failing conv, the first failing conv gradient (``layer2.0.conv1 (dW)``), the first
+    failing output's path (``output['out']``) or gradient's (``conv1.weight.grad``); else None.
+    ``gradients`` says whether the backward pass was checked too.  ``devices_skipped`` maps a
     device that could not be used (CUDA absent) to the reason.
     """
 
@@ -172,6 +244,7 @@ class VerificationReport:
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     oracle_dtype: str = "float64"
+    gradients: bool = False
 
     @property
     def ok(self) -> bool:
@@ -249,6 +322,7 @@ class VerificationReport:
                 )
             failing_layers = [c for c in run.layers if c.status == "fail"]
             failing_outputs = [o for o in run.outputs if not o.ok]
+            failing_grads = [g for g in run.layer_gradients if g.status == "fail"]
             if failing_layers:
                 first = failing_layers[0]
                 lines.append(
@@ -261,8 +335,31 @@ class VerificationReport:
                         "" if len(failing_layers) <= 6 else f" and {len(failing_layers) - 6} more"
                     )
                     lines.append(f"  [{run.device}] also failing: {others}{more}")
+            if failing_grads:
+                first = failing_grads[0]
+                lines.append(
+                    f"  [{run.device}] first failing conv gradient {first.label!r}, the lowered "
+                    f"conv's backward on the original's input: {first.reason}"
+                )
+                if len(failing_grads) > 1:
+                    others = ", ".join(g.label for g in failing_grads[1:6])
+                    more = "" if len(failing_grads) <= 6 else f" and {len(failing_grads) - 6} more"
+                    lines.append(f"  [{run.device}] also failing: {others}{more}")
             for output in failing_outputs:
                 lines.append(f"  [{run.device}] {output.path}: {output.reason}")
+            failing_gradients = [g for g in run.gradients if not g.ok]
+            for gradient in failing_gradients[:6]:
+                lines.append(f"  [{run.device}] {gradient.path}: {gradient.reason}")
+            if len(failing_gradients) > 6:
+                lines.append(
+                    f"  [{run.device}] and {len(failing_gradients) - 6} more failing gradients"
+                )
+            if run.gradients == [] and self.gradients:
+                lines.append(
+                    f"  [{run.device}] no gradient to compare: no output that requires grad "
+                    "reaches an input or a parameter. Fix: verify without gradients, or a model "
+                    "with trainable parameters"
+                )
         lines.append(
             f"  tolerance: lowered error <= {self.tolerance.factor:g} x native error + "
             f"rtol {self.tolerance.rtol:g} + atol {self.tolerance.atol:g}/scale, against a float64 "
@@ -328,6 +425,22 @@ class VerificationReport:
             parts.append(
                 tabulate(_output_rows(run), headers=_OUTPUT_HEADERS, disable_numparse=True)
             )
+            if run.layer_gradients:
+                parts.append(
+                    tabulate(
+                        _layer_gradient_rows(run),
+                        headers=_LAYER_GRADIENT_HEADERS,
+                        disable_numparse=True,
+                    )
+                )
+            if run.gradients:
+                parts.append(
+                    tabulate(
+                        _output_rows(run, run.gradients),
+                        headers=_GRADIENT_HEADERS,
+                        disable_numparse=True,
+                    )
+                )
             if run.conv_ops:
                 parts.append(
                     tabulate(_conv_op_rows(run), headers=_CONV_OP_HEADERS, disable_numparse=True)
@@ -367,6 +480,39 @@ class VerificationReport:
                     ),
                     "",
                 ]
+            if run.gradients:
+                failing = sum(not g.ok for g in run.gradients)
+                lines += [
+                    f"<details><summary>Gradients on {run.device}: {len(run.gradients)} inputs "
+                    f"and parameters, {failing} failing</summary>",
+                    "",
+                    tabulate(
+                        _output_rows(run, run.gradients),
+                        headers=_GRADIENT_HEADERS,
+                        tablefmt="github",
+                        disable_numparse=True,
+                    ),
+                    "",
+                    "</details>",
+                    "",
+                ]
+            if run.layer_gradients:
+                failing = sum(g.status == "fail" for g in run.layer_gradients)
+                lines += [
+                    f"<details><summary>Per-layer gradients on {run.device}: "
+                    f"{len(run.layer_gradients)} gradients of {len(run.layers)} convs, {failing} "
+                    "failing</summary>",
+                    "",
+                    tabulate(
+                        _layer_gradient_rows(run),
+                        headers=_LAYER_GRADIENT_HEADERS,
+                        tablefmt="github",
+                        disable_numparse=True,
+                    ),
+                    "",
+                    "</details>",
+                    "",
+                ]
             if run.layers:
                 failing = sum(c.status == "fail" for c in run.layers)
                 lines += [
@@ -391,6 +537,7 @@ class VerificationReport:
             f"{self.model} -> {self.lowered_model}: {n} conv(s) lowered with `{self.strategy}` on "
             f"the {self.path} path; {self.dtype} vs a {self.oracle_dtype} oracle, "
             f"{'train' if self.training else 'eval'} mode, seed {self.seed}"
+            + ("; forward and backward checked" if self.gradients else "")
         )
 
     def _headline(self) -> str:
@@ -426,6 +573,17 @@ class VerificationReport:
                     f"conv ops run: {failing_ops} failing, {left_alone} left alone",
                 ]
             )
+            if self.gradients:
+                grads = run.layer_gradients
+                rows.append(
+                    [
+                        f"{run.device} gradients",
+                        f"{len(run.gradients)} input and parameter gradient(s), "
+                        f"{sum(not g.ok for g in run.gradients)} failing; "
+                        f"{sum(g.status != 'unchecked' for g in grads)}/{len(grads)} conv "
+                        f"gradient(s) checked, {sum(g.status == 'fail' for g in grads)} failing",
+                    ]
+                )
             if run.timing is not None:
                 t = run.timing
                 ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"
@@ -493,7 +651,35 @@ _OUTPUT_HEADERS = [
 ]
 
 
+_GRADIENT_HEADERS = ["gradient", *_OUTPUT_HEADERS[1:]]
+_LAYER_GRADIENT_HEADERS = [
+    "layer",
+    "gradient",
+    "shape",
+    "local err native",
+    "local err lowered",
+    "bound",
+    "verdict",
+]
 _CONV_OP_HEADERS = ["conv op run", "kind", "phase", "count", "verdict", "from"]
+
+
+def _layer_gradient_rows(run: DeviceRun) -> list[list[str]]:
+    rows = []
+    for g in run.layer_gradients:
+        j = g.judgement
+        rows.append(
+            [
+                g.layer,
+                g.grad,
+                _shape(g.shape),
+                _num(j.native_error) if j else "-",
+                _num(j.error) if j else "-",
+                _num(j.bound) if j else "-",
+                g.status if g.status != "unchecked" else f"unchecked: {g.reason}",
+            ]
+        )
+    return rows
 
 
 def _conv_op_rows(run: DeviceRun) -> list[list[str]]:
@@ -532,9 +718,9 @@ def _layer_rows(run: DeviceRun) -> list[list[str]]:
     return rows
 
 
-def _output_rows(run: DeviceRun) -> list[list[str]]:
+def _output_rows(run: DeviceRun, checks: list[OutputCheck] | None = None) -> list[list[str]]:
     rows = []
-    for o in run.outputs:
+    for o in run.outputs if checks is None else checks:
         j = o.judgement
         nonfinite = "-"
         if o.lowered is not None:
@@ -571,6 +757,7 @@ def _run_dict(run: DeviceRun) -> dict:
         "notes": list(run.notes),
         "conv_ops": [_jsonable(op) for op in run.conv_ops],
         "warnings": list(run.warnings),
+        "gradients": [_jsonable(g) for g in run.gradients],
     }
 
 
@@ -598,6 +785,18 @@ def _layer_dict(c: LayerCheck) -> dict:
             "native_rel_l2": _jsonable(c.accumulated_native),
             "lowered_rel_l2": _jsonable(c.accumulated_lowered),
         },
+        "gradients": [
+            {
+                "grad": g.grad,
+                "status": g.status,
+                "reason": g.reason,
+                "shape": _jsonable(g.shape),
+                "native": _jsonable(g.local_native),
+                "lowered": _jsonable(g.local_lowered),
+                "judgement": _jsonable(g.judgement),
+            }
+            for g in c.gradients
+        ],
     }
 
 

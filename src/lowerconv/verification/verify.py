@@ -15,6 +15,10 @@ original in float64, the ground truth).  Then:
    float64, by the same rule (the *local* error).  The first conv whose local error fails is
    named by its original qualified name.  The *accumulated* error, each model's own value at
    that conv's output against the oracle's, shows how errors grow along the run.
+   With ``gradients=True`` the three copies are also pulled back from one seeded random
+   output gradient: every input's and parameter's gradient is judged by the same rule, and
+   each lowered conv's ``dX``, ``dW`` and ``db`` on its own input (:mod:`~lowerconv.verification.gradients`);
+   the conv-op audit watches the lowered model's backward too.
 3. **Time and memory.**  Native and lowered forwards, warmed up, A/B interleaved, CUDA
    synchronised inside the clock; median, IQR, ratio; CUDA peak memory; im2col bytes per conv.
 
@@ -22,9 +26,9 @@ Precision flags (TF32, reduced-precision reductions) are pinned while verifying 
 after; RNG state is forked and restored.  ``docs/verification.md`` documents it all.
 
 This module holds the verdict: :func:`verify`, the end-to-end checks of step 1 and the report's
-assembly.  In :mod:`lowerconv.verification`, step 2 is :mod:`~.layer_checks` and step 3
-:mod:`~.timing`; :mod:`~.devices` makes and runs the copies, :mod:`~.determinism` pins precision
-and randomness, and :mod:`~.report` is the result.
+assembly.  In :mod:`lowerconv.verification`, gradients are :mod:`~.gradients`, step 2 is
+:mod:`~.layer_checks` and step 3 :mod:`~.timing`; :mod:`~.devices` makes and runs the copies,
+:mod:`~.determinism` pins precision and randomness, and :mod:`~.report` is the result.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ from ..lowering.preflight import refuse_torchscript
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
 from ..lowering.spec import KINDS
-from .audit import ConvOpAudit
-from .determinism import MatchedRandomness, pinned_precision, preserved_rng
+from .audit import ConvOpAudit, ConvOpRun
+from .determinism import MatchedRandomness, PromoteToFloat64, pinned_precision, preserved_rng
 from .devices import (
     cast_inputs,
     copy_to,
@@ -59,6 +63,7 @@ from .devices import (
     oracle_forward,
     resolve_devices,
 )
+from .gradients import check_gradients, model_gradients
 from .inconclusive import inconclusive_causes
 from .layer_checks import (
     ModuleCapture,
@@ -66,7 +71,7 @@ from .layer_checks import (
     check_graph_layers,
     check_runtime_layers,
 )
-from .metrics import Tolerance, compare, default_tolerance, judge
+from .metrics import Tolerance, default_tolerance
 from .prepare import calibrated, materialized
 from .report import DeviceRun, OutputCheck, VerificationReport
 from .timing import time_forward
@@ -106,6 +111,7 @@ def verify(
     lower_options: dict[str, Any] | None = None,
     against: Sequence[str] = (),
     calibrate_bn: bool = False,
+    gradients: bool = False,
 ) -> VerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
     computes what ``model`` computes; return a
@@ -120,14 +126,19 @@ def verify(
     dropout matches between models.  ``progress`` gets one line per step.  ``allow_tf32=True``
     leaves TF32 on (it is off while verifying by default).  ``lower_options`` (e.g.
     ``leaf_modules``, ``concrete_args``, ``strict``) are passed to :func:`lowerconv.lower` and to
-    the re-trace of the original the per-layer checks use: pass the options the lowered model was
-    made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what ``lowerconv
-    export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
-    export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more row
-    each, judged against the float64 oracle by the same rule.  ``calibrate_bn=True`` sets the
-    running statistics of every batch-norm module from ``example_inputs`` (one batch) in the
-    verifier's copies, original and lowered alike: at random init, activations can shrink until
-    they underflow in float16, which makes the verdict ``INCONCLUSIVE``.
+    the re-trace of the original the per-layer checks use: pass the options the lowered model
+    was made with.  ``against`` (``"onnx"``, ``"pt2"``) also checks, on the CPU, what
+    ``lowerconv export`` writes for ``model`` and ``strategy`` (:func:`lowerconv.lowering.export.
+    export_lowered`): run in onnxruntime, or saved, loaded and run, its outputs are one more
+    row each, judged against the float64 oracle by the same rule.  ``gradients=True`` also
+    checks the backward pass: the three copies are pulled back from one fixed random output
+    gradient (drawn from ``seed``), the gradient of every floating-point input and every
+    parameter is judged by the same rule, and so are each lowered conv's ``dX``, ``dW`` and
+    ``db`` on its own input; a convolution op in the lowered model's backward fails the audit.
+    ``calibrate_bn=True`` sets the running statistics of every batch-norm module from
+    ``example_inputs`` (one batch) in the verifier's copies, original and lowered alike: at
+    random init, activations can shrink until they underflow in float16, which makes the verdict
+    ``INCONCLUSIVE``.
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -182,6 +193,7 @@ def verify(
         trace_options={k: options[k] for k in ("leaf_modules", "concrete_args") if k in options},
         say=say,
         against=_check_against(against),
+        gradients=bool(gradients),
     )
     runs = []
     with pinned_precision(allow_tf32=allow_tf32) as flags, preserved_rng(devices):
@@ -206,6 +218,7 @@ def verify(
         notes=notes,
         warnings=warnings,
         versions=_versions(model),
+        gradients=bool(gradients),
     )
 
 
@@ -252,6 +265,7 @@ class _Plan:
     trace_options: dict[str, Any]
     say: Progress
     against: tuple[str, ...] = ()
+    gradients: bool = False
 
 
 def _verify_on(
@@ -321,6 +335,37 @@ def _verify_on(
         run.outputs += _check_artifacts(native, x, out_native, out_oracle, record, dev, plan)
     del out_native, out_oracle, out_lowered
 
+    if plan.gradients:
+        say(f"[{dev}] gradients: backward of native, float64 oracle, lowered (conv ops audited)")
+        backward_audit = ConvOpAudit(
+            low,
+            record.skipped if record is not None else (),
+            record.kinds if record is not None else KINDS,
+        )
+        with MatchedRandomness():
+            native_grads = model_gradients(native, x, dev, plan.seed, "the model", inputs)
+            with PromoteToFloat64() if promoted else contextlib.nullcontext():
+                oracle_grads = model_gradients(
+                    oracle,
+                    x64,
+                    dev,
+                    plan.seed,
+                    "the float64 copy of the model",
+                    inputs,
+                    like=native_grads,
+                )
+            with backward_audit:
+                lowered_grads = model_gradients(
+                    low, x, dev, plan.seed, "the lowered model", inputs, like=native_grads
+                )
+        run.gradients, notes = check_gradients(
+            native_grads, lowered_grads, oracle_grads, plan.tolerance
+        )
+        del native_grads, oracle_grads, lowered_grads
+        run.notes.extend(notes)
+        run.warnings.extend(_noise_warnings(run.gradients, plan.dtype))
+        run.conv_ops = _with_backward(run.conv_ops, backward_audit.runs())
+
     if convs:
         say(f"[{dev}] per layer: {len(convs)} lowered conv(s)")
         with torch.no_grad(), MatchedRandomness():
@@ -344,6 +389,7 @@ def _verify_on(
                         seed=plan.seed,
                         trace_options=plan.trace_options,
                         retrace=_export_capture if record.path == "export" else None,
+                        gradients=plan.gradients,
                     )
                 )
             if hooks is not None:
@@ -356,6 +402,8 @@ def _verify_on(
                         tolerance=plan.tolerance,
                         dtype=plan.dtype,
                         max_workspace_bytes=workspace_cap,
+                        gradients=plan.gradients,
+                        seed=plan.seed,
                     )
                 )
         run.layers = [checks[id(c)] for c in convs]
@@ -369,6 +417,8 @@ def _verify_on(
                 tolerance=plan.tolerance,
                 dtype=plan.dtype,
                 max_workspace_bytes=workspace_cap,
+                gradients=plan.gradients,
+                seed=plan.seed,
             )
     del lowered_calls, native_calls, oracle_calls
 
@@ -381,13 +431,21 @@ def _verify_on(
 
     failing_op = next((op for op in run.conv_ops if op.status == "fail"), None)
     failing_layer = next((c.name for c in run.layers if c.status == "fail"), None)
+    failing_layer_gradient = next(
+        (g.label for g in run.layer_gradients if g.status == "fail"), None
+    )
     failing_output = next((o.path for o in run.outputs if not o.ok), None)
+    failing_gradient = next((g.path for g in run.gradients if not g.ok), None)
     compared = any(o.shape is not None for o in run.outputs)  # a tensor, not only None or ints
     nothing_compared = None if compared else "output (no tensor output to compare)"
+    if plan.gradients and not any(g.judgement is not None for g in run.gradients):
+        nothing_compared = nothing_compared or "gradients (no gradient to compare)"
     run.first_failure = (
         (f"conv op {failing_op.op} in {failing_op.where}" if failing_op else None)
         or failing_layer
+        or failing_layer_gradient
         or failing_output
+        or failing_gradient
         or nothing_compared
     )
     run.ok = run.first_failure is None
@@ -397,6 +455,17 @@ def _verify_on(
         verdict = f"INCONCLUSIVE: {run.inconclusive[0]}"
     say(f"[{dev}] {verdict}")
     return run
+
+
+def _with_backward(forward_ops: list[ConvOpRun], gradient_ops: list[ConvOpRun]) -> list[ConvOpRun]:
+    """The forward's conv ops, then those of the run with gradients that the forward did not
+    show: every op of the backward, and any op only the forward with gradients on ran."""
+    seen = {(op.op, op.phase, op.called_from, op.location) for op in forward_ops}
+    return forward_ops + [
+        op
+        for op in gradient_ops
+        if op.phase == "backward" or (op.op, op.phase, op.called_from, op.location) not in seen
+    ]
 
 
 def _export_capture(module: nn.Module, inputs: tuple) -> Any:
@@ -477,7 +546,7 @@ def _check_artifacts(
             continue
         for (path, n, o), value in zip(tensors, got, strict=True):
             value = value.to(device=n.device)
-            checks.append(_check_tensor(f"{label}: output{path}", n, value, o, plan.tolerance))
+            checks.append(OutputCheck.judged(f"{label}: output{path}", n, value, o, plan.tolerance))
     return checks
 
 
@@ -510,6 +579,26 @@ def _oracle_warnings(outputs: list[OutputCheck], dtype: torch.dtype) -> list[str
                 "verdict, which compares the lowered model's error with the native one, proves "
                 "little here. Usual causes: an uninitialised lazy module (run the model once "
                 "before verifying), or random numbers the model draws itself"
+            )
+    return found
+
+
+def _noise_warnings(gradients: list[OutputCheck], dtype: torch.dtype) -> list[str]:
+    """The gradients whose native value is rounding noise by the oracle's measure (far off by
+    :data:`MEANINGLESS_REL_L2` or :data:`MEANINGLESS_COSINE`): zero in exact arithmetic, their
+    verdict compares noise with noise."""
+    found = []
+    for check in gradients:
+        diff = check.native
+        if diff is None or diff.numel == 0:
+            continue
+        if diff.rel_l2 > MEANINGLESS_REL_L2 or diff.cosine < MEANINGLESS_COSINE:
+            found.append(
+                f"{check.path}: the original model's gradient in {dtype_name(dtype)} is far from "
+                f"its float64 oracle's (rel-L2 {diff.rel_l2:.3g}, cosine {diff.cosine:.3g}, "
+                f"oracle peak {diff.reference_peak:.3g}). Usually a gradient that is zero in exact "
+                "arithmetic, such as the bias of a conv that a train-mode BatchNorm follows: its "
+                "verdict compares rounding noise with rounding noise and proves little"
             )
     return found
 
@@ -583,33 +672,8 @@ def _check_outputs(
                 )
             )
             continue
-        checks.append(_check_tensor(label, n, lo, o, tol))
+        checks.append(OutputCheck.judged(label, n, lo, o, tol))
     return checks, notes
-
-
-def _check_tensor(
-    label: str, native: Any, lowered: Any, oracle: Any, tol: Tolerance
-) -> OutputCheck:
-    shape, dtype = tuple(native.shape), dtype_name(native.dtype)
-    if not isinstance(lowered, torch.Tensor) or lowered.shape != native.shape:
-        got = tuple(lowered.shape) if isinstance(lowered, torch.Tensor) else type(lowered).__name__
-        return OutputCheck(
-            label, shape, dtype, ok=False, reason=f"lowered value is {got}, original {shape}"
-        )
-    native_diff = compare(native, oracle, rtol=tol.rtol, atol=tol.atol)
-    lowered_diff = compare(lowered, oracle, rtol=tol.rtol, atol=tol.atol)
-    verdict = judge(native_diff, lowered_diff, tol)
-    return OutputCheck(
-        path=label,
-        shape=shape,
-        dtype=dtype,
-        ok=verdict.ok,
-        reason=verdict.reason,
-        native=native_diff,
-        lowered=lowered_diff,
-        lowered_vs_native=compare(lowered, native, rtol=tol.rtol, atol=tol.atol),
-        judgement=verdict,
-    )
 
 
 def _structure(spec: pytree.TreeSpec) -> str:
