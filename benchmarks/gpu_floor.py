@@ -17,7 +17,7 @@ builds it.  So, per conv layer (each distinct configuration of the model's ``Con
 Per model, the floor ratio is the model's native forward with each conv's time replaced by its
 floor: ``(native_model - sum(native layers) + sum(floor layers)) / native_model``.  A lowered
 model's ratio in ``benchmarks/run.py --devices cuda`` reads against it.  Nothing is asserted;
-``docs/performance.md#gpu`` quotes the results.
+``docs/performance.md`` (its cuda section) quotes the results.
 """
 
 from __future__ import annotations
@@ -33,22 +33,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import DTYPES, MODELS  # the same models and dtypes as the main benchmark
+
 from lowerconv import ConvSpec
 from lowerconv.lowering.cuda_plan import cuda_conv
-
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "mobilenet_v2",
-    "efficientnet_b0",
-    "convnext_tiny",
-    "regnet_y_400mf",
-    "vit_b_16",
-    "densenet121",
-    "shufflenet_v2_x1_0",
-    "mnasnet1_0",
-]
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def cuda_time_ms(fn, repeats: int) -> float:

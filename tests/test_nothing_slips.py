@@ -586,3 +586,23 @@ def test_graph_inspection_of_a_conv_subclass_lowered_at_run_time() -> None:
     (row,) = inspect_lowered(lowered, (torch.randn(1, 3, 17, 17),)).rows
     assert (row.input_shape, row.output_shape) == ((1, 3, 18, 18), (1, 8, 8, 8))
     assert row.strategy == "unfold (run time)"
+
+
+def test_an_unlowered_conv_op_is_located_at_the_models_own_line():
+    """The audit names the model's source line that ran a conv op, not a line of lowerconv's
+    own verifier (which calls the model)."""
+
+    class Native(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+        def forward(self, x):
+            return torch.nn.functional.conv2d(x, self.weight)  # the line the audit must name
+
+    model = Native()
+    report = lowerconv.verify(model, torch.randn(1, 3, 8, 8), lowered=Native(), timing=False)
+    failing = [op for run in report.runs for op in run.failing_conv_ops]
+    assert failing, report.summary()
+    for op in failing:
+        assert op.location is not None and op.location.startswith(__file__), op.location

@@ -192,15 +192,19 @@ def _gemm(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
     order = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
     columns = windows.permute(order).reshape(n, g, spec.patch_size, math.prod(out_sizes))
     weight_matrix = weight.reshape(g, spec.out_per_group, spec.patch_size)
-    if g == 1 and bias is not None:
-        product = torch.baddbmm(
+    return _grouped_product(weight_matrix, columns, bias).view(n, spec.out_channels, *out_sizes)
+
+
+def _grouped_product(weight_matrix, columns, bias) -> torch.Tensor:
+    """``W (g, O/g, K) @ columns (N, g, K, P)`` as ``(N, O, P)``: one ``baddbmm`` with the bias
+    fused for one group, else a batched matmul per group and the bias added."""
+    if weight_matrix.shape[0] == 1 and bias is not None:
+        n = columns.shape[0]
+        return torch.baddbmm(
             bias.view(1, -1, 1), weight_matrix.expand(n, -1, -1), columns.squeeze(1)
         )
-    else:
-        product = torch.matmul(weight_matrix, columns).flatten(1, 2)
-        if bias is not None:
-            product = product + bias.view(-1, 1)
-    return product.view(n, spec.out_channels, *out_sizes)
+    product = torch.matmul(weight_matrix, columns).flatten(1, 2)
+    return product if bias is None else product + bias.view(-1, 1)
 
 
 def _gemm_nhwc(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
@@ -234,15 +238,7 @@ def _pointwise(input, weight, bias, spec: ConvSpec, channels_last: bool) -> torc
         return product.view(n, *out_sizes, spec.out_channels).permute(0, 3, 1, 2)
     planes = input.reshape(n, g, spec.in_per_group, math.prod(out_sizes))
     weight_matrix = weight.reshape(g, spec.out_per_group, spec.in_per_group)
-    if g == 1 and bias is not None:
-        product = torch.baddbmm(
-            bias.view(1, -1, 1), weight_matrix.expand(n, -1, -1), planes.squeeze(1)
-        )
-    else:
-        product = torch.matmul(weight_matrix, planes).flatten(1, 2)
-        if bias is not None:
-            product = product + bias.view(-1, 1)
-    return product.view(n, spec.out_channels, *out_sizes)
+    return _grouped_product(weight_matrix, planes, bias).view(n, spec.out_channels, *out_sizes)
 
 
 def _depthwise_gemm(input, weight, bias, spec: ConvSpec) -> torch.Tensor:

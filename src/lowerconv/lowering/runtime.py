@@ -328,7 +328,11 @@ class ModuleLocator:
     """Names the innermost module of ``root`` whose code is on the Python stack, and the model's
     own source line (outside torch and lowerconv) nearest the top: where a call came from."""
 
-    _SKIP = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
+    # torch's files and the whole lowerconv package (the verifier calls the model too).
+    _SKIP = (
+        os.path.dirname(torch.__file__) + os.sep,
+        os.path.dirname(os.path.dirname(__file__)) + os.sep,
+    )
 
     def __init__(self, root: nn.Module) -> None:
         self.names = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
