@@ -24,7 +24,8 @@ from lowerconv.lowering.cuda_plan import (
     cuda_form,
     cuda_workspace_bytes,
 )
-from op_names import OpNames
+from lowerconv.lowering.strategies import workspace_bytes
+from op_names import OpNames, StorageSizes
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -273,3 +274,25 @@ def test_cuda_device_training_step_gradients_match_native():
     model(x).backward(grad)
     for (name, p), q in zip(model.named_parameters(), lowered.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(16, 16, 5, padding=2, groups=16),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+    ],
+    ids=lambda c: ConvSpec.from_module(c).describe(),
+)
+def test_workspace_bytes_is_the_largest_buffer_the_plan_allocates(conv):
+    spec = ConvSpec.from_module(conv)
+    x = torch.randn(4, spec.in_channels, 12, 12)
+    with torch.no_grad():
+        cuda_conv(x, conv.weight, conv.bias, spec)  # caches the banded selector
+        with StorageSizes() as sizes:
+            cuda_conv(x, conv.weight, conv.bias, spec)
+    assert max(sizes.sizes) == workspace_bytes(spec, "cuda", 4, 12, 12, torch.float32)
+    assert workspace_bytes(spec, "auto", 4, 12, 12, torch.float32, device="cuda") == max(
+        sizes.sizes
+    )

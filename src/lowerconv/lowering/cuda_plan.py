@@ -73,7 +73,6 @@ __all__ = [
     "cuda_form",
     "cuda_workspace_bytes",
     "cuda_workspace_limit",
-    "plan_workspace_bytes",
     "planned",
 ]
 
@@ -364,9 +363,9 @@ CUDA_WORKSPACE_FRACTION = 1 / 8
 
 
 def cuda_workspace_limit(device: torch.device, max_workspace_bytes: int | None) -> int:
-    """The largest intermediate the plan builds whole: the cap, and on a GPU at most
-    :data:`CUDA_WORKSPACE_FRACTION` of its memory (on a CPU, the CPU strategies' chunk)."""
-    if device.type == "cuda":
+    """The largest intermediate the plan builds whole: the cap (none by default), and on a GPU
+    at most :data:`CUDA_WORKSPACE_FRACTION` of its memory."""
+    if device.type == "cuda" and torch.cuda.is_available():
         device_limit = int(_device_memory(device.index) * CUDA_WORKSPACE_FRACTION)
         return (
             device_limit if max_workspace_bytes is None else min(max_workspace_bytes, device_limit)
@@ -377,15 +376,6 @@ def cuda_workspace_limit(device: torch.device, max_workspace_bytes: int | None) 
 @functools.lru_cache(maxsize=16)
 def _device_memory(index: int | None) -> int:
     return torch.cuda.get_device_properties(index or 0).total_memory
-
-
-def plan_workspace_bytes(input: torch.Tensor, spec: ConvSpec) -> int:
-    """:func:`cuda_workspace_bytes` of one call on ``input`` (batched or not)."""
-    batched = input.dim() == spec.ndim + 2
-    batch = input.shape[0] if batched else 1
-    spatial = tuple(input.shape[-spec.ndim :])
-    channels_last = spec.ndim == 2 and _is_channels_last(input)
-    return cuda_workspace_bytes(spec, batch, spatial, input.element_size(), channels_last)
 
 
 def cuda_workspace_bytes(

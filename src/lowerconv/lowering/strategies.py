@@ -751,11 +751,23 @@ def workspace_bytes(
     input; another transposed one allocates its column matrix (``C_out*K x pixels``); a 3-D
     conv builds nothing under ``depthwise``/``pointwise`` on the convs they are for, its whole
     im2col under ``unfold``/``strided``/``patchify`` (a chunk of it under a cap), and one chunk
-    of images or output planes under ``nhwc``/``nchw``.
+    of images or output planes under ``nhwc``/``nchw``.  ``cuda``, and ``auto`` on a CUDA
+    device, build the CUDA plan's intermediate (:func:`~.cuda_plan.cuda_workspace_bytes`), or
+    ``nchw``'s chunk where that would exceed the limit.
     """
     *spatial, dtype = spatial_and_dtype
     sizes = [int(s) for s in spatial]
     options = {"device": device, "max_workspace_bytes": max_workspace_bytes}
+    name = strategy.split(" (")[0]
+    if name == "cuda" or (name == "auto" and device.startswith("cuda")):
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        planned = cuda_plan.cuda_workspace_bytes(spec, batch, tuple(sizes), itemsize)
+        limit = cuda_plan.cuda_workspace_limit(torch.device(device), max_workspace_bytes)
+        if planned <= limit:
+            return planned
+        return workspace_bytes(
+            spec, "nchw", batch, *sizes, dtype, **{**options, "max_workspace_bytes": limit}
+        )
     if spec.ndim == 2 and not spec.transposed:
         return _workspace_bytes_2d(
             spec, strategy, batch, *sizes, dtype, needs_grad=needs_grad, **options
