@@ -357,8 +357,8 @@ def _transposed_gemm(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
 
 
 # Without a cap, the plan builds its intermediate whole unless it would take more than this share
-# of the GPU's memory (then ``nchw`` computes the conv in chunks under that size).  A CPU's limit
-# is its cache-sized chunk (:func:`lowerconv.lowering.kernels.chunk_limit`).
+# of the GPU's memory (then ``nchw`` computes the conv in chunks under that size).  On a CPU
+# (``target="cuda"``, the tests) only a cap limits it.
 CUDA_WORKSPACE_FRACTION = 1 / 8
 
 
