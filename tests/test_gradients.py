@@ -21,6 +21,7 @@ import torchvision
 from torch import nn
 
 import lowerconv
+from json_keys import json_keys
 from lowerconv.cli import main
 from lowerconv.lowering import autograd as lowered_autograd
 from lowerconv.lowering.emit import META_KEY
@@ -476,22 +477,11 @@ def test_rows_in_text_json_markdown_and_junit(failing_report):
     assert cases["input[0].grad"].get("classname") == "lowerconv.verify.cpu.gradients"
 
 
-def _keys(value, found: set[str]) -> set[str]:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            found.add(key)
-            _keys(inner, found)
-    elif isinstance(value, list):
-        for inner in value:
-            _keys(inner, found)
-    return found
-
-
 def test_every_gradient_json_field_is_documented(failing_report):
     docs = (Path(__file__).parent.parent / "docs" / "verification.md").read_text()
     data = failing_report.to_dict()
     data["precision_flags"] = data["devices_skipped"] = data["lowering"]["strategies"] = {}
-    undocumented = sorted(k for k in _keys(data, set()) if f"`{k}`" not in docs)
+    undocumented = sorted(k for k in json_keys(data, set()) if f"`{k}`" not in docs)
     assert not undocumented, f"fields missing from docs/verification.md: {undocumented}"
 
 

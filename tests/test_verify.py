@@ -21,6 +21,7 @@ import torchvision
 from torch import fx, nn
 
 import lowerconv
+from json_keys import json_keys
 from lowerconv.errors import LoweringError
 from lowerconv.testing import assert_lowering_close
 from lowerconv.verification.report import SCHEMA, VerificationReport
@@ -389,23 +390,12 @@ def test_json_round_trip_and_schema(timed_report):
     assert run["timing"]["repeats"] == 3 and run["timing"]["ratio"] is not None
 
 
-def _keys(value, found: set[str]) -> set[str]:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            found.add(key)
-            _keys(inner, found)
-    elif isinstance(value, list):
-        for inner in value:
-            _keys(inner, found)
-    return found
-
-
 def test_every_json_field_is_documented(timed_report):
     docs = (ROOT / "docs" / "verification.md").read_text()
     data = timed_report.to_dict()
     # Maps keyed by data (flag names, devices, strategies) are documented as maps.
     data["precision_flags"] = data["devices_skipped"] = data["lowering"]["strategies"] = {}
-    keys = _keys(data, set())
+    keys = json_keys(data, set())
     undocumented = sorted(k for k in keys if f"`{k}`" not in docs)
     assert not undocumented, f"fields missing from docs/verification.md: {undocumented}"
 

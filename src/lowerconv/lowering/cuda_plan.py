@@ -145,7 +145,7 @@ def _plain_conv(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
         return _depthwise_banded(input, weight, bias, spec)
     input = _padded(input, spec)
     if form in ("depthwise_banded", "depthwise_gemm"):
-        return _depthwise_gemm(input, weight, bias, spec)
+        return _gemm(input, weight, bias, spec)  # g = C groups of K-value columns each
     if form == "depthwise_taps":
         return _depthwise_taps(input, weight, bias, spec)
     if form == "gemm_nhwc":
@@ -238,20 +238,6 @@ def _pointwise(input, weight, bias, spec: ConvSpec, channels_last: bool) -> torc
     planes = input.reshape(n, g, spec.in_per_group, math.prod(out_sizes))
     weight_matrix = weight.reshape(g, spec.out_per_group, spec.in_per_group)
     return _grouped_product(weight_matrix, planes, bias).view(n, spec.out_channels, *out_sizes)
-
-
-def _depthwise_gemm(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
-    """Depthwise columns ``(N, C, K, P)`` by one copy, then ``W (C, m, K) @ columns``."""
-    n, nd, c = input.shape[0], spec.ndim, spec.in_channels
-    windows = _windows(input, spec)
-    out_sizes = windows.shape[2 : 2 + nd]
-    order = (0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
-    columns = windows.permute(order).reshape(n, c, spec.kernel_numel, math.prod(out_sizes))
-    weight_matrix = weight.reshape(c, spec.out_per_group, spec.kernel_numel)
-    product = torch.matmul(weight_matrix, columns).flatten(1, 2)
-    if bias is not None:
-        product = product + bias.view(-1, 1)
-    return product.view(n, spec.out_channels, *out_sizes)
 
 
 def _depthwise_taps(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
