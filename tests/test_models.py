@@ -363,3 +363,24 @@ def test_weights_directory_is_called_a_directory(tmp_path):
         LoweringError, match=r"is a directory \(it holds net\.pt\); --weights takes one"
     ):
         load_weights(_net(), tmp_path)
+
+
+def test_a_zero_initialised_head_is_redrawn_so_the_output_proves_something():
+    """torchvision zero-initialises vit's classification head: every input would give the
+    output 0, and a verification of it would be inconclusive.  The built-in models redraw it."""
+    from lowerconv.models import redraw_zero_linears
+
+    resolved = resolve_model("vit_b_16", image_size=32)
+    head = resolved.model.heads.head
+    assert head.weight.abs().max() > 0
+    assert resolved.model(*resolved.example_inputs).abs().max() > 0
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    nn.init.zeros_(model[1].weight)
+    before = model[0].weight.clone()
+    assert redraw_zero_linears(model, seed=0) == ["1"]
+    assert torch.equal(model[0].weight, before)  # only the all-zero weight is redrawn
+    again = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    nn.init.zeros_(again[1].weight)
+    redraw_zero_linears(again, seed=0)
+    assert torch.equal(again[1].weight, model[1].weight)  # from the seed: reproducible

@@ -24,6 +24,7 @@ from .resolve import ResolvedModel as ResolvedModel
 from .resolve import default_image_size as default_image_size
 from .resolve import factory_candidates as factory_candidates
 from .resolve import load_weights as load_weights
+from .resolve import redraw_zero_linears as redraw_zero_linears
 from .resolve import resolve_model as resolve_model
 from .resolve import suggest_model_names as suggest_model_names
 from .resolve import torchvision_models as torchvision_models

@@ -4,6 +4,9 @@ Four spellings are accepted:
 
 - a torchvision model name (``resnet18``): built with ``weights=None`` (no download) from a fixed
   seed, in eval mode, with inputs shaped for its category (images, video clips, image pairs);
+  a linear layer torchvision initialises to zeros (vit's classification head) is redrawn from
+  the seed (:func:`redraw_zero_linears`), since its output would be zero whatever the convs
+  computed and a verification of it would prove nothing;
 - a real-world model name (``hf_resnet``, ``diffusers_unet2d``...): a model from transformers,
   diffusers, segmentation_models_pytorch, ultralytics or kornia, built from a small config with
   random weights by :mod:`lowerconv.models.realworld`, with that entry's own example inputs;
@@ -24,6 +27,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import math
 import pickle
 import re
 import sys
@@ -48,6 +52,7 @@ __all__ = [
     "default_image_size",
     "factory_candidates",
     "load_weights",
+    "redraw_zero_linears",
     "resolve_model",
     "suggest_model_names",
     "torchvision_models",
@@ -260,6 +265,7 @@ def _resolve_torchvision(
         raise LoweringError(
             f"building torchvision's {name} with {kwargs} failed: {type(exc).__name__}: {exc}"
         ) from exc
+    redraw_zero_linears(model, seed)
 
     generator = torch.Generator().manual_seed(seed)
     image = (batch_size, 3, size, size)
@@ -620,3 +626,22 @@ def _unwrap_state_dict(loaded: object, path: Path) -> Mapping[str, torch.Tensor]
 def _some(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def redraw_zero_linears(model: nn.Module, seed: int) -> list[str]:
+    """Redraw, from ``seed``, every ``nn.Linear`` weight that is all zeros (uniform in
+    ``+-1/sqrt(in_features)``, as ``nn.Linear`` initialises itself); return their names.
+
+    torchvision zero-initialises some classification heads (vit's ``heads.head``): at random
+    init the model's output is then zero for every input, the float64 oracle's too, and the
+    verifier can only call that inconclusive.  Trained weights are never zero; a model the user
+    gives is never touched."""
+    generator = torch.Generator().manual_seed(seed)
+    redrawn = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and module.weight.numel() and not module.weight.any():
+                bound = 1 / math.sqrt(module.in_features)
+                module.weight.uniform_(-bound, bound, generator=generator)
+                redrawn.append(name)
+    return redrawn
