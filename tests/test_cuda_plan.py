@@ -175,6 +175,8 @@ def test_wide_depthwise_inputs_use_columns_and_agree(width):
     spec = ConvSpec.from_module(conv)
     ops = plan_ops(conv, x)
     banded = width + 2 <= BANDED_MAX_WIDTH
+    expected_form = "depthwise_banded" if banded else "depthwise_gemm"
+    assert cuda_form(spec, padded_width=width + 2) == expected_form
     assert ("aten.sum.dim_IntList" in ops.names) == banded, ops.names
     torch.testing.assert_close(cuda_conv(x, conv.weight, conv.bias, spec), conv(x))
     itemsize, padded_rows = 8, 7

@@ -91,15 +91,22 @@ CUDA_FORMS = (
 BANDED_MAX_WIDTH = 160
 
 
-def cuda_form(spec: ConvSpec, channels_last: bool = False, compiling: bool = False) -> str:
-    """Which of :data:`CUDA_FORMS` :func:`cuda_conv` runs for this (non-transposed) conv, given
-    the input's padded width only through :data:`BANDED_MAX_WIDTH` (see :func:`cuda_conv`)."""
+def cuda_form(
+    spec: ConvSpec,
+    channels_last: bool = False,
+    compiling: bool = False,
+    padded_width: int | None = None,
+) -> str:
+    """Which of :data:`CUDA_FORMS` :func:`cuda_conv` runs for this conv; a depthwise one is
+    banded only on a padded input at most :data:`BANDED_MAX_WIDTH` wide (``None``: unknown,
+    taken as narrow enough)."""
     if spec.transposed:
-        return cuda_form(spec.equivalent_conv(), channels_last, compiling)
+        return cuda_form(spec.equivalent_conv(), channels_last, compiling, padded_width)
     if spec.is_depthwise:
         if compiling:
             return "depthwise_taps"
-        return "depthwise_banded" if spec.ndim <= 2 else "depthwise_gemm"
+        narrow = padded_width is None or padded_width <= BANDED_MAX_WIDTH
+        return "depthwise_banded" if spec.ndim <= 2 and narrow else "depthwise_gemm"
     if all(k == 1 for k in spec.kernel_size) and not any(spec.pad):
         return "pointwise"
     if channels_last and spec.ndim == 2 and spec.groups == 1:
@@ -131,13 +138,13 @@ def cuda_conv(
 
 def _plain_conv(input, weight, bias, spec: ConvSpec) -> torch.Tensor:
     channels_last = spec.ndim == 2 and _is_channels_last(input)
-    form = cuda_form(spec, channels_last, torch.compiler.is_compiling())
+    width = input.shape[-1] + spec.pad[0] + spec.pad[1]
+    form = cuda_form(spec, channels_last, torch.compiler.is_compiling(), width)
     if form == "pointwise":
         return _pointwise(input, weight, bias, spec, channels_last)
-    width = input.shape[-1] + spec.pad[0] + spec.pad[1]
     # (An empty batch goes to the columns: the banded form pads a channel-major copy, and
     # reflect padding refuses an empty dimension there.)
-    if form == "depthwise_banded" and width <= BANDED_MAX_WIDTH and input.shape[0] > 0:
+    if form == "depthwise_banded" and input.shape[0] > 0:
         if spec.ndim == 1:
             lifted = spec.lifted_to_2d()
             out = _depthwise_banded(input.unsqueeze(-2), weight.unsqueeze(-2), bias, lifted)
@@ -383,11 +390,11 @@ def cuda_workspace_bytes(
         )
         unpadded = replace(spec.equivalent_conv(), pad=(0,) * len(spec.pad))
         return cuda_workspace_bytes(unpadded, batch, padded, itemsize)
-    form = cuda_form(spec, channels_last)
     padded = [n + low + high for n, (low, high) in zip(spatial, spec.pad_per_dim, strict=True)]
+    form = cuda_form(spec, channels_last, padded_width=padded[-1])
     if form == "pointwise":
         return 0
-    if form == "depthwise_banded" and padded[-1] <= BANDED_MAX_WIDTH:
+    if form == "depthwise_banded":
         out_w = spec.output_size(*spatial)[-1]
         kh = spec.kernel_size[0] if spec.ndim == 2 else 1
         rows = padded[0] if spec.ndim == 2 else 1
@@ -436,11 +443,11 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
     )
     if not simple:
         return _Recipe("general", ())
-    form = cuda_form(spec)
     pad = spec.pad if any(spec.pad) else ()
     n, c, h, w = shape
     (top, bottom), (left, right) = spec.pad_per_dim
     hp, wp = h + top + bottom, w + left + right
+    form = cuda_form(spec, padded_width=wp)
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     out_h = (hp - dh * (kh - 1) - 1) // sh + 1
     out_w = (wp - dw * (kw - 1) - 1) // sw + 1
@@ -460,7 +467,7 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
         return _Recipe(
             "pointwise", (), columns=(n, c, h * w), weight=(o, c), bias=(o, 1), out=(n, o, h, w)
         )
-    if form == "depthwise_banded" and wp <= BANDED_MAX_WIDTH:
+    if form == "depthwise_banded":
         m = spec.out_per_group
         s_kh = out_w
         s_m = kh * s_kh
