@@ -23,6 +23,7 @@ from lowerconv.lowering.cuda_plan import (
     cuda_conv,
     cuda_form,
     cuda_workspace_bytes,
+    planned,
 )
 from lowerconv.lowering.strategies import workspace_bytes
 from op_names import OpNames, StorageSizes
@@ -166,6 +167,61 @@ def test_plan_equals_the_conv_in_float64(config):
         torch.testing.assert_close(
             cuda_conv(x[0], module.weight, module.bias, spec), module(x[0]), rtol=1e-10, atol=1e-10
         )
+
+
+@settings(max_examples=120, deadline=None)
+@given(conv_configs(), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_the_eager_fast_path_equals_the_conv(config, dtype):
+    """``planned`` without gradients: the per-shape recipe, the sampled gather (float32/64)
+    or the pad and strided gather (bfloat16), the banded depthwise form."""
+    module, shape, channels_last = config
+    module = module.to(dtype)
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    spec = ConvSpec.from_module(module)
+    with torch.no_grad():
+        out = planned(x, module.weight, module.bias, spec)
+        expected = module.double()(x.double())
+    tolerance = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+# (module, the fast path's non-view ops per call): one gather, one GEMM, and for groups the
+# weight broadcast per image and the bias.
+FAST_PATH = [
+    (nn.Conv2d(16, 32, 3, padding=1), {"aten.grid_sampler_2d.default", "aten.baddbmm.default"}),
+    (
+        nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False),
+        {"aten.grid_sampler_2d.default", "aten.bmm.default"},
+    ),
+    (nn.Conv2d(16, 32, 3, padding=1, dilation=2, groups=4), None),
+    (nn.Conv2d(16, 32, 1), {"aten.baddbmm.default"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("conv", "ops_expected"),
+    FAST_PATH,
+    ids=[ConvSpec.from_module(c).describe() for c, _ in FAST_PATH],
+)
+def test_the_eager_fast_path_gathers_once_without_padding_or_im2col(conv, ops_expected):
+    spec = ConvSpec.from_module(conv)
+    counts = {}
+    for batch in (1, 2, 16):
+        x = torch.randn(batch, spec.in_channels, 12, 12)
+        with torch.no_grad():
+            planned(x, conv.weight, conv.bias, spec)
+            with OpNames() as ops:
+                out = planned(x, conv.weight, conv.bias, spec)
+            torch.testing.assert_close(out, conv(x), rtol=1e-4, atol=1e-5)
+        assert not ops.convs and not [n for n in ops.names if "im2col" in n], ops.names
+        assert "aten.constant_pad_nd.default" not in ops.names, ops.names
+        counts[batch] = sum(ops.non_views.values())
+        if ops_expected is not None:
+            assert set(ops.non_views) == ops_expected, ops.non_views
+    # (At batch 1 a grouped GEMM needs no copy of the weight per image.)
+    assert counts[2] == counts[16] and max(counts.values()) <= 4, counts
 
 
 @pytest.mark.parametrize("width", [BANDED_MAX_WIDTH - 2, BANDED_MAX_WIDTH + 8])

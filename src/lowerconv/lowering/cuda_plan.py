@@ -420,6 +420,14 @@ class _Recipe(NamedTuple):
     bias: tuple[int, ...] = ()
     out: tuple[int, ...] = ()
     selector: tuple = ()
+    grid: torch.Tensor | None = None  # the sampled gather's coordinates (see _sample_grid)
+
+
+# The dtypes whose sampled gather is exact: a coordinate ``(2*i + 1)/W - 1`` in float32 comes back
+# to ``i`` within ``W * 2**-23`` of a pixel, far inside nearest rounding's half pixel.  Half
+# precision coordinates are ``W * 2**-11`` (float16) or ``W * 2**-8`` (bfloat16) off, a whole
+# pixel for a 224-wide bfloat16 image, so those dtypes pad and gather by strided views instead.
+SAMPLED_GATHER_DTYPES = (torch.float32, torch.float64)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -451,19 +459,23 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     out_h = (hp - dh * (kh - 1) - 1) // sh + 1
     out_w = (wp - dw * (kw - 1) - 1) // sw + 1
-    o = spec.out_channels
-    if form == "gemm" and spec.groups == 1:
+    o, g = spec.out_channels, spec.groups
+    if form in ("gemm", "depthwise_gemm"):
+        grid = None
+        if dtype in SAMPLED_GATHER_DTYPES:
+            grid = _sample_grid(spec, h, w, out_h, out_w, dtype, device).expand(n, -1, -1, -1)
         return _Recipe(
             "gemm",
             pad,
             (n, c, kh, kw, out_h, out_w),
             (c * hp * wp, hp * wp, dh * wp, dw, sh * wp, sw),
-            (n, spec.patch_size, out_h * out_w),
-            (o, spec.patch_size),
+            (n, spec.patch_size, out_h * out_w) if g == 1 else (n, g, spec.patch_size, -1),
+            (o, spec.patch_size) if g == 1 else (g, spec.out_per_group, spec.patch_size),
             (1, o, 1),
             (n, o, out_h, out_w),
+            grid=grid,
         )
-    if form == "pointwise" and spec.groups == 1 and (sh, sw) == (1, 1):
+    if form == "pointwise" and g == 1 and (sh, sw) == (1, 1):
         return _Recipe(
             "pointwise", (), columns=(n, c, h * w), weight=(o, c), bias=(o, 1), out=(n, o, h, w)
         )
@@ -486,6 +498,39 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
             (kw, sw, dw, wp, out_w, m * kh),
         )
     return _Recipe("general", ())
+
+
+def _sample_grid(spec: ConvSpec, h, w, out_h, out_w, dtype, device) -> torch.Tensor:
+    """Where each column value comes from, as ``grid_sampler`` coordinates ``(1, K, P, 2)``:
+    tap ``(i, j)`` of output pixel ``(y, x)`` reads input pixel ``(y*sh - top + i*dh,
+    x*sw - left + j*dw)``, normalised as ``(2*p + 1)/size - 1`` (``align_corners=False``).  A
+    pixel off the image is a padding zero: nearest sampling with zero padding reads it as 0, so
+    the sampled ``(N, C, K, P)`` is the zero-padded columns, gathered by one kernel from the
+    unpadded input."""
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    (top, _), (left, _) = spec.pad_per_dim
+    f64 = torch.float64
+    rows = torch.arange(out_h, dtype=f64).view(1, 1, -1, 1) * sh - top
+    rows = rows + torch.arange(kh, dtype=f64).view(-1, 1, 1, 1) * dh
+    cols = torch.arange(out_w, dtype=f64).view(1, 1, 1, -1) * sw - left
+    cols = cols + torch.arange(kw, dtype=f64).view(1, -1, 1, 1) * dw
+    shape = (kh, kw, out_h, out_w)
+    xs = (2 * cols.expand(shape) + 1) / w - 1
+    ys = (2 * rows.expand(shape) + 1) / h - 1
+    grid = torch.stack((xs, ys), dim=-1).reshape(1, kh * kw, out_h * out_w, 2)
+    return grid.to(device=device, dtype=dtype)
+
+
+def _gathered_columns(input: torch.Tensor, recipe: _Recipe) -> torch.Tensor:
+    """The zero-padded column matrix of a fast-path ``gemm`` recipe: one sampled gather from the
+    unpadded input, or (half precision) a pad and one copy from strided views.  The padded copy
+    is not kept, so it is free again before the GEMM allocates its output."""
+    if recipe.grid is not None:
+        # grid_sampler(input, grid, interpolation=nearest, padding=zeros, align_corners=False)
+        return torch.grid_sampler(input, recipe.grid, 1, 0, False).view(recipe.columns)
+    padded = torch.constant_pad_nd(input, recipe.pad) if recipe.pad else input
+    windows = padded.as_strided(recipe.window_sizes, recipe.window_strides)
+    return windows.reshape(recipe.columns)
 
 
 def planned(
@@ -516,12 +561,11 @@ def planned(
     if form == "general" or needs_grad or not weight.is_contiguous():
         return cuda_conv(input, weight, bias, spec)
     if form in ("gemm", "pointwise"):
-        if form == "gemm":
-            x = F.pad(input, recipe.pad) if recipe.pad else input
-            windows = x.as_strided(recipe.window_sizes, recipe.window_strides, x.storage_offset())
-            columns = windows.reshape(recipe.columns)
-        else:
-            columns = input.view(recipe.columns)
+        gemm = form == "gemm"
+        columns = _gathered_columns(input, recipe) if gemm else input.view(recipe.columns)
+        if len(recipe.weight) == 3:  # groups: (g, O/g, K) @ (N, g, K, P), broadcast over N
+            out = torch.matmul(weight.view(recipe.weight), columns).view(recipe.out)
+            return out if bias is None else out.add_(bias.view(-1, 1, 1))
         weights = weight.view(recipe.weight).expand(recipe.columns[0], *recipe.weight)
         if bias is None:
             return torch.bmm(weights, columns).view(recipe.out)
@@ -542,6 +586,3 @@ def planned(
         if bias is not None:
             out += bias.view(recipe.bias)
         return out
-    if bias is not None:
-        out += bias.view(recipe.bias)
-    return out.view(recipe.out)
