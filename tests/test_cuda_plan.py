@@ -9,6 +9,8 @@ the input's device.  Tests named ``*cuda_device*`` need a GPU and skip without o
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import nn
 
 import lowerconv
 from lowerconv import ConvSpec, LoweringError
+from lowerconv.lowering import cuda_plan
 from lowerconv.lowering.cuda_plan import (
     BANDED_MAX_WIDTH,
     cuda_conv,
@@ -170,10 +173,22 @@ def test_plan_equals_the_conv_in_float64(config):
 
 
 @settings(max_examples=120, deadline=None)
-@given(conv_configs(), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
-def test_the_eager_fast_path_equals_the_conv(config, dtype):
-    """``planned`` without gradients: the per-shape recipe, the sampled gather (float32/64)
-    or the pad and strided gather (bfloat16), the banded depthwise form."""
+@given(
+    conv_configs(),
+    st.sampled_from([torch.float64, torch.float32, torch.bfloat16]),
+    st.sampled_from([cuda_plan.SMALL_CALL_BYTES, 0]),
+)
+def test_the_eager_fast_path_equals_the_conv(config, dtype, small_call_bytes):
+    """``planned`` without gradients: the per-shape recipe; for small calls the sampled gather
+    (float32/64) or the pad and strided gather (bfloat16) and depthwise by columns, for large
+    ones the pad and strided gather and the banded depthwise form."""
+    with mock.patch.object(cuda_plan, "SMALL_CALL_BYTES", small_call_bytes):
+        cuda_plan._recipe.cache_clear()
+        check_fast_path(config, dtype)
+    cuda_plan._recipe.cache_clear()
+
+
+def check_fast_path(config, dtype):
     module, shape, channels_last = config
     module = module.to(dtype)
     x = torch.randn(shape, dtype=torch.float64).to(dtype)
@@ -197,6 +212,7 @@ FAST_PATH = [
     ),
     (nn.Conv2d(16, 32, 3, padding=1, dilation=2, groups=4), None),
     (nn.Conv2d(16, 32, 1), {"aten.baddbmm.default"}),
+    (nn.Conv2d(16, 16, 3, padding=1, groups=16), None),  # small: columns, not the band
 ]
 
 
@@ -217,11 +233,30 @@ def test_the_eager_fast_path_gathers_once_without_padding_or_im2col(conv, ops_ex
             torch.testing.assert_close(out, conv(x), rtol=1e-4, atol=1e-5)
         assert not ops.convs and not [n for n in ops.names if "im2col" in n], ops.names
         assert "aten.constant_pad_nd.default" not in ops.names, ops.names
+        assert "aten.sum.dim_IntList" not in ops.names, ops.names  # no banded form
         counts[batch] = sum(ops.non_views.values())
         if ops_expected is not None:
             assert set(ops.non_views) == ops_expected, ops.non_views
     # (At batch 1 a grouped GEMM needs no copy of the weight per image.)
     assert counts[2] == counts[16] and max(counts.values()) <= 4, counts
+
+
+def test_large_calls_pad_and_copy_and_keep_the_banded_depthwise_form(monkeypatch):
+    """Above :data:`SMALL_CALL_BYTES` bytes count: the pad and one copy (a copy kernel streams
+    faster than sampling), and depthwise convs the banded form."""
+    monkeypatch.setattr(cuda_plan, "SMALL_CALL_BYTES", 0)
+    cuda_plan._recipe.cache_clear()
+    for conv, expected in (
+        (nn.Conv2d(16, 32, 3, padding=1, bias=False), "aten.constant_pad_nd.default"),
+        (nn.Conv2d(16, 16, 3, padding=1, groups=16), "aten.sum.dim_IntList"),
+    ):
+        spec = ConvSpec.from_module(conv)
+        x = torch.randn(2, 16, 12, 12)
+        with torch.no_grad(), OpNames() as ops:
+            out = planned(x, conv.weight, conv.bias, spec)
+        assert expected in ops.names and "aten.grid_sampler_2d.default" not in ops.names
+        torch.testing.assert_close(out, conv(x), rtol=1e-4, atol=1e-5)
+    cuda_plan._recipe.cache_clear()
 
 
 @pytest.mark.parametrize("width", [BANDED_MAX_WIDTH - 2, BANDED_MAX_WIDTH + 8])

@@ -39,6 +39,13 @@ output tap), then col2im written as one strided, in-place add per kernel tap int
 output (``kh*kw`` adds, batch-wide, where ``F.fold`` launches one kernel per image), cropped
 with the bias in one last pass.
 
+An eager call that needs no gradient takes a fast path (:func:`planned`): its conv's shapes are
+worked out once per input shape, and a *small* call (column matrix at most
+:data:`SMALL_CALL_BYTES`, as at batch 1), which on a GPU waits on the host, not on bytes, takes
+the fewest ops: the columns gathered from the unpadded input by one ``grid_sampler`` call
+(nearest sampling at integer coordinates with zero padding: an exact indexed copy, padding
+included), then the GEMM; a depthwise conv takes that too instead of the banded form.
+
 Autograd differentiates these ops directly: their backward is GEMMs, a scatter of the column
 gradient back through the views (``unfold_backward``), and a slice, again a fixed number of
 kernels per conv.
@@ -69,6 +76,8 @@ __all__ = [
     "BANDED_MAX_WIDTH",
     "CUDA_FORMS",
     "CUDA_WORKSPACE_FRACTION",
+    "SAMPLED_GATHER_DTYPES",
+    "SMALL_CALL_BYTES",
     "cuda_conv",
     "cuda_form",
     "cuda_workspace_bytes",
@@ -423,6 +432,15 @@ class _Recipe(NamedTuple):
     grid: torch.Tensor | None = None  # the sampled gather's coordinates (see _sample_grid)
 
 
+# A call whose column matrix is at most this many bytes is bound by the host on a GPU: launches
+# and Python, not bytes, are its cost, so the eager fast path takes the fewest ops.  It gathers
+# the columns with one sampled gather (no pad), and a depthwise conv takes its columns and one
+# batched GEMM (3 ops) instead of the banded form (about 12).  Larger calls, where bytes count,
+# pad and copy (the copy kernel streams faster than sampling) and keep the banded form.  Measured
+# on an H200 (docs/performance.md, "The eager fast path"): at batch 1 every column matrix of the
+# zoo but convnext's first 7x7 depthwise stage is below 64 MiB; at batch 32 most are above.
+SMALL_CALL_BYTES = 64 * 2**20
+
 # The dtypes whose sampled gather is exact: a coordinate ``(2*i + 1)/W - 1`` in float32 comes back
 # to ``i`` within ``W * 2**-23`` of a pixel, far inside nearest rounding's half pixel.  Half
 # precision coordinates are ``W * 2**-11`` (float16) or ``W * 2**-8`` (bfloat16) off, a whole
@@ -460,9 +478,12 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
     out_h = (hp - dh * (kh - 1) - 1) // sh + 1
     out_w = (wp - dw * (kw - 1) - 1) // sw + 1
     o, g = spec.out_channels, spec.groups
+    small = n * spec.patch_size * g * out_h * out_w * itemsize <= SMALL_CALL_BYTES
+    if form == "depthwise_banded" and small:
+        form = "depthwise_gemm"
     if form in ("gemm", "depthwise_gemm"):
         grid = None
-        if dtype in SAMPLED_GATHER_DTYPES:
+        if small and dtype in SAMPLED_GATHER_DTYPES:
             grid = _sample_grid(spec, h, w, out_h, out_w, dtype, device).expand(n, -1, -1, -1)
         return _Recipe(
             "gemm",
@@ -523,8 +544,8 @@ def _sample_grid(spec: ConvSpec, h, w, out_h, out_w, dtype, device) -> torch.Ten
 
 def _gathered_columns(input: torch.Tensor, recipe: _Recipe) -> torch.Tensor:
     """The zero-padded column matrix of a fast-path ``gemm`` recipe: one sampled gather from the
-    unpadded input, or (half precision) a pad and one copy from strided views.  The padded copy
-    is not kept, so it is free again before the GEMM allocates its output."""
+    unpadded input (small calls, float32/64), or a pad and one copy from strided views.  The
+    padded copy is not kept, so it is free again before the GEMM allocates its output."""
     if recipe.grid is not None:
         # grid_sampler(input, grid, interpolation=nearest, padding=zeros, align_corners=False)
         return torch.grid_sampler(input, recipe.grid, 1, 0, False).view(recipe.columns)
