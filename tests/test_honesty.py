@@ -462,3 +462,20 @@ def test_an_output_size_out_of_range_fails_as_pytorch_does():
     with pytest.raises(ValueError) as lowered:
         lowerconv.lower(conv)(x, output_size=(14, 11))
     assert str(lowered.value) == str(native.value)
+
+
+def test_an_environment_that_forces_tf32_on_cublas_is_stated_in_the_report(monkeypatch):
+    """``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`` (NVIDIA's containers set it) makes cuBLAS run
+    float32 GEMMs in TF32 whatever the pinned flags say: the report must not claim full
+    precision silently."""
+    monkeypatch.setenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")
+    report = lowerconv.verify(
+        nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), timing=False
+    )
+    assert report.precision_flags["env TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] == "1"
+    assert "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 in the environment" in str(report)
+    monkeypatch.delenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")
+    report = lowerconv.verify(
+        nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), timing=False
+    )
+    assert not [k for k in report.precision_flags if k.startswith("env ")]

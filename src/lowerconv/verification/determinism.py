@@ -16,6 +16,7 @@ not by the settings they ran under.  So while :func:`lowerconv.verify` runs:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,6 +51,20 @@ _REDUCED_REDUCTIONS = (
 )
 
 
+# Environment variables that change float32 GEMM precision below every flag: cuBLAS reads
+# ``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`` (set in NVIDIA's PyTorch containers) once and then runs
+# float32 matmuls in TF32 whatever ``allow_tf32`` says; ``NVIDIA_TF32_OVERRIDE`` is read by the
+# CUDA libraries themselves.  A lowered model's GEMMs are cuBLAS calls and a native conv is a
+# cuDNN call, so with the first set the two sides of a float32 comparison run at different
+# precisions, and pinning flags cannot help.
+TF32_ENVIRONMENT = ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")
+
+
+def tf32_environment() -> dict[str, str]:
+    """The :data:`TF32_ENVIRONMENT` variables that are set, by name."""
+    return {name: os.environ[name] for name in TF32_ENVIRONMENT if name in os.environ}
+
+
 @contextlib.contextmanager
 def pinned_precision(*, allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
     """Pin the flags that change float32/half matmul and conv precision; restore them after.
@@ -78,6 +93,7 @@ def pinned_precision(*, allow_tf32: bool = False) -> Iterator[dict[str, Any]]:
             **dict.fromkeys(_LEGACY_TF32, allow_tf32),
             "torch.get_float32_matmul_precision": "high" if allow_tf32 else "highest",
             **{path: _read_flag(path) for path in wanted},
+            **{f"env {name}": value for name, value in tf32_environment().items()},
         }
         yield effective
     finally:

@@ -828,6 +828,9 @@ def _describe_flags(flags: dict[str, Any]) -> str:
     precision = flags.get("torch.get_float32_matmul_precision")
     if precision is not None:
         parts.append(f"float32 matmul precision {precision}")
+    for name, value in flags.items():
+        if name.startswith("env "):
+            parts.append(f"{name[4:]}={value} in the environment (overrides cuBLAS's TF32 flag)")
     reductions = [v for k, v in flags.items() if k.endswith("reduced_precision_reduction")]
     if reductions:
         state = "on" if any(reductions) else "off"

@@ -52,7 +52,13 @@ from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
 from ..lowering.spec import KINDS
 from .audit import ConvOpAudit, ConvOpRun
-from .determinism import MatchedRandomness, PromoteToFloat64, pinned_precision, preserved_rng
+from .determinism import (
+    MatchedRandomness,
+    PromoteToFloat64,
+    pinned_precision,
+    preserved_rng,
+    tf32_environment,
+)
 from .devices import (
     cast_inputs,
     copy_to,
@@ -180,6 +186,15 @@ def verify(
         notes.append(
             f"the lowered model is in {'train' if lowered.training else 'eval'} mode and the "
             f"original in {'train' if model.training else 'eval'} mode; each runs in its own"
+        )
+
+    forced = tf32_environment()
+    if forced and any(dev.type == "cuda" for dev in devices) and not allow_tf32:
+        notes.append(
+            "TF32 may be forced on for cuBLAS by the environment ("
+            + ", ".join(f"{k}={v}" for k, v in forced.items())
+            + "): the lowered GEMMs can then run in TF32 while native cuDNN convs run in full "
+            "float32, which no flag undoes. Fix: unset it for the verification run"
         )
 
     plan = _Plan(
