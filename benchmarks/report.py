@@ -249,20 +249,28 @@ def _device_note(env: dict, config: dict) -> list[str]:
 
 
 GPU_NOTE = """\
-On a GPU, `auto` runs the CUDA plan (`lowerconv.lowering.cuda_plan`): per conv a pad, one
-gather of the column matrix from strided views (one copy, batch-wide), and one batched GEMM with
-the bias fused (`baddbmm`); 1x1 convs are the GEMM alone; depthwise convs one banded GEMM per
-channel and a reduction. No `im2col`/`col2im` (one kernel per image), no loop over images, taps
-or chunks. At these sizes a forward is bound by the host more than by the GPU (a native
-resnet18 took about as long at batch 1 as at batch 32), so what remains is mostly Python and
-launches per conv: a native conv is one call, a lowered one a handful. The training step's
-backward is autograd's through the same ops (GEMMs and the scatter of the column gradient back
-through the views).
+On a GPU, `auto` runs the CUDA plan (`lowerconv.lowering.cuda_plan`): per conv one gather of
+the column matrix (batch-wide) and one batched GEMM with the bias fused (`baddbmm`); 1x1 convs
+are the GEMM alone; depthwise convs one banded GEMM per channel and a reduction. No
+`im2col`/`col2im` (one kernel per image), no loop over images, taps or chunks. At these sizes a
+forward is bound by the host more than by the GPU (a native resnet18 takes about as long at
+batch 1 as at batch 32), so what remains is mostly Python and launches per conv: a native conv
+is one call, a lowered one a few. So an eager call without gradients whose column matrix is at
+most 64 MiB (`SMALL_CALL_BYTES`: every conv of these models at batch 1 but convnext's first
+depthwise stage) takes the fewest ops: its columns by one sampled gather from the unpadded
+input (`grid_sampler`, nearest, at integer coordinates: an exact indexed copy, no pad), and a
+depthwise conv its columns and one batched GEMM instead of the band; larger calls pad and copy
+(a copy kernel streams faster than sampling) and keep the band. The training step's backward is
+autograd's through the same ops (GEMMs and the scatter of the column gradient back through the
+views).
 
-Not measured on a GPU yet: the forms changed after this run. Strided transposed convs were a
-conv over a zero-stuffed input then (the DCGAN generator ran 4.0-4.3x native with 24x the
-memory) and are now a GEMM plus one strided add per kernel tap; the other kinds' table is
-left out until a rerun.
+Measured for that choice (H200, torch 2.11, `benchmarks/cuda_fastpath.py`'s forerunner, sampled
+gather for every float32 call against pad + copy for every call, ratios to native): batch 1,
+resnet18 1.42x against 1.64x, densenet121 1.36x against 1.55x, regnet_y_400mf 1.66x against
+1.59x; batch 32 with TF32, resnet18 1.32x against 1.26x, densenet121 1.38x against 1.19x. The
+tables here were run with the sampled gather for every float32 call; the threshold and the
+depthwise columns at batch 1 came after and are not yet measured on a GPU
+(`python benchmarks/cuda_fastpath.py` measures them).
 """
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -398,9 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             "strategies": strategies,
             "image_size": args.image_size,
             "repeats": args.repeats,
-            "command": " ".join(
-                ["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            "command": "python benchmarks/run.py "
+            + shlex.join(argv if argv is not None else sys.argv[1:]),
             "kind_models": kind_models,
             "training_models": training_models,
             "training_strategies": training_strategies,

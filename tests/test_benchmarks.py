@@ -109,3 +109,50 @@ def test_a_run_on_one_device_keeps_the_other_devices_results(tmp_path: Path, mon
     assert again["summary"]["cpu"]["auto"]["geomean"] == 1.2
     assert again["summary"]["cuda"]["auto"]["geomean"] == 1.5
     assert [c["device"] for c in again["compiled"]] == ["cuda", "cpu"]
+
+
+def test_folding_device_runs_keeps_what_they_did_not_measure(tmp_path: Path, monkeypatch):
+    """``fold_runs.py``: a device run made with ``--no-docs`` replaces that device's tables, adds
+    its mode rows and compile rows, and keeps the CPU tables and the device's training table."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import fold_runs
+
+    def entry(model: str, device: str, ratio: float) -> dict:
+        batch = {"native": {"median_ms": 1.0}, "strategies": {"auto": {"ratio": ratio}}}
+        return {"model": model, "device": device, "batches": {"1": batch}}
+
+    def run(device: str, ratio: float, training: dict) -> dict:
+        return {
+            "environment": {"device": device},
+            "config": {"batches": [1], "command": f"python benchmarks/run.py --{device}"},
+            "models": [entry("resnet18", device, ratio), entry("vit_b_16", device, 2 * ratio)],
+            "kind_models": [],
+            "compiled": [],
+            "training": training,
+            "summary": {device: {"auto": {"geomean": ratio}}},
+        }
+
+    old = run("cpu", 1.1, {"cpu": {"ratio": 1.1}})
+    old = {**old, "models": old["models"] + [entry("resnet18", "cuda", 1.6)]}
+    old["summary"]["cuda"] = {"auto": {"geomean": 1.6}}
+    old["training"]["cuda"] = {"ratio": 1.7}
+    old["compiled"] = [{"model": "resnet18", "device": "cuda", "batch": 32, "strategy": "auto"}]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(old))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(run("cuda", 1.4, {})))
+    compiled = tmp_path / "compiled.json"
+    rows = [{"model": "resnet18", "device": "cuda", "batch": 32, "strategy": "auto", "ratio": 1.2}]
+    compiled.write_text(json.dumps({"compiled": rows}))
+    argv = ["--device-run", str(new), "--mode", f"fp32={new}", "--compiled", str(compiled)]
+    args = fold_runs.parse_args([*argv, "--json", str(results)])
+    folded = fold_runs.fold(json.loads(results.read_text()), args)
+    assert folded["summary"]["cpu"]["auto"]["geomean"] == 1.1
+    assert folded["summary"]["cuda"]["auto"]["geomean"] == 1.4
+    assert [(m["model"], m["device"]) for m in folded["models"]] == [
+        ("resnet18", "cpu"), ("vit_b_16", "cpu"), ("resnet18", "cuda"), ("vit_b_16", "cuda"),
+    ]  # fmt: skip
+    assert folded["training"] == {"cpu": {"ratio": 1.1}, "cuda": {"ratio": 1.7}}
+    assert folded["compiled"] == rows
+    (mode,) = folded["gpu_modes"]
+    assert mode["mode"] == "fp32" and mode["summary"]["auto"]["max"] == 2.8

@@ -183,9 +183,7 @@ def test_the_eager_fast_path_equals_the_conv(config, dtype, small_call_bytes):
     (float32/64) or the pad and strided gather (bfloat16) and depthwise by columns, for large
     ones the pad and strided gather and the banded depthwise form."""
     with mock.patch.object(cuda_plan, "SMALL_CALL_BYTES", small_call_bytes):
-        cuda_plan._recipe.cache_clear()
         check_fast_path(config, dtype)
-    cuda_plan._recipe.cache_clear()
 
 
 def check_fast_path(config, dtype):
@@ -245,7 +243,6 @@ def test_large_calls_pad_and_copy_and_keep_the_banded_depthwise_form(monkeypatch
     """Above :data:`SMALL_CALL_BYTES` bytes count: the pad and one copy (a copy kernel streams
     faster than sampling), and depthwise convs the banded form."""
     monkeypatch.setattr(cuda_plan, "SMALL_CALL_BYTES", 0)
-    cuda_plan._recipe.cache_clear()
     for conv, expected in (
         (nn.Conv2d(16, 32, 3, padding=1, bias=False), "aten.constant_pad_nd.default"),
         (nn.Conv2d(16, 16, 3, padding=1, groups=16), "aten.sum.dim_IntList"),
@@ -256,7 +253,6 @@ def test_large_calls_pad_and_copy_and_keep_the_banded_depthwise_form(monkeypatch
             out = planned(x, conv.weight, conv.bias, spec)
         assert expected in ops.names and "aten.grid_sampler_2d.default" not in ops.names
         torch.testing.assert_close(out, conv(x), rtol=1e-4, atol=1e-5)
-    cuda_plan._recipe.cache_clear()
 
 
 @pytest.mark.parametrize("width", [BANDED_MAX_WIDTH - 2, BANDED_MAX_WIDTH + 8])

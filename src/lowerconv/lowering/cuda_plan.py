@@ -449,7 +449,7 @@ SAMPLED_GATHER_DTYPES = (torch.float32, torch.float64)
 
 
 @functools.lru_cache(maxsize=4096)
-def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Recipe:
+def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap, small_bytes) -> _Recipe:
     itemsize = torch.empty((), dtype=dtype).element_size()
     batched = len(shape) == spec.ndim + 2
     batch = shape[0] if batched else 1
@@ -478,7 +478,7 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap) -> _Rec
     out_h = (hp - dh * (kh - 1) - 1) // sh + 1
     out_w = (wp - dw * (kw - 1) - 1) // sw + 1
     o, g = spec.out_channels, spec.groups
-    small = n * spec.patch_size * g * out_h * out_w * itemsize <= SMALL_CALL_BYTES
+    small = n * spec.patch_size * g * out_h * out_w * itemsize <= small_bytes
     if form == "depthwise_banded" and small:
         form = "depthwise_gemm"
     if form in ("gemm", "depthwise_gemm"):
@@ -572,6 +572,7 @@ def planned(
         input.dtype,
         input.device,
         max_workspace_bytes,
+        SMALL_CALL_BYTES,
     )
     form = recipe.form
     if form == "chunked":
