@@ -210,6 +210,10 @@ FAST_PATH = [
     ),
     (nn.Conv2d(16, 32, 3, padding=1, dilation=2, groups=4), None),
     (nn.Conv2d(16, 32, 1), {"aten.baddbmm.default"}),
+    (
+        nn.Conv2d(16, 32, 1, stride=2, bias=False),
+        {"aten.grid_sampler_2d.default", "aten.bmm.default"},
+    ),
     (nn.Conv2d(16, 16, 3, padding=1, groups=16), None),  # small: columns, not the band
 ]
 

@@ -481,6 +481,8 @@ def _recipe(spec: ConvSpec, shape, contiguous: bool, dtype, device, cap, small_b
     small = n * spec.patch_size * g * out_h * out_w * itemsize <= small_bytes
     if form == "depthwise_banded" and small:
         form = "depthwise_gemm"
+    if form == "pointwise" and (g != 1 or (sh, sw) != (1, 1)):
+        form = "gemm"  # the strided pixels gathered (K = 1), or the groups' GEMMs
     if form in ("gemm", "depthwise_gemm"):
         grid = None
         if small and dtype in SAMPLED_GATHER_DTYPES:
