@@ -284,7 +284,9 @@ def linear_module_names(lowered: nn.Module) -> list[str]:
     return [name for conv in lowering_record(lowered).lowered for name in conv.gemm_modules]
 
 
-def conv_state_dict(lowered: nn.Module) -> OrderedDict[str, torch.Tensor]:
+def conv_state_dict(
+    lowered: nn.Module, tensors: dict[str, torch.Tensor] | None = None
+) -> OrderedDict[str, torch.Tensor]:
     """``lowered.state_dict()`` with each Linear-form conv's parameters back in the conv's
     shape and keys, loadable into the original model (``model.load_state_dict(...)``).
 
@@ -293,9 +295,12 @@ def conv_state_dict(lowered: nn.Module) -> OrderedDict[str, torch.Tensor]:
     its ``state_dict()`` unchanged.  Call it on the model :func:`lowerconv.lower` returned (or a
     copy): after PEFT, merge the adapters first (``merge_and_unload()``); a torchao-quantised
     weight has no conv shape to go back to.
+
+    ``tensors``, keyed like ``lowered.state_dict()`` (its parameters' gradients by name, say),
+    is converted instead of the state itself.
     """
     record: LoweringRecord = lowering_record(lowered)
-    state = lowered.state_dict()
+    state = lowered.state_dict() if tensors is None else tensors
     by_key: dict[str, tuple[str, tuple[int, ...], int]] = {}
     for conv in record.lowered:
         if conv.gemm != "linear" or conv.spec is None:
