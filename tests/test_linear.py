@@ -333,3 +333,66 @@ def test_pruned_linears_are_the_pruned_convs():
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     torch.testing.assert_close(lowered(x), pruned(x), rtol=RTOL, atol=ATOL)
     assert not torch.allclose(lowered(x), model(x))
+
+
+# -- the verifier ----------------------------------------------------------------------------------
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, groups=4),
+        nn.Conv2d(8, 8, 3, groups=8),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 4),
+    ).eval()
+
+
+def test_verify_passes_the_linear_form_forward_and_backward():
+    report = lowerconv.verify(
+        _small_cnn(), torch.randn(2, 3, 10, 10), gemm="linear", gradients=True, timing=False
+    )
+    assert report.ok, str(report)
+    (run,) = report.to_dict()["runs"]
+    # The grouped conv's per-group Linears are judged as the conv's dW, in its shape.
+    grads = {(layer["name"], g["grad"]): g for layer in run["layers"] for g in layer["gradients"]}
+    assert grads[("2", "dW")]["status"] == "pass" and grads[("2", "dW")]["shape"] == [8, 2, 3, 3]
+    judged = {g["path"]: g for g in run["gradients"]}
+    assert judged["2.weight.grad"]["ok"] and judged["2.weight.grad"]["shape"] == [8, 2, 3, 3]
+
+
+class _OffByOnePercent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1.01
+
+
+class _SkewedLinear(nn.Linear):
+    def forward(self, x):
+        return F.linear(x, _OffByOnePercent.apply(self.weight), self.bias)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_verify_catches_one_group_of_a_linear_off_by_one_percent(where):
+    model = _small_cnn()
+    lowered = lowerconv.lower(model, gemm="linear")
+    linear = lowered.get_submodule("2.1")
+    if where == "forward":
+        with torch.no_grad():
+            linear.weight.mul_(1.01)
+    else:
+        # Forward exact, its weight's gradient 1% off.
+        skewed = _SkewedLinear(linear.in_features, linear.out_features)
+        skewed.load_state_dict(linear.state_dict())
+        lowered.get_submodule("2")[1] = skewed
+    report = lowerconv.verify(
+        model, torch.randn(2, 3, 10, 10), lowered=lowered, gradients=True, timing=False
+    )
+    assert not report.ok
+    assert report.first_failure.startswith("2"), report.first_failure

@@ -40,7 +40,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .record import LoweringRecord, lowering_record
+from .record import lowering_record
 from .spec import ConvSpec
 from .strategies import conv_output_width
 
@@ -54,6 +54,8 @@ __all__ = [
     "linear_gather",
     "linear_graph",
     "linear_module_names",
+    "linear_parameter_keys",
+    "linear_state_dict",
     "matmul_reason",
 ]
 
@@ -284,8 +286,25 @@ def linear_module_names(lowered: nn.Module) -> list[str]:
     return [name for conv in lowering_record(lowered).lowered for name in conv.gemm_modules]
 
 
+def linear_parameter_keys(lowered: nn.Module) -> dict[str, list[str]]:
+    """For each Linear-form conv of ``lowered``, its conv's ``state_dict`` key
+    (``layer1.0.conv1.weight``) and the keys of ``lowered`` that hold it (the same key, or one
+    per group: ``conv.0.weight``, ``conv.1.weight``...), in ``state_dict`` order."""
+    keys: dict[str, list[str]] = {}
+    for conv in lowering_record(lowered).lowered:
+        if conv.gemm != "linear" or conv.spec is None:
+            continue
+        grouped = conv.spec.groups > 1
+        name = conv.gemm_modules[0].rpartition(".")[0] if grouped else conv.gemm_modules[0]
+        for role in ("weight", "bias"):
+            if role == "bias" and not conv.spec.bias:
+                continue
+            keys[f"{name}.{role}"] = [f"{m}.{role}" for m in conv.gemm_modules]
+    return keys
+
+
 def conv_state_dict(
-    lowered: nn.Module, tensors: dict[str, torch.Tensor] | None = None
+    lowered: nn.Module, tensors: dict[str, torch.Tensor | None] | None = None
 ) -> OrderedDict[str, torch.Tensor]:
     """``lowered.state_dict()`` with each Linear-form conv's parameters back in the conv's
     shape and keys, loadable into the original model (``model.load_state_dict(...)``).
@@ -296,36 +315,63 @@ def conv_state_dict(
     copy): after PEFT, merge the adapters first (``merge_and_unload()``); a torchao-quantised
     weight has no conv shape to go back to.
 
-    ``tensors``, keyed like ``lowered.state_dict()`` (its parameters' gradients by name, say),
-    is converted instead of the state itself.
+    ``tensors``, keyed like ``lowered.state_dict()`` (its parameters' gradients by name, say;
+    None for one that has none), is converted instead of the state itself.
     """
-    record: LoweringRecord = lowering_record(lowered)
     state = lowered.state_dict() if tensors is None else tensors
-    by_key: dict[str, tuple[str, tuple[int, ...], int]] = {}
-    for conv in record.lowered:
-        if conv.gemm != "linear" or conv.spec is None:
-            continue
-        spec = conv.spec
-        shape = (spec.out_channels, spec.in_per_group, *spec.kernel_size)
-        name = conv.gemm_modules[0] if spec.groups == 1 else conv.gemm_modules[0].rpartition(".")[0]
-        for role in ("weight", "bias"):
-            keys = [f"{m}.{role}" for m in conv.gemm_modules]
-            if all(k in state for k in keys):
-                for key in keys:
-                    by_key[key] = (
-                        f"{name}.{role}",
-                        shape if role == "weight" else (-1,),
-                        len(keys),
-                    )
-    result: OrderedDict[str, torch.Tensor] = OrderedDict()
-    parts: dict[str, list[torch.Tensor]] = {}
+    shapes = _conv_shapes(lowered)
+    by_key = {
+        key: target
+        for target, keys in linear_parameter_keys(lowered).items()
+        if all(k in state for k in keys)
+        for key in keys
+    }
+    sizes = {target: len(keys) for target, keys in linear_parameter_keys(lowered).items()}
+    result: OrderedDict[str, Any] = OrderedDict()
+    parts: dict[str, list[torch.Tensor | None]] = {}
     for key, value in state.items():
         if key not in by_key:
             result[key] = value
             continue
-        target, shape, count = by_key[key]
+        target = by_key[key]
         parts.setdefault(target, []).append(value)
-        if len(parts[target]) == count:
-            joined = parts[target][0] if count == 1 else torch.cat(parts[target])
-            result[target] = joined.reshape(shape)
+        if len(parts[target]) == sizes[target]:
+            pieces = parts[target]
+            if any(piece is None for piece in pieces):
+                result[target] = None
+            else:
+                joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # type: ignore[arg-type]
+                result[target] = joined.reshape(shapes[target])
     return result
+
+
+def linear_state_dict(
+    lowered: nn.Module, conv_tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`conv_state_dict` for some conv keys: each conv-shaped tensor as
+    the Linear-form keys of ``lowered`` that hold it (flattened, split per group); other keys
+    as they are.  Differentiable: the pieces are views of the given tensors."""
+    keys = linear_parameter_keys(lowered)
+    result: dict[str, torch.Tensor] = {}
+    for key, value in conv_tensors.items():
+        held = keys.get(key)
+        if held is None:
+            result[key] = value
+            continue
+        pieces = value.chunk(len(held)) if len(held) > 1 else (value,)
+        for name, piece in zip(held, pieces, strict=True):
+            result[name] = piece.flatten(1) if key.endswith(".weight") else piece
+    return result
+
+
+def _conv_shapes(lowered: nn.Module) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for conv in lowering_record(lowered).lowered:
+        if conv.gemm != "linear" or conv.spec is None:
+            continue
+        spec = conv.spec
+        grouped = spec.groups > 1
+        name = conv.gemm_modules[0].rpartition(".")[0] if grouped else conv.gemm_modules[0]
+        shapes[f"{name}.weight"] = (spec.out_channels, spec.in_per_group, *spec.kernel_size)
+        shapes[f"{name}.bias"] = (spec.out_channels,)
+    return shapes

@@ -112,8 +112,10 @@ def verify(
     against: Sequence[str] = (),
     calibrate_bn: bool = False,
     gradients: bool = False,
+    gemm: str = "matmul",
 ) -> VerificationReport:
-    """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
+    """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy,
+    gemm=gemm)``)
     computes what ``model`` computes; return a
     :class:`~lowerconv.verification.report.VerificationReport`.
 
@@ -138,7 +140,9 @@ def verify(
     ``calibrate_bn=True`` sets the running statistics of every batch-norm module from
     ``example_inputs`` (one batch) in the verifier's copies, original and lowered alike: at
     random init, activations can shrink until they underflow in float16, which makes the verdict
-    ``INCONCLUSIVE``.
+    ``INCONCLUSIVE``.  ``gemm="linear"`` verifies the Linear form (each conv's GEMM an
+    ``nn.Linear``, :mod:`lowerconv.lowering.linear`); its parameters' gradients are compared in
+    the conv's shape and keys (:func:`lowerconv.conv_state_dict`).
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -157,6 +161,8 @@ def verify(
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
     options = dict(lower_options or {})
+    if gemm != "matmul":
+        options["gemm"] = gemm
     for name in skipped:
         say(f"skipping {name}: {skipped[name]}")
 
