@@ -50,7 +50,7 @@ from .trace import (
     trace,
 )
 
-__all__ = ["STRATEGY_NAMES", "lower"]
+__all__ = ["STRATEGY_NAMES", "export_linear_form", "lower"]
 
 
 def lower(
@@ -252,6 +252,25 @@ def lower(
     if record.runtime:
         _list_runtime_convs(gm, record, inputs)
     return gm
+
+
+def export_linear_form(
+    model: nn.Module, example_inputs: Any, *, strategy: str = "unfold", dynamic_batch: bool = False
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``lower(model, gemm="linear")``: the Linear form as an
+    ``ExportedProgram`` (each conv's GEMM an ``aten.linear``), carrying the lowering's record.
+
+    The Linear form lives on the graph path (modules at the convs' names), so the model is
+    lowered first and captured after, the reverse of
+    :func:`lowerconv.lowering.export.export_lowered`, which lowers the captured ATen graph.
+    """
+    from .export import capture  # the export tier, imported when it is used
+
+    inputs = normalize_example_inputs(model, example_inputs)
+    lowered = lower(model, strategy=strategy, gemm="linear", example_inputs=inputs)
+    program = capture(lowered, inputs, dynamic_batch=dynamic_batch)
+    setattr(program, RECORD_ATTR, getattr(lowered, RECORD_ATTR))
+    return program
 
 
 def _linear_modules(

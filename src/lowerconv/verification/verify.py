@@ -46,7 +46,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import LoweringError, MissingDependencyError, VerificationError, with_article
 from ..lowering.inputs import normalize_example_inputs
-from ..lowering.lower import lower
+from ..lowering.lower import export_linear_form, lower
 from ..lowering.preflight import refuse_torchscript
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
@@ -539,7 +539,12 @@ def _check_artifacts(
         label = "onnxruntime" if kind == "onnx" else "pt2 (saved, loaded)"
         plan.say(f"[{dev}] exporting the lowered model as {kind} and running it ({label})")
         try:
-            program = export_lowered(native, x, strategy=strategy, max_workspace_bytes=workspace)
+            if record is not None and record.gemm == "linear":
+                program = export_linear_form(native, x, strategy=strategy)
+            else:
+                program = export_lowered(
+                    native, x, strategy=strategy, max_workspace_bytes=workspace
+                )
             got = run_artifact(program, kind, x)
         except MissingDependencyError:
             raise  # the environment, not the lowering: no failing row
