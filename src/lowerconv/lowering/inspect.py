@@ -351,9 +351,12 @@ def _one_conv(record: LoweringRecord, codes: dict[str, str], conv: str) -> dict[
     code = codes.get(lowered_conv.graph_module, "")
     wanted = set(lowered_conv.nodes)
     lines = [line for line in code.splitlines() if line.strip().split(" = ")[0] in wanted]
+    linear = lowered_conv.gemm == "linear"
     header = f"# {conv}: {lowered_conv.strategy}" + (
         f" (on CUDA inputs: {lowered_conv.cuda_strategy})" if lowered_conv.cuda_strategy else ""
     )
+    if linear:
+        header += f" + nn.Linear ({', '.join(lowered_conv.gemm_modules)})"
     return {"": header + "\n" + "\n".join(line.strip() for line in lines) + "\n"}
 
 
