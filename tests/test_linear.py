@@ -9,6 +9,7 @@ real models, with no convolution op left running.
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -195,6 +196,13 @@ def test_state_dict_round_trips_both_ways_and_the_model_is_untouched():
     torch.testing.assert_close(twin(x), model(x), rtol=RTOL, atol=ATOL)
     twin.load_state_dict(lowered.state_dict())
     torch.testing.assert_close(twin(x), lowered(x), rtol=0, atol=0)
+    # And through torch.save / torch.load.
+    buffer = io.BytesIO()
+    torch.save(lowered, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    loaded.load_state_dict(other.state_dict())
+    torch.testing.assert_close(loaded(x), other(x), rtol=RTOL, atol=ATOL)
 
 
 def test_matmul_is_the_default_and_unchanged():

@@ -751,6 +751,8 @@ def _lowering_summary(record: LoweringRecord | None) -> dict[str, Any]:
             "skipped": [],
             "trace_error": None,
             "export_error": None,
+            "gemm": None,
+            "linear": None,
         }
     return {
         "lowered": record.num_lowered,
@@ -758,4 +760,6 @@ def _lowering_summary(record: LoweringRecord | None) -> dict[str, Any]:
         "skipped": [s.to_dict() for s in record.skipped],
         "trace_error": record.trace_error,
         "export_error": record.export_error,
+        "gemm": record.gemm,
+        "linear": sum(conv.gemm == "linear" for conv in record.lowered),
     }
