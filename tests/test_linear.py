@@ -404,3 +404,50 @@ def test_verify_catches_one_group_of_a_linear_off_by_one_percent(where):
     )
     assert not report.ok
     assert report.first_failure.startswith("2"), report.first_failure
+
+
+class Shared(nn.Module):
+    """One grouped conv reachable by two names, called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.alias = self.conv
+
+    def forward(self, x):
+        return self.alias(self.conv(x))
+
+
+def test_a_conv_reachable_by_two_names_is_one_set_of_linears():
+    model = Shared().double()
+    lowered = lowerconv.lower(model, gemm="linear")
+    assert lowered.conv is lowered.alias and isinstance(lowered.conv, nn.ModuleList)
+    assert [c.gemm_modules for c in lowering_record(lowered).lowered] == [["conv.0", "conv.1"]] * 2
+    assert list(conv_state_dict(lowered)) == list(model.state_dict())
+    fresh = Shared().double()
+    fresh.load_state_dict(conv_state_dict(lowered))
+    lowered.load_state_dict(Shared().double().state_dict())  # conv-shaped, at both names
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x if x.sum() > 0 else -x)  # control flow on a value: fx cannot trace it
+
+
+def test_off_the_graph_path_every_conv_keeps_the_matmul_form_and_says_so():
+    model = Untraceable()
+    lowered = lowerconv.lower(model, gemm="linear")
+    record = lowering_record(lowered)
+    assert record.path == "fallback"
+    assert [(c.gemm, c.note) for c in record.lowered] == [
+        ("matmul", "the fallback path keeps the matmul form")
+    ]
+    assert any("gemm='linear' is served on the graph path only" in n for n in record.notes)
+    x = torch.rand(1, 3, 6, 6)
+    torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-6)

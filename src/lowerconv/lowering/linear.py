@@ -286,20 +286,39 @@ def linear_module_names(lowered: nn.Module) -> list[str]:
     return [name for conv in lowering_record(lowered).lowered for name in conv.gemm_modules]
 
 
-def linear_parameter_keys(lowered: nn.Module) -> dict[str, list[str]]:
-    """For each Linear-form conv of ``lowered``, its conv's ``state_dict`` key
-    (``layer1.0.conv1.weight``) and the keys of ``lowered`` that hold it (the same key, or one
-    per group: ``conv.0.weight``, ``conv.1.weight``...), in ``state_dict`` order."""
-    keys: dict[str, list[str]] = {}
+def _linear_convs(lowered: nn.Module) -> list[tuple[str, ConvSpec, list[str]]]:
+    """``(name, spec, Linear names)`` of each Linear-form conv of ``lowered``, at every name
+    its module is reachable by; not those a caller has replaced since (PEFT's wrappers)."""
+    paths: dict[int, list[str]] = {}
+    for path, module in lowered.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    found: dict[str, tuple[str, ConvSpec, list[str]]] = {}
     for conv in lowering_record(lowered).lowered:
         if conv.gemm != "linear" or conv.spec is None:
             continue
         grouped = conv.spec.groups > 1
         name = conv.gemm_modules[0].rpartition(".")[0] if grouped else conv.gemm_modules[0]
-        for role in ("weight", "bias"):
-            if role == "bias" and not conv.spec.bias:
-                continue
-            keys[f"{name}.{role}"] = [f"{m}.{role}" for m in conv.gemm_modules]
+        try:
+            holder = lowered.get_submodule(name)
+        except AttributeError:
+            continue
+        if not isinstance(holder, nn.Linear | nn.ModuleList):
+            continue
+        for path in paths.get(id(holder), [name]):
+            members = [f"{path}{m.removeprefix(name)}" for m in conv.gemm_modules]
+            found[path] = (path, conv.spec, members)
+    return list(found.values())
+
+
+def linear_parameter_keys(lowered: nn.Module) -> dict[str, list[str]]:
+    """For each Linear-form conv of ``lowered``, its conv's ``state_dict`` keys
+    (``layer1.0.conv1.weight``) and the keys of ``lowered`` that hold each (the same key, or one
+    per group: ``conv.0.weight``, ``conv.1.weight``...), at every name the conv is reachable by."""
+    keys: dict[str, list[str]] = {}
+    for path, spec, members in _linear_convs(lowered):
+        keys[f"{path}.weight"] = [f"{m}.weight" for m in members]
+        if spec.bias:
+            keys[f"{path}.bias"] = [f"{m}.bias" for m in members]
     return keys
 
 
@@ -366,12 +385,7 @@ def linear_state_dict(
 
 def _conv_shapes(lowered: nn.Module) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
-    for conv in lowering_record(lowered).lowered:
-        if conv.gemm != "linear" or conv.spec is None:
-            continue
-        spec = conv.spec
-        grouped = spec.groups > 1
-        name = conv.gemm_modules[0].rpartition(".")[0] if grouped else conv.gemm_modules[0]
-        shapes[f"{name}.weight"] = (spec.out_channels, spec.in_per_group, *spec.kernel_size)
-        shapes[f"{name}.bias"] = (spec.out_channels,)
+    for path, spec, _ in _linear_convs(lowered):
+        shapes[f"{path}.weight"] = (spec.out_channels, spec.in_per_group, *spec.kernel_size)
+        shapes[f"{path}.bias"] = (spec.out_channels,)
     return shapes
