@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from torch.nn.utils import prune
 
 import lowerconv
 from conv_space import conv_configs, make_input
-from lowerconv import LoweringError, conv_state_dict, linear_module_names, lowering_record
+from lowerconv import LoweringError, cli, conv_state_dict, linear_module_names, lowering_record
 from lowerconv.lowering.linear import LINEAR_STRATEGIES
 from lowerconv.verification.audit import ConvOpAudit
 
@@ -451,3 +452,49 @@ def test_off_the_graph_path_every_conv_keeps_the_matmul_form_and_says_so():
     assert any("gemm='linear' is served on the graph path only" in n for n in record.notes)
     x = torch.rand(1, 3, 6, 6)
     torch.testing.assert_close(lowered(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+MY_NET = f"{Path(__file__).resolve().parent.parent / 'examples' / 'my_models.py'}:make_net"
+SMALL = ["--image-size", "28"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_verify_gemm_linear_passes_forward_and_backward(capsys):
+    argv = ["verify", MY_NET, *SMALL, "--no-timing", "--gemm", "linear", "--gradients"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert "2 with an nn.Linear GEMM, 1 a matmul" in err  # the depthwise conv stays matmul
+    assert "PASS" in out
+
+
+def test_cli_graph_marks_the_linear_convs(capsys):
+    code, out, err = _run(
+        ["graph", MY_NET, *SMALL, "--gemm", "linear", "--strategy", "auto"], capsys
+    )
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isdigit()}
+    assert rows["0"].endswith("strided + nn.Linear")
+    assert rows["2"].endswith("depthwise")  # groups == in_channels: the matmul form
+    assert rows["3"].endswith("pointwise + nn.Linear")
+
+
+def test_cli_export_gemm_linear_writes_linear_ops(tmp_path, capsys):
+    path = tmp_path / "net.pt2"
+    code, out, err = _run(["export", MY_NET, *SMALL, "--gemm", "linear", "-o", str(path)], capsys)
+    assert code == 0, err
+    assert path.exists() and "aten.linear.default x 3" in out + err  # 2 convs and the head
+
+
+def test_cli_refuses_a_strategy_without_a_gemm_to_expose(capsys):
+    code, _, err = _run(
+        ["verify", MY_NET, *SMALL, "--gemm", "linear", "--strategy", "taps"], capsys
+    )
+    assert code == 2
+    assert "strategy='taps' cannot take gemm='linear'" in err and "Fix:" in err

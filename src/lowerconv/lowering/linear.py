@@ -113,8 +113,9 @@ def matmul_reason(spec: ConvSpec | None, kind: str, mechanism: str) -> str:
             "from; kept on its strategy with its conv-shaped weight"
         )
     return (
-        "a functional F.conv2d call (or a Conv2d subclass with its own forward): no plain "
-        "Conv2d module to put an nn.Linear in place of; kept on the matmul form"
+        "a functional F.conv2d call (or a Conv2d subclass with its own forward, or a Conv2d "
+        "lowered as the model itself): no plain Conv2d submodule to put an nn.Linear in place "
+        "of; kept on the matmul form"
     )
 
 
