@@ -9,6 +9,7 @@ real models, with no convolution op left running.
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 from pathlib import Path
 
@@ -498,3 +499,23 @@ def test_cli_refuses_a_strategy_without_a_gemm_to_expose(capsys):
     )
     assert code == 2
     assert "strategy='taps' cannot take gemm='linear'" in err and "Fix:" in err
+
+
+def test_verify_against_pt2_exports_the_linear_form(monkeypatch):
+    verify_module = importlib.import_module("lowerconv.verification.verify")
+    programs = []
+
+    def export_linear_form(*args, **kwargs):
+        programs.append(real(*args, **kwargs))
+        return programs[-1]
+
+    real = verify_module.export_linear_form
+    monkeypatch.setattr(verify_module, "export_linear_form", export_linear_form)
+    report = lowerconv.verify(
+        _small_cnn(), torch.randn(2, 3, 10, 10), gemm="linear", against=("pt2",), timing=False
+    )
+    assert report.ok, str(report)
+    assert any(o.path.startswith("pt2") for o in report.outputs)
+    (program,) = programs
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert ops.count("aten.linear.default") == 1 + 4 + 1  # dense, 4 groups, the head
