@@ -519,3 +519,13 @@ def test_verify_against_pt2_exports_the_linear_form(monkeypatch):
     (program,) = programs
     ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert ops.count("aten.linear.default") == 1 + 4 + 1  # dense, 4 groups, the head
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("strategy", ["unfold", "auto"])
+def test_the_linear_form_moves_to_cuda_with_its_linears(strategy):
+    model = Block().double()
+    lowered = lowerconv.lower(model, strategy=strategy, gemm="linear").cuda()
+    assert lowered.grouped[0].weight.is_cuda
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    torch.testing.assert_close(lowered(x.cuda()).cpu(), model(x), rtol=RTOL, atol=1e-9)
