@@ -1,5 +1,6 @@
 """The whole Conv2d configuration space, as a hypothesis strategy shared by the test files."""
 
+import torch
 from hypothesis import strategies as st
 from torch import nn
 
@@ -41,3 +42,21 @@ def conv_configs(draw):
     if batch is None and layout == "channels_last":
         layout = "contiguous"  # channels_last is a 4-D layout
     return kwargs, shape, layout
+
+
+def make_input(shape: tuple[int, ...], layout: str = "contiguous") -> torch.Tensor:
+    """A float64 input of ``shape`` stored as ``layout`` (one of :func:`conv_configs`'), a leaf
+    requiring grad."""
+    if layout == "contiguous":
+        x = torch.randn(shape, dtype=torch.float64)
+    elif layout == "transposed":
+        x = torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=torch.float64).transpose(-1, -2)
+    elif layout == "sliced":
+        *lead, c, h, w = shape
+        x = torch.randn(*lead, 2 * c, h, 2 * w + 1, dtype=torch.float64)[..., ::2, :, 1::2]
+    elif layout == "channels_last":
+        x = torch.randn(shape, dtype=torch.float64).to(memory_format=torch.channels_last)
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    assert x.shape == shape
+    return x.detach().requires_grad_()

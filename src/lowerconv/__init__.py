@@ -6,6 +6,7 @@ The pass, :mod:`lowerconv.lowering`, in the order data flows through it:
 - :mod:`~.lowering.sites`       graph -> the convolutions in it (:class:`ConvSite`)
 - :mod:`~.lowering.spec`        each conv's configuration and shape arithmetic (:class:`ConvSpec`)
 - :mod:`~.lowering.strategies`  the eager im2col arithmetic that replaces a conv
+- :mod:`~.lowering.linear`      ``gemm="linear"``: each conv's GEMM an ``nn.Linear``
 - :mod:`~.lowering.emit`        splicing that arithmetic into the graph, with provenance
 - :mod:`~.lowering.lower`       :func:`lower`, the whole pass; :mod:`~.lowering.record` what it did
 - :mod:`~.lowering.export`      the export tier, ``lower(ExportedProgram)``, ONNX, ``.pt2`` files
@@ -32,6 +33,7 @@ from ._aliases import install as _install_aliases
 from ._aliases import package_getattr as _package_getattr
 from ._version import __version__
 from .errors import LoweringError, VerificationError
+from .lowering.linear import GEMMS, conv_state_dict, linear_module_names
 from .lowering.lower import lower
 from .lowering.record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .lowering.spec import KINDS, ConvSpec
@@ -44,6 +46,7 @@ _install_aliases()
 __getattr__ = _package_getattr
 
 __all__ = [
+    "GEMMS",
     "KINDS",
     "STRATEGY_NAMES",
     "ConvSpec",
@@ -54,6 +57,8 @@ __all__ = [
     "VerificationError",
     "VerificationReport",
     "__version__",
+    "conv_state_dict",
+    "linear_module_names",
     "lower",
     "lowering_record",
     "testing",

@@ -24,7 +24,8 @@ import torch
 
 from ._version import __version__
 from .errors import LoweringError
-from .lowering.lower import lower
+from .lowering.linear import GEMMS
+from .lowering.lower import export_linear_form, lower
 from .lowering.record import lowering_record
 from .lowering.spec import KINDS
 from .lowering.strategies import STRATEGY_NAMES
@@ -313,6 +314,7 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         default="unfold",
         help="how each conv is lowered (default unfold; auto picks per conv)",
     )
+    _add_gemm_option(lowering)
     lowering.add_argument(
         "--dynamic-batch",
         action="store_true",
@@ -371,6 +373,7 @@ def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
     zoo.add_argument(
         "--strategy", choices=STRATEGY_NAMES, default="unfold", help="(default unfold)"
     )
+    _add_gemm_option(zoo)
     zoo.add_argument("--batch-size", type=_positive_int, default=1, metavar="N")
     zoo.add_argument(
         "--image-size",
@@ -466,6 +469,17 @@ def _add_input_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_gemm_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    group.add_argument(
+        "--gemm",
+        choices=GEMMS,
+        default="matmul",
+        help="each conv's GEMM: a matmul on its conv-shaped weight (default), or an nn.Linear "
+        "at the conv's name, one per group (for torchao, PEFT, prune; strategies unfold, "
+        "strided, pointwise, patchify, auto; depthwise convs stay matmul)",
+    )
+
+
 def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--strategy",
@@ -473,6 +487,7 @@ def _add_lowering_options(group: argparse._ArgumentGroup) -> None:
         default="unfold",
         help="how each conv is lowered (default unfold; auto picks per conv)",
     )
+    _add_gemm_option(group)
     group.add_argument(
         "--target",
         choices=("cpu", "cuda"),
@@ -600,12 +615,20 @@ def run_export(args: argparse.Namespace) -> int:
     resolved = _resolve(args, _progress)
     start = time.perf_counter()
     try:
-        program = export_lowered(
-            resolved.model,
-            resolved.example_inputs,
-            strategy=args.strategy,
-            dynamic_batch=args.dynamic_batch,
-        )
+        if args.gemm == "linear":
+            program = export_linear_form(
+                resolved.model,
+                resolved.example_inputs,
+                strategy=args.strategy,
+                dynamic_batch=args.dynamic_batch,
+            )
+        else:
+            program = export_lowered(
+                resolved.model,
+                resolved.example_inputs,
+                strategy=args.strategy,
+                dynamic_batch=args.dynamic_batch,
+            )
     except LoweringError as err:
         raise _with_hint(err, resolved) from err
     record = lowering_record(program)
@@ -682,6 +705,7 @@ def run_zoo_command(args: argparse.Namespace) -> int:
     report = run_zoo(
         chosen,
         strategy=args.strategy,
+        gemm=args.gemm,
         batch_size=args.batch_size,
         image_size=args.image_size,
         dtype=DTYPES[args.dtype],
@@ -782,6 +806,8 @@ def _lower(
 def _lower_options(args: argparse.Namespace) -> dict:
     """The lower() options the command line sets, for lower() and verify()'s re-trace alike."""
     options = {"strict": args.strict, "leaf_modules": tuple(args.leaf_module)}
+    if getattr(args, "gemm", "matmul") != "matmul":
+        options["gemm"] = args.gemm
     if getattr(args, "kind", None):
         options["kinds"] = frozenset(args.kind)
     if getattr(args, "target", None):

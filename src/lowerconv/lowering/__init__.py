@@ -11,6 +11,8 @@ In the order data flows through it:
 - :mod:`.spec`           each conv's configuration and shape arithmetic (:class:`ConvSpec`), no FX
 - :mod:`.strategies`     step 3: the eager im2col arithmetic that replaces a conv, one function a
   strategy, and ``auto``'s rule (:func:`choose_strategy`)
+- :mod:`.linear`         step 3, ``gemm="linear"``: the GEMM as an ``nn.Linear`` at the conv's
+  name (one per group), its gathers, and the conv-shaped ``state_dict`` both ways
 - :mod:`.cuda_plan`      step 3 on a GPU: ``auto``'s CUDA plan, a few batch-wide ops per conv
   (one gather, one batched GEMM; banded depthwise), which :mod:`.strategies` calls per call
 - :mod:`.kernels`        the run-time kernels the fast strategies call as single graph nodes

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import fx
 
+from .linear import linear_graph
 from .spec import ConvSpec
 from .strategies import DEFAULT_OPTIONS, StrategyOptions, strategy_function
 
@@ -21,6 +22,7 @@ __all__ = [
     "META_KEY",
     "Provenance",
     "emit_dynamic_conv",
+    "emit_linear_conv",
     "emit_lowered_conv",
     "stamp",
     "strategy_graph",
@@ -98,8 +100,64 @@ def emit_lowered_conv(
     ``recorded_as`` is the strategy the provenance names, when it is not ``strategy`` itself
     (``auto``'s per-call node is recorded as its CPU choice)."""
     template = strategy_graph(strategy, spec, bias is not None, options)
-    strategy = recorded_as or strategy
     inputs = {"input": input, "weight": weight, "bias": bias}
+    return _splice(
+        graph,
+        anchor,
+        template,
+        inputs,
+        base_name,
+        source,
+        source_target,
+        recorded_as or strategy,
+        spec,
+    )
+
+
+def emit_linear_conv(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    *,
+    base_name: str,
+    input: fx.Node,
+    module: str,
+    spec: ConvSpec,
+    gather: str,
+    source: str,
+    source_target: str,
+) -> tuple[fx.Node, list[fx.Node]]:
+    """Insert the conv's Linear form (:mod:`.linear`) before ``anchor``: the gather, a
+    ``call_module`` of the ``nn.Linear`` at ``module`` (of ``module.<g>``, one per group), and
+    the move back to ``(..., C_out, OH, OW)``; return its output node and all new nodes."""
+    template = linear_graph(spec, gather)
+    return _splice(
+        graph,
+        anchor,
+        template,
+        {"input": input},
+        base_name,
+        source,
+        source_target,
+        gather,
+        spec,
+        module,
+    )
+
+
+def _splice(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    template: fx.Graph,
+    inputs: dict[str, fx.Node | None],
+    base_name: str,
+    source: str,
+    source_target: str,
+    strategy: str,
+    spec: ConvSpec,
+    module: str | None = None,
+) -> tuple[fx.Node, list[fx.Node]]:
+    """Copy ``template``'s nodes in front of ``anchor``, named and stamped; its ``call_module``
+    nodes on ``linear...`` call ``module...`` instead."""
     env: dict[fx.Node, fx.Node] = {}
     new_nodes: list[fx.Node] = []
     output: fx.Node | None = None
@@ -115,6 +173,8 @@ def emit_lowered_conv(
                 continue
             copy = graph.node_copy(node, lambda n: env[n])
             copy.meta.pop("is_wrapped", None)
+            if node.op == "call_module" and module is not None:
+                copy.target = module + str(node.target).removeprefix("linear")
             copy._rename(f"{base_name}_{roles[node]}")
             prov = Provenance(
                 source, anchor.name, source_target, strategy, roles[node], spec_dict, kind=spec.kind

@@ -47,6 +47,7 @@ class ConvRow:
     device: str = "cpu"
     max_workspace_bytes: int | None = None
     kind: str = ""
+    gemm: str = "matmul"  # "linear": the GEMM is an nn.Linear (lower(gemm="linear"))
 
     @property
     def _batch_hw(self) -> tuple[int, ...] | None:
@@ -102,7 +103,7 @@ class ConvRow:
             " x ".join(map(str, gemm)) if gemm else "",
             format_count(self.flops),
             "none" if self.im2col_bytes == 0 else format_bytes(self.im2col_bytes),
-            self.strategy,
+            self.strategy + (" + nn.Linear" if self.gemm == "linear" else ""),
         ]
 
 
@@ -248,6 +249,7 @@ def inspect_lowered(
                     output_shape=tuple(out_meta.shape) if out_meta is not None else None,
                     dtype=in_meta.dtype if in_meta is not None else None,
                     kind=conv.kind,
+                    gemm=conv.gemm,
                 )
             )
     rows += _run_time_rows(record, lowered, calls)
@@ -349,9 +351,12 @@ def _one_conv(record: LoweringRecord, codes: dict[str, str], conv: str) -> dict[
     code = codes.get(lowered_conv.graph_module, "")
     wanted = set(lowered_conv.nodes)
     lines = [line for line in code.splitlines() if line.strip().split(" = ")[0] in wanted]
+    linear = lowered_conv.gemm == "linear"
     header = f"# {conv}: {lowered_conv.strategy}" + (
         f" (on CUDA inputs: {lowered_conv.cuda_strategy})" if lowered_conv.cuda_strategy else ""
     )
+    if linear:
+        header += f" + nn.Linear ({', '.join(lowered_conv.gemm_modules)})"
     return {"": header + "\n" + "\n".join(line.strip() for line in lines) + "\n"}
 
 

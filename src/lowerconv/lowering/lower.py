@@ -25,8 +25,9 @@ import torch
 from torch import fx, nn
 
 from ..errors import LoweringError
-from .emit import strategy_graph
+from .emit import META_KEY, strategy_graph
 from .inputs import normalize_example_inputs
+from .linear import check_linear_arguments, conv_linear, linear_graph, matmul_reason
 from .preflight import materialize_lazy, refuse_torchscript
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .rewrite import lower_graph
@@ -45,10 +46,11 @@ from .trace import (
     conv_kind,
     describe_trace_failure,
     is_plain_conv,
+    is_plain_conv2d,
     trace,
 )
 
-__all__ = ["STRATEGY_NAMES", "lower"]
+__all__ = ["STRATEGY_NAMES", "export_linear_form", "lower"]
 
 
 def lower(
@@ -63,6 +65,7 @@ def lower(
     example_inputs: Any = None,
     kinds: Iterable[str] | None = None,
     target: str | None = None,
+    gemm: str = "matmul",
 ) -> nn.Module:
     """Return ``model`` with every convolution computed by Unfold + matmul + reshape.
 
@@ -101,6 +104,15 @@ def lower(
     convs are listed there when ``example_inputs`` (a tensor or a tuple of the model's positional
     arguments) are given to run the model on once.
 
+    ``gemm="linear"`` (the *Linear form*, :mod:`lowerconv.lowering.linear`, graph path only)
+    makes each ``Conv2d``'s GEMM an ``nn.Linear`` at the conv's own qualified name (one per
+    group in an ``nn.ModuleList`` for a grouped conv), called on its im2col columns, so that
+    tools made for ``nn.Linear`` (torchao's ``quantize_``, PEFT's LoRA, ``torch.nn.utils.prune``)
+    find every conv; the gather follows ``strategy`` (``unfold``, ``strided``, ``pointwise``,
+    ``patchify`` or ``auto``).  Depthwise convs and other kinds keep the matmul form, and the
+    record says so; a conv-shaped ``state_dict`` still loads, and
+    :func:`lowerconv.conv_state_dict` gives one back.
+
     Example, for ``nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())``, ``code`` before::
 
         def forward(self, input):
@@ -128,7 +140,14 @@ def lower(
     # them (a test, a mock) must not serve a later lowering.  Within one lowering the cache
     # still shares one traced graph among the convs of one configuration.
     strategy_graph.cache_clear()
+    linear_graph.cache_clear()
     if isinstance(model, torch.export.ExportedProgram):
+        if gemm != "matmul":
+            raise LoweringError(
+                f"lower(ExportedProgram) takes gemm='matmul' only, got gemm={gemm!r}: an "
+                "ExportedProgram holds no modules to put an nn.Linear in. Fix: lower the "
+                "nn.Module itself with gemm='linear', then export the result"
+            )
         from .export import lower_program  # the export tier, imported when it is used
 
         _check_program_arguments(inplace, leaf_modules, concrete_args, example_inputs)
@@ -136,6 +155,12 @@ def lower(
             model, strategy=strategy, max_workspace_bytes=max_workspace_bytes, kinds=kinds
         )
     _check_arguments(model, strategy, leaf_modules)
+    try:
+        check_linear_arguments(
+            gemm, strategy, max_workspace_bytes, f"lower({type(model).__name__})"
+        )
+    except ValueError as err:
+        raise LoweringError(str(err)) from err
     chosen = _check_kinds(model, kinds)
     inputs = None if example_inputs is None else normalize_example_inputs(model, example_inputs)
     try:
@@ -153,6 +178,7 @@ def lower(
         strategy=strategy,
         max_workspace_bytes=max_workspace_bytes,
         kinds=[k for k in KINDS if k in chosen],
+        gemm=gemm,
     )
     _materialize(model, work, inputs, inplace, record)
     holders = _lower_conv_modules(work, strategy, options, chosen)
@@ -170,7 +196,11 @@ def lower(
             from .export import capture_and_lower
 
             try:
-                return capture_and_lower(work, inputs, strategy, options, record, kinds=chosen)
+                lowered_program = capture_and_lower(
+                    work, inputs, strategy, options, record, kinds=chosen
+                )
+                _note_matmul_form(record)
+                return lowered_program
             except LoweringError as export_err:
                 record.export_error = str(export_err)
         else:
@@ -183,6 +213,7 @@ def lower(
             record.lowered.extend(holder.lowered)
             record.skipped.extend(holder.skipped)
         record.skipped.extend(skipped_conv_modules(work, kinds=chosen))
+        _note_matmul_form(record)
         _swap_conv_modules(work, holders)
         RuntimeLowering(strategy, options.max_workspace_bytes, chosen, target).attach(work)
         record.runtime.append("")
@@ -190,13 +221,23 @@ def lower(
         _list_runtime_convs(work, record, inputs)
         return work
 
-    lowered, skipped = lower_graph(traced, strategy, options=options, kinds=chosen)
+    linear = _linear_modules(traced, holders) if gemm == "linear" else {}
+    for conv, module in linear.values():
+        holders[id(conv)].module = module
+    lowered, skipped = lower_graph(
+        traced,
+        strategy,
+        options=options,
+        kinds=chosen,
+        linear={target: module for target, (_, module) in linear.items()},
+    )
     if is_plain_conv(work) and work.transposed and concrete_args is None:
         # A bare transposed conv: lowered dynamically, as its output padding comes from each
         # call's output_size=; its configuration is the module's, as for one inside a model.
         for conv in lowered:
             conv.spec = conv.spec or ConvSpec.from_module(work)
     record.lowered = _in_graph_order(traced.graph, lowered, _leaf_records(traced, holders))
+    _note_matmul_form(record)
     record.skipped.extend(skipped)
     already = {s.name for s in record.skipped}
     record.skipped.extend(skipped_conv_modules(work, already, kinds=chosen))
@@ -213,6 +254,67 @@ def lower(
     return gm
 
 
+def export_linear_form(
+    model: nn.Module, example_inputs: Any, *, strategy: str = "unfold", dynamic_batch: bool = False
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``lower(model, gemm="linear")``: the Linear form as an
+    ``ExportedProgram`` (each conv's GEMM an ``aten.linear``), carrying the lowering's record.
+
+    The Linear form lives on the graph path (modules at the convs' names), so the model is
+    lowered first and captured after, the reverse of
+    :func:`lowerconv.lowering.export.export_lowered`, which lowers the captured ATen graph.
+    """
+    from .export import capture  # the export tier, imported when it is used
+
+    inputs = normalize_example_inputs(model, example_inputs)
+    lowered = lower(model, strategy=strategy, gemm="linear", example_inputs=inputs)
+    program = capture(lowered, inputs, dynamic_batch=dynamic_batch)
+    setattr(program, RECORD_ATTR, getattr(lowered, RECORD_ATTR))
+    return program
+
+
+def _linear_modules(
+    traced: fx.GraphModule, holders: dict[int, _ConvHolder]
+) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Each ``Conv2d`` the graph calls that can take the Linear form, and its GEMM module, by
+    the name the graph calls it under (one module for a conv called by two names)."""
+    made: dict[int, nn.Module] = {}
+    found: dict[str, tuple[nn.Module, nn.Module]] = {}
+    for node in traced.graph.nodes:
+        if node.op != "call_module":
+            continue
+        conv = traced.get_submodule(str(node.target))
+        holder = holders.get(id(conv))
+        if holder is None or not isinstance(holder.module, fx.GraphModule):
+            continue  # not a conv, or one lowered at run time
+        if not is_plain_conv2d(conv) or ConvSpec.from_module(conv).is_depthwise:
+            continue
+        if id(conv) not in made:
+            made[id(conv)] = conv_linear(conv)
+        found[str(node.target)] = (conv, made[id(conv)])
+    return found
+
+
+def _note_matmul_form(record: LoweringRecord) -> None:
+    """Under ``gemm="linear"``, say in the record why each conv kept the matmul form."""
+    if record.gemm == "matmul":
+        return
+    if record.path != "graph":
+        record.notes.append(
+            f"gemm='linear' is served on the graph path only: on the {record.path} path every "
+            "conv keeps the matmul form (make the model traceable by torch.fx, e.g. with "
+            "leaf_modules= or concrete_args=, to get the Linear form)"
+        )
+    for conv in record.lowered:
+        if conv.gemm == "linear":
+            continue
+        if record.path == "graph":
+            reason = matmul_reason(conv.spec, conv.kind, conv.mechanism)
+        else:
+            reason = f"the {record.path} path keeps the matmul form"
+        conv.note = f"{conv.note}; {reason}" if conv.note else reason
+
+
 def _user_leaves(
     traced: fx.GraphModule, holders: dict[int, _ConvHolder], leaf_modules: Iterable[type | str]
 ) -> list[str]:
@@ -222,7 +324,7 @@ def _user_leaves(
     names = {t for t in leaves if isinstance(t, str)}
     found = []
     for node in traced.graph.nodes:
-        if node.op != "call_module" or str(node.target) in found:
+        if node.op != "call_module" or str(node.target) in found or META_KEY in node.meta:
             continue
         module = traced.get_submodule(str(node.target))
         if id(module) not in holders and (node.target in names or isinstance(module, types)):
@@ -291,8 +393,8 @@ def _leaf_records(
     """
     found = []
     for node in traced.graph.nodes:
-        if node.op != "call_module":
-            continue
+        if node.op != "call_module" or META_KEY in node.meta:
+            continue  # the pass's own calls (a Linear form's GEMM) are not leaves
         module = traced.get_submodule(str(node.target))
         if id(module) in holders:
             conv = copy.copy(holders[id(module)].lowered[0])

@@ -38,6 +38,11 @@ class LoweredConv:
     ``cuda_strategy`` is ``"cuda"`` where ``auto`` emitted a node that plans per call: it runs
     ``strategy`` on CPU inputs and the CUDA plan on CUDA ones (``""`` where one strategy runs
     on every device).
+
+    ``gemm`` is the form of its GEMM: ``"matmul"`` (a matmul on the conv-shaped weight) or
+    ``"linear"`` (``lower(gemm="linear")``: an ``nn.Linear``, one per group for a grouped conv,
+    named in ``gemm_modules``); under ``gemm="linear"`` a conv kept on the matmul form says why
+    in ``note``.
     """
 
     name: str
@@ -53,6 +58,8 @@ class LoweredConv:
     mechanism: str = "graph"
     kind: str = "conv2d"
     cuda_strategy: str = ""
+    gemm: str = "matmul"
+    gemm_modules: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +76,8 @@ class LoweredConv:
             "mechanism": self.mechanism,
             "kind": self.kind,
             "cuda_strategy": self.cuda_strategy,
+            "gemm": self.gemm,
+            "gemm_modules": list(self.gemm_modules),
         }
 
 
@@ -86,7 +95,8 @@ class LoweringRecord:
     the model itself, on the fallback path; on the graph path, ``leaf_modules=`` modules).  The
     convs they call are in ``lowered`` (``mechanism="run time"``) when ``lower`` was given
     ``example_inputs`` to run them on; ``runtime_calls_listed`` says whether it was.  ``skipped``
-    lists every convolution of another kind the pass met, on every path.
+    lists every convolution of another kind the pass met, on every path.  ``gemm`` is the
+    form asked for (``lower(gemm=...)``); each conv's ``gemm`` says which it got.
     """
 
     model: str
@@ -101,6 +111,7 @@ class LoweringRecord:
     max_workspace_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    gemm: str = "matmul"
 
     @property
     def num_lowered(self) -> int:
@@ -126,6 +137,7 @@ class LoweringRecord:
             "max_workspace_bytes": self.max_workspace_bytes,
             "notes": list(self.notes),
             "kinds": list(self.kinds),
+            "gemm": self.gemm,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -134,6 +146,9 @@ class LoweringRecord:
     def summary(self) -> str:
         used = ", ".join(f"{k}: {v}" for k, v in self.strategies_used().items()) or "none"
         text = f"{self.model}: lowered {self.num_lowered} conv(s) ({used}) on the {self.path} path"
+        if self.gemm != "matmul":
+            linear = sum(c.gemm == "linear" for c in self.lowered)
+            text += f"; {linear} with an nn.Linear GEMM, {self.num_lowered - linear} a matmul"
         if self.skipped:
             text += f"; left {len(self.skipped)} alone"
         if self.runtime and not self.runtime_calls_listed:
@@ -142,7 +157,13 @@ class LoweringRecord:
 
     def __str__(self) -> str:
         rows = [
-            [c.name, c.target, c.spec.describe() if c.spec else "dynamic", c.strategy, "lowered"]
+            [
+                c.name,
+                c.target,
+                c.spec.describe() if c.spec else "dynamic",
+                c.strategy + (" + nn.Linear" if c.gemm == "linear" else ""),
+                "lowered",
+            ]
             for c in self.lowered
         ]
         rows += [[s.name, s.kind, "", "", s.reason] for s in self.skipped]

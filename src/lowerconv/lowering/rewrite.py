@@ -10,11 +10,12 @@ it: the graph path on the traced model and on each conv module, the export tier 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from torch import fx
+from torch import fx, nn
 
-from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
+from .emit import Provenance, emit_dynamic_conv, emit_linear_conv, emit_lowered_conv, stamp
+from .linear import linear_gather
 from .record import LoweredConv
 from .sites import ConvSite, SkippedConv, find_conv_sites
 from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy, resolve_auto
@@ -29,13 +30,20 @@ def lower_graph(
     name_prefix: str = "",
     options: StrategyOptions = DEFAULT_OPTIONS,
     kinds: Iterable[str] | None = None,
+    linear: Mapping[str, nn.Module] | None = None,
 ) -> tuple[list[LoweredConv], list[SkippedConv]]:
     """Lower every 2-D convolution in ``gm.graph`` in place; return what was lowered and skipped.
 
     ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
-    in the record are the larger model's.
+    in the record are the larger model's.  ``linear`` maps the names of conv modules that take
+    the Linear form (:mod:`.linear`) to their GEMM module (an ``nn.Linear``, or an
+    ``nn.ModuleList`` of one per group): it is put in ``gm`` at that name, and the conv's
+    ``call_module`` node becomes the gather, a call of it, and a reshape.
     """
     sites, skipped = find_conv_sites(gm, kinds)
+    linear = dict(linear or {})
+    for target, module in linear.items():
+        gm.set_submodule(target, module)
     graph = gm.graph
     lowered: list[LoweredConv] = []
     seen: dict[str, int] = {}
@@ -44,7 +52,10 @@ def lower_graph(
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"  # one module called more than once
-        lowered.append(_lower_site(graph, site, name, strategy, options))
+        if site.kind == "module" and site.spec is not None and str(site.node.target) in linear:
+            lowered.append(_lower_site_linear(graph, site, name, strategy))
+        else:
+            lowered.append(_lower_site(graph, site, name, strategy, options))
     for skip in skipped:
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
     graph.lint()
@@ -124,6 +135,41 @@ def _lower_site(
         kind=site.conv_kind,
         cuda_strategy="cuda" if emitted == "auto" else "",
         nodes=[n.name for n in params + nodes],
+    )
+
+
+def _lower_site_linear(graph: fx.Graph, site: ConvSite, name: str, strategy: str) -> LoweredConv:
+    node, spec = site.node, site.spec
+    assert spec is not None, "only convs of a known configuration take the Linear form"
+    module = str(node.target)
+    gather = linear_gather(strategy, spec)
+    output, nodes = emit_linear_conv(
+        graph,
+        node,
+        base_name=name.replace(".", "_").replace("#", "_call"),
+        input=site.input,
+        module=module,
+        spec=spec,
+        gather=gather,
+        source=name,
+        source_target=site.module_type,
+    )
+    input_name = site.input.name
+    node.replace_all_uses_with(output)
+    graph.erase_node(node)
+    gemm_modules = [module] if spec.groups == 1 else [f"{module}.{g}" for g in range(spec.groups)]
+    return LoweredConv(
+        name=name,
+        node=node.name,
+        target=site.module_type,
+        spec=spec,
+        strategy=gather,
+        input_node=input_name,
+        output_node=output.name,
+        kind=site.conv_kind,
+        nodes=[n.name for n in nodes],
+        gemm="linear",
+        gemm_modules=gemm_modules,
     )
 
 

@@ -437,6 +437,7 @@ def run_zoo(
     models: Sequence[tuple[str, str, str | None]],
     *,
     strategy: str = "unfold",
+    gemm: str = "matmul",
     batch_size: int = 1,
     image_size: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -448,7 +449,7 @@ def run_zoo(
     """Lower and verify each model of ``models`` (from :func:`select_models`) on the CPU.
 
     ``image_size`` applies to torchvision models only: real-world models run on their registry
-    entry's own inputs.
+    entry's own inputs.  ``gemm`` is :func:`lowerconv.lower`'s (``"linear"``: the Linear form).
     """
     from ..lowering.lower import lower
     from ..verification.verify import verify
@@ -476,6 +477,7 @@ def run_zoo(
             "timing": timing,
             "repeats": repeats,
             "seed": seed,
+            **({"gemm": gemm} if gemm != "matmul" else {}),
         },
     )
     for index, (name, category, skip) in enumerate(models, 1):
@@ -491,7 +493,10 @@ def run_zoo(
         try:
             resolved = resolve_model(name, batch_size=batch_size, image_size=size, seed=seed)
             lowered = lower(
-                resolved.model, strategy=strategy, example_inputs=resolved.example_inputs
+                resolved.model,
+                strategy=strategy,
+                example_inputs=resolved.example_inputs,
+                gemm=gemm,
             )
             result = verify(
                 resolved.model,

@@ -31,6 +31,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import LoweringError
+from ..lowering.linear import conv_state_dict, linear_parameter_keys
 from .devices import forward
 from .metrics import Tolerance, compare, judge
 from .report import GradientCheck, OutputCheck
@@ -117,10 +118,15 @@ def model_gradients(
     shapes = [tuple(outputs[path].shape) for path in paths]
     result = ModelGradients(grads={}, outputs=paths, shapes=shapes)
     own = dict(module.named_parameters(remove_duplicate=False))
+    # The Linear form (lower(gemm="linear")) holds a conv's weight as nn.Linear weights: take
+    # their gradients, and give them the conv's shape and keys below.
+    held = _linear_keys(module) if like is not None else {}
     wrt = {}
     for name in names:
         if name in leaves:
             wrt[name] = leaves[name]
+        elif name in held and all(k in own and own[k].requires_grad for k in held[name]):
+            wrt.update((k, own[k]) for k in held[name])
         elif name in own and own[name].requires_grad:
             wrt[name] = own[name]
         else:
@@ -150,7 +156,16 @@ def model_gradients(
     result.grads = {
         name: None if g is None else g.detach() for name, g in zip(wrt, grads, strict=True)
     }
+    if held:
+        result.grads = dict(conv_state_dict(module, result.grads))
     return result
+
+
+def _linear_keys(module: nn.Module) -> dict[str, list[str]]:
+    try:
+        return linear_parameter_keys(module)
+    except LookupError:  # not from lowerconv.lower: its parameters are what they are
+        return {}
 
 
 def _floating_leaves(value: Any) -> list[tuple[str, torch.Tensor]]:

@@ -37,6 +37,7 @@ from torch import fx, nn
 
 from ..errors import LoweringError, with_article
 from ..lowering.functional import convolution
+from ..lowering.linear import conv_state_dict, linear_state_dict
 from ..lowering.record import LoweredConv
 from ..lowering.runtime import ConvCall
 from ..lowering.spec import ConvSpec
@@ -250,7 +251,10 @@ def _graph_backward(
     args = [values[run][name] for run, name in p.sub_inputs]
     position = p.sub_inputs.index(("native", data.name))
     args[position] = x = leaf(args[position])
-    lowered = LocalConv(lambda: p.subgraph(*args), {"dX": x, **_trainable(low, parameters)})
+    if p.conv.gemm == "linear":
+        lowered = _linear_copy(p, low, parameters, args, x)
+    else:
+        lowered = LocalConv(lambda: p.subgraph(*args), {"dX": x, **_trainable(low, parameters)})
     return local_gradients(
         p.conv.name,
         copy(traced_native, native_env),
@@ -259,6 +263,25 @@ def _graph_backward(
         seed=seed,
         tolerance=tolerance,
     )
+
+
+def _linear_copy(
+    p: _LayerPlan, low: fx.GraphModule, parameters: dict[str, str], args: list, x: torch.Tensor
+) -> LocalConv:
+    """The Linear form's nodes of one conv, run on conv-shaped leaves of its Linears' weight
+    and bias (``dW``, ``db`` then have the conv's shape), viewed as the Linears' own."""
+    own = {name: t for name, t in low.named_parameters() if t.requires_grad}
+    conv_shaped = conv_state_dict(low, own)
+    leaves = {
+        grad: leaf(conv_shaped[name]) for grad, name in parameters.items() if name in conv_shaped
+    }
+    names = {grad: parameters[grad] for grad in leaves}
+
+    def run() -> Any:
+        tensors = linear_state_dict(low, {names[g]: t for g, t in leaves.items()})
+        return torch.func.functional_call(p.subgraph, tensors, tuple(args), strict=False)
+
+    return LocalConv(run, {"dX": x, **leaves})
 
 
 def _conv_parameters(original: fx.Node) -> dict[str, str]:

@@ -46,7 +46,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import LoweringError, MissingDependencyError, VerificationError, with_article
 from ..lowering.inputs import normalize_example_inputs
-from ..lowering.lower import lower
+from ..lowering.lower import export_linear_form, lower
 from ..lowering.preflight import refuse_torchscript
 from ..lowering.record import LoweringRecord, lowering_record
 from ..lowering.runtime import ConvCall, trace_conv_calls
@@ -118,8 +118,10 @@ def verify(
     against: Sequence[str] = (),
     calibrate_bn: bool = False,
     gradients: bool = False,
+    gemm: str = "matmul",
 ) -> VerificationReport:
-    """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
+    """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy,
+    gemm=gemm)``)
     computes what ``model`` computes; return a
     :class:`~lowerconv.verification.report.VerificationReport`.
 
@@ -144,7 +146,9 @@ def verify(
     ``calibrate_bn=True`` sets the running statistics of every batch-norm module from
     ``example_inputs`` (one batch) in the verifier's copies, original and lowered alike: at
     random init, activations can shrink until they underflow in float16, which makes the verdict
-    ``INCONCLUSIVE``.
+    ``INCONCLUSIVE``.  ``gemm="linear"`` verifies the Linear form (each conv's GEMM an
+    ``nn.Linear``, :mod:`lowerconv.lowering.linear`); its parameters' gradients are compared in
+    the conv's shape and keys (:func:`lowerconv.conv_state_dict`).
 
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
@@ -163,6 +167,8 @@ def verify(
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
     options = dict(lower_options or {})
+    if gemm != "matmul":
+        options["gemm"] = gemm
     for name in skipped:
         say(f"skipping {name}: {skipped[name]}")
 
@@ -548,7 +554,12 @@ def _check_artifacts(
         label = "onnxruntime" if kind == "onnx" else "pt2 (saved, loaded)"
         plan.say(f"[{dev}] exporting the lowered model as {kind} and running it ({label})")
         try:
-            program = export_lowered(native, x, strategy=strategy, max_workspace_bytes=workspace)
+            if record is not None and record.gemm == "linear":
+                program = export_linear_form(native, x, strategy=strategy)
+            else:
+                program = export_lowered(
+                    native, x, strategy=strategy, max_workspace_bytes=workspace
+                )
             got = run_artifact(program, kind, x)
         except MissingDependencyError:
             raise  # the environment, not the lowering: no failing row
@@ -755,6 +766,8 @@ def _lowering_summary(record: LoweringRecord | None) -> dict[str, Any]:
             "skipped": [],
             "trace_error": None,
             "export_error": None,
+            "gemm": None,
+            "linear": None,
         }
     return {
         "lowered": record.num_lowered,
@@ -762,4 +775,6 @@ def _lowering_summary(record: LoweringRecord | None) -> dict[str, Any]:
         "skipped": [s.to_dict() for s in record.skipped],
         "trace_error": record.trace_error,
         "export_error": record.export_error,
+        "gemm": record.gemm,
+        "linear": sum(conv.gemm == "linear" for conv in record.lowered),
     }
