@@ -28,6 +28,7 @@ from ..errors import LoweringError
 from .emit import strategy_graph
 from .inputs import normalize_example_inputs
 from .preflight import materialize_lazy, refuse_torchscript
+from .quantized import lower_quantized_convs
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .rewrite import lower_graph
 from .runtime import (
@@ -191,6 +192,10 @@ def lower(
         return work
 
     lowered, skipped = lower_graph(traced, strategy, options=options, kinds=chosen)
+    # torch.ao quantised convs (fx leaves): their integer GEMMs, whatever the strategy.
+    integer, integer_skipped = lower_quantized_convs(traced, work, kinds=chosen)
+    lowered += integer
+    skipped += integer_skipped
     if is_plain_conv(work) and work.transposed and concrete_args is None:
         # A bare transposed conv: lowered dynamically, as its output padding comes from each
         # call's output_size=; its configuration is the module's, as for one inside a model.

@@ -65,6 +65,7 @@ from .devices import (
 )
 from .gradients import check_gradients, model_gradients
 from .inconclusive import inconclusive_causes
+from .integer import IntegerVerificationReport, has_quantized_convs, verify_integer
 from .layer_checks import (
     ModuleCapture,
     check_fallback_layers,
@@ -112,7 +113,7 @@ def verify(
     against: Sequence[str] = (),
     calibrate_bn: bool = False,
     gradients: bool = False,
-) -> VerificationReport:
+) -> VerificationReport | IntegerVerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy)``)
     computes what ``model`` computes; return a
     :class:`~lowerconv.verification.report.VerificationReport`.
@@ -140,6 +141,11 @@ def verify(
     random init, activations can shrink until they underflow in float16, which makes the verdict
     ``INCONCLUSIVE``.
 
+    A model with ``torch.ao`` quantised convs is verified by
+    :func:`~lowerconv.verification.integer.verify_integer` instead: outputs and each integer conv
+    compared in quantisation steps with the quantised model the engine runs (an
+    :class:`~lowerconv.verification.integer.IntegerVerificationReport`; ``docs/integer.md``).
+
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
     on the inputs; a wrong lowering is not an error but a failing report (``report.ok`` is
@@ -153,6 +159,11 @@ def verify(
     """
     say = progress or (lambda line: None)
     _check_arguments(model, lowered, dtype, repeats, warmup)
+    if has_quantized_convs(model):
+        # A torch.ao quantised model: judged in integer steps against itself, not a float64 oracle.
+        return verify_integer(
+            model, example_inputs, lowered=lowered, per_layer=per_layer, progress=progress
+        )
     inputs = normalize_example_inputs(model, example_inputs)
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
