@@ -57,11 +57,17 @@ def build_int8_model(
     seed: int = 0,
     engine: str | None = None,
     batch_size: int = 4,
+    calibration_inputs: tuple[torch.Tensor, ...] = (),
 ) -> nn.Module:
     """``torchvision.models.quantization.<name>`` quantised for ``engine`` (default: the current
     one), random weights from ``seed``, batch norms and observers calibrated on seeded random
-    ``(batch_size, 3, image_size, image_size)`` batches; in eval mode.  ``name`` is a builder
-    name (``resnet18``) or its ``int8_`` spelling."""
+    ``(batch_size, 3, image_size, image_size)`` batches and on ``calibration_inputs``; in eval
+    mode.  ``name`` is a builder name (``resnet18``) or its ``int8_`` spelling.
+
+    Calibrate on the inputs you will verify on: fbgemm's and x86's kernels sum pairs of uint8 x
+    int8 products in int16 and saturate for activation codes above 127, which the observers'
+    ``reduce_range`` keeps out only for values inside the calibrated range; there the engine,
+    not the exact integer GEMM, is off (``docs/integer.md``)."""
     from torch.ao.quantization import convert, get_default_qconfig, prepare
 
     from .resolve import import_torchvision_models
@@ -107,6 +113,8 @@ def build_int8_model(
             with torch.no_grad():
                 for _ in range(CALIBRATION_BATCHES):
                     model(batch())
+                for x in calibration_inputs:
+                    model(x)
             convert(model, inplace=True)
     finally:
         torch.backends.quantized.engine = previous

@@ -52,6 +52,10 @@ __all__ = [
 
 # Elements at most this many steps off pass (exact is 0): requantisation's rounding.
 MAX_STEPS = 1
+# ...and at least this fraction of them exact: engines' rounding differences touch about 1 in
+# 10^4 to 10^5 elements (docs/integer.md); a whole layer one step off is a bug (a zero point or
+# a scale off), not rounding.
+MIN_EXACT_FRACTION = 0.99
 
 
 def has_quantized_convs(model: nn.Module) -> bool:
@@ -190,6 +194,25 @@ class IntegerVerificationReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def to_junit_xml(self, model: str | None = None) -> str:
+        """One suite: a case per output, per integer conv, per conv op that should be gone."""
+        import xml.etree.ElementTree as ET
+
+        name = model or self.model
+        root = ET.Element("testsuites", name="lowerconv")
+        suite = ET.SubElement(root, "testsuite", name=f"lowerconv verify {name} [integer]")
+        for check in self.outputs + self.layers:
+            case = ET.SubElement(suite, "testcase", classname="lowerconv.verify.integer")
+            case.set("name", check.name)
+            if check.status == "fail":
+                ET.SubElement(case, "failure", message=check.reason or "more than one step off")
+        for op in self.conv_ops:
+            if op.status == "fail":
+                case = ET.SubElement(suite, "testcase", classname="lowerconv.verify.conv_ops")
+                case.set("name", op.op)
+                ET.SubElement(case, "failure", message=op.reason)
+        return ET.tostring(root, encoding="unicode") + "\n"
+
 
 def step_diff(
     name: str, reference: torch.Tensor, value: torch.Tensor, scale: float | None = None
@@ -229,17 +252,28 @@ def step_diff(
     max_steps = float(steps.max()) if steps.numel() else 0.0
     # A float output is scale * (code - zero point): steps are whole up to float rounding.
     max_steps = round(max_steps, 3)
-    ok = max_steps <= MAX_STEPS
+    exact = int(steps.eq(0).sum())
+    fraction = exact / steps.numel() if steps.numel() else 1.0
+    ok = max_steps <= MAX_STEPS and fraction >= MIN_EXACT_FRACTION
+    reason = None
+    if max_steps > MAX_STEPS:
+        reason = f"{max_steps:g} steps off (at most {MAX_STEPS} allowed)"
+    elif not ok:
+        reason = (
+            f"only {100 * fraction:.4g}% of elements exact (at least "
+            f"{100 * MIN_EXACT_FRACTION:g}% expected: rounding differs rarely; a shift of most "
+            "elements is a wrong zero point or scale)"
+        )
     return IntegerCheck(
         name=name,
         shape=shape,
         scale=scale,
         zero_point=zero_point,
         numel=steps.numel(),
-        exact=int(steps.eq(0).sum()),
+        exact=exact,
         max_steps=max_steps,
         status="pass" if ok else "fail",
-        reason=None if ok else f"{max_steps:g} steps off (at most {MAX_STEPS} allowed)",
+        reason=reason,
         degenerate=(
             "every reference element is the zero point (a real 0), so any lowering matches it"
             if flat and steps.numel()
@@ -365,6 +399,25 @@ def _check_layer(low: nn.Module, conv: LoweredConv, captured: dict) -> IntegerCh
 
 
 def _judge(report: IntegerVerificationReport) -> None:
+    off_by_one = [c.name for c in report.layers if c.status == "pass" and c.exact < c.numel]
+    if off_by_one and not any(c.status == "fail" for c in report.layers):
+        # Each conv is within one step of the engine's on the engine's own input; a one-step
+        # difference upstream then moves everything downstream of it, by more than a step.
+        for check in report.outputs:
+            if check.status == "fail" and check.numel:
+                check.status = "propagated"
+                check.reason = (
+                    f"{check.reason}: propagated from one-step rounding differences in "
+                    f"{', '.join(repr(n) for n in off_by_one[:4])}"
+                    + (" ..." if len(off_by_one) > 4 else "")
+                )
+        if any(c.status == "propagated" for c in report.outputs):
+            report.notes.append(
+                f"{len(off_by_one)} integer conv(s) differ from the engine by one step in a few "
+                "elements (every conv passed on its own input); the outputs marked 'propagated' "
+                "differ by more because those differences travel through the layers after them. "
+                "docs/integer.md says where the engine rounds differently"
+            )
     failing_op = next((op for op in report.conv_ops if op.status == "fail"), None)
     failing_layer = next((c for c in report.layers if c.status == "fail"), None)
     failing_output = next((c for c in report.outputs if c.status == "fail"), None)
