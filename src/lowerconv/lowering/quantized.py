@@ -370,11 +370,14 @@ def to_quantized(
 ) -> torch.Tensor:
     """Requantised ``values`` (already rounded, zero point added) clamped to the codes of
     ``like``'s dtype (``quint8``: 0..255), from the zero point up with a fused ReLU, as a
-    quantised tensor of the output's ``scale`` and ``zero_point``."""
+    quantised tensor of the output's ``scale`` and ``zero_point``, channels innermost."""
     dtype = torch.uint8 if like.dtype == torch.quint8 else torch.int8
     info = torch.iinfo(dtype)
     low = max(info.min, int(zero_point)) if relu else info.min
     codes = values.clamp(low, info.max).to(dtype)
+    # Channels innermost, as every engine's conv returns it: quantised ops downstream (mean,
+    # add) take other kernels, which round differently, on other layouts.
+    codes = codes.movedim(1, -1).contiguous().movedim(-1, 1)
     return torch._make_per_tensor_quantized_tensor(codes, float(scale), int(zero_point))
 
 

@@ -325,7 +325,15 @@ def verify_integer(
     say("end to end: the quantised model, then the lowered one (conv ops audited)")
     try:
         with torch.no_grad():
-            out_native = native(*inputs)
+            try:
+                out_native = native(*inputs)
+            except Exception as exc:
+                raise LoweringError(
+                    f"the quantised {report.model} itself failed on inputs "
+                    f"{', '.join(report.inputs)}, before any lowering ran: "
+                    f"{type(exc).__name__}: {exc}. Fix: inputs the model accepts (a larger "
+                    "image: torch's quantised mean refuses a 1x1 map, e.g. shufflenet at 32x32)"
+                ) from exc
             with audit:
                 out_lowered = low(*inputs)
     finally:
