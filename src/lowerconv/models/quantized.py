@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import LoweringError
+from ..errors import LoweringError, MissingDependencyError
 
 __all__ = ["INT8_MODELS", "INT8_PREFIX", "build_int8_model", "int8_model_names"]
 
@@ -70,8 +70,6 @@ def build_int8_model(
     not the exact integer GEMM, is off (``docs/integer.md``)."""
     from torch.ao.quantization import convert, get_default_qconfig, prepare
 
-    from .resolve import import_torchvision_models
-
     builder = INT8_MODELS.get(name, name)
     if builder not in INT8_MODELS.values():
         raise LoweringError(
@@ -83,7 +81,14 @@ def build_int8_model(
             f"quantised engine {engine!r} is not supported by this torch build; "
             f"it has {', '.join(torch.backends.quantized.supported_engines)}"
         )
-    tvq = import_torchvision_models().quantization
+    try:
+        import torchvision.models.quantization as tvq
+    except Exception as exc:
+        raise MissingDependencyError(
+            f"{name} is built from torchvision.models.quantization, which failed to import "
+            f"({type(exc).__name__}: {exc}). Fix: pip install torchvision (the build made for "
+            f"torch {torch.__version__})"
+        ) from exc
     previous = torch.backends.quantized.engine
     generator = torch.Generator().manual_seed(seed)
 
