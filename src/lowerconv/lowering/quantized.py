@@ -51,6 +51,7 @@ from torch import fx, nn
 from .emit import Provenance, stamp
 from .record import LoweredConv
 from .sites import SkippedConv
+from .spec import ConvSpec
 
 __all__ = [
     "ACCUMULATOR_LIMIT",
@@ -201,6 +202,20 @@ class IntegerConvSpec:
             f"g{self.groups}, int8 GEMM K={self.patch_size}"
         )
         return text + (", ReLU" if self.relu else "")
+
+    def conv_spec(self) -> ConvSpec:
+        """The same configuration as a float :class:`~.spec.ConvSpec` (shapes, GEMM, table)."""
+        return ConvSpec(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            dilation=self.dilation,
+            pad=self.pad,
+            padding_mode="zeros",
+            groups=self.groups,
+            bias=self.bias,
+        )
 
     def check_accumulator(self, name: str) -> None:
         if self.patch_size >= ACCUMULATOR_LIMIT:
@@ -598,7 +613,7 @@ def _emit(
         name=name,
         node=node.name,
         target=target,
-        spec=None,
+        spec=spec.conv_spec(),
         strategy=strategy,
         input_node=input_name,
         output_node=output.name,
