@@ -293,3 +293,37 @@ def test_cli_verifies_an_int8_model():
         )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PASS: QuantizableShuffleNetV2, 56 integer conv(s)" in result.stdout
+
+
+# (module class, input spatial shape): the 1-D and 3-D kinds, each with a fused ReLU too.
+KIND_CASES = [
+    (nnq.Conv1d, (11,)),
+    (nniq.ConvReLU1d, (11,)),
+    (nnq.Conv3d, (5, 6, 7)),
+    (nniq.ConvReLU3d, (5, 6, 7)),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "spatial"), KIND_CASES, ids=[c[0].__name__ + str(len(c[1])) + "d" for c in KIND_CASES]
+)
+def test_1d_and_3d_quantised_convs_lower_too(cls, spatial):
+    torch.manual_seed(0)
+    ndim = len(spatial)
+    conv = cls(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
+    weight = torch.randn(6, 2, *(3,) * ndim)
+    conv.set_weight_bias(
+        torch.quantize_per_tensor(weight, float(weight.abs().max()) / 127, 0, torch.qint8),
+        torch.randn(6),
+    )
+    conv.scale, conv.zero_point = 0.05, 60
+    x = torch.quantize_per_tensor(torch.rand(2, 4, *spatial) * 3, 0.03, 10, torch.quint8)
+    lowered = lowerconv.lower(nn.Sequential(conv))
+    (record,) = lowerconv.lowering_record(lowered).lowered
+    assert record.kind == f"conv{ndim}d"
+    with OpNames() as ops:
+        got = lowered(x)
+    assert ops.convs == []
+    check = step_diff("conv", conv(x), got)
+    assert check.status == "pass", check
+    assert not check.degenerate

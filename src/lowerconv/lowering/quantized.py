@@ -581,7 +581,11 @@ def _emit(
             if role == "bias" and not spec.bias:
                 continue
             attr = graph.create_node("get_attr", f"{node.target}.{role}", name=f"{base}_{role}")
-            stamp(attr, node, Provenance(name, node.name, target, strategy, role, spec_dict))
+            stamp(
+                attr,
+                node,
+                Provenance(name, node.name, target, strategy, role, spec_dict, kind=spec.kind),
+            )
             env[role] = attr
             new_nodes.append(attr)
         env["input"] = node.args[0]
@@ -596,7 +600,11 @@ def _emit(
             copy.meta.pop("is_wrapped", None)
             role = _role(t)
             copy._rename(f"{base}_{role}")
-            stamp(copy, node, Provenance(name, node.name, target, strategy, role, spec_dict))
+            stamp(
+                copy,
+                node,
+                Provenance(name, node.name, target, strategy, role, spec_dict, kind=spec.kind),
+            )
             env[t] = copy
             new_nodes.append(copy)
     assert output is not None, "a traced function always ends in an output node"
