@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from torch import fx
 
 from .emit import Provenance, emit_dynamic_conv, emit_lowered_conv, stamp
+from .pt2e import lower_pt2e_convs
 from .record import LoweredConv
 from .sites import ConvSite, SkippedConv, find_conv_sites
 from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy, resolve_auto
@@ -35,9 +36,12 @@ def lower_graph(
     ``name_prefix`` is the qualified name of ``gm`` inside a larger model, so that the names
     in the record are the larger model's.
     """
+    # PT2E convs (between dequantize and quantize nodes) first, as integer GEMMs.
+    chosen = None if kinds is None else frozenset(kinds)
+    integer, integer_skipped = lower_pt2e_convs(gm, name_prefix=name_prefix, kinds=chosen)
     sites, skipped = find_conv_sites(gm, kinds)
     graph = gm.graph
-    lowered: list[LoweredConv] = []
+    lowered: list[LoweredConv] = list(integer)
     seen: dict[str, int] = {}
     for site in sites:
         name = _qualify(site, name_prefix)
@@ -47,6 +51,7 @@ def lower_graph(
         lowered.append(_lower_site(graph, site, name, strategy, options))
     for skip in skipped:
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
+    skipped = integer_skipped + skipped
     graph.lint()
     gm.recompile()
     return lowered, skipped
