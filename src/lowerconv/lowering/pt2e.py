@@ -32,7 +32,13 @@ from .quantized import IntegerConvSpec, int8_gemm, integer_im2col
 from .record import LoweredConv
 from .sites import SkippedConv
 
-__all__ = ["PT2E_CONVS", "Pt2eConvSpec", "dequantized_integer_conv", "lower_pt2e_convs"]
+__all__ = [
+    "PT2E_CONVS",
+    "Pt2eConvSpec",
+    "dequantized_integer_conv",
+    "lower_pt2e_convs",
+    "pt2e_conv_nodes",
+]
 
 # The ATen convs a PT2E graph holds, by name: kind, and where stride... start in args.
 PT2E_CONVS = {
@@ -117,6 +123,15 @@ def lower_pt2e_convs(
         gm.graph.lint()
         gm.recompile()
     return lowered, skipped
+
+
+def pt2e_conv_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """The ``aten.conv*`` nodes of ``graph`` whose input is a PT2E dequantize."""
+    return [
+        n
+        for n in graph.nodes
+        if n.op == "call_function" and str(n.target) in PT2E_CONVS and _is_dequantize(n.args[0])
+    ]
 
 
 def _is_dequantize(node) -> bool:

@@ -32,11 +32,12 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from tabulate import tabulate
-from torch import nn
+from torch import fx, nn
 
 from ..errors import LoweringError, VerificationError
 from ..lowering.inputs import normalize_example_inputs
 from ..lowering.lower import lower
+from ..lowering.pt2e import pt2e_conv_nodes
 from ..lowering.quantized import is_quantized_conv, requant_recipe
 from ..lowering.record import LoweredConv, lowering_record
 from ..lowering.subgraph import conv_subgraph
@@ -59,9 +60,11 @@ MIN_EXACT_FRACTION = 0.99
 
 
 def has_quantized_convs(model: nn.Module) -> bool:
-    """Whether ``model`` holds a ``torch.ao`` quantised conv module: what makes
-    :func:`lowerconv.verify` judge it in integer steps."""
-    return any(is_quantized_conv(m) for m in model.modules())
+    """Whether ``model`` holds a ``torch.ao`` quantised conv module, or is a PT2E graph with a
+    conv between dequantize nodes: what makes :func:`lowerconv.verify` judge it in steps."""
+    if any(is_quantized_conv(m) for m in model.modules()):
+        return True
+    return isinstance(model, fx.GraphModule) and bool(pt2e_conv_nodes(model.graph))
 
 
 @dataclass
@@ -244,14 +247,15 @@ def step_diff(
             got = "quantised" if value.is_quantized else f"shape {tuple(value.shape)}"
             return _mismatch(name, shape, scale, None, f"lowered value is {got}")
         diff = (value.to(torch.float64) - reference.to(torch.float64)).abs()
-        steps = diff / scale if scale else diff.ne(0).to(torch.float64) * float("inf")
+        # In whole steps: a dequantised value is scale * (code - zero point), so differences
+        # are whole steps up to float rounding, and a PT2E conv's float output is its integer
+        # accumulator times its unit, so values within half a unit are the same integer.
+        steps = (diff / scale).round() if scale else diff.ne(0).to(torch.float64) * float("inf")
         steps = torch.where(diff == 0, torch.zeros_like(steps), steps)
         flat = bool(reference.eq(0).all())
     if tuple(value.shape) != shape:
         return _mismatch(name, shape, scale, zero_point, f"lowered shape {tuple(value.shape)}")
     max_steps = float(steps.max()) if steps.numel() else 0.0
-    # A float output is scale * (code - zero point): steps are whole up to float rounding.
-    max_steps = round(max_steps, 3)
     exact = int(steps.eq(0).sum())
     fraction = exact / steps.numel() if steps.numel() else 1.0
     ok = max_steps <= MAX_STEPS and fraction >= MIN_EXACT_FRACTION
@@ -318,6 +322,8 @@ def verify_integer(
         inputs=["x".join(map(str, t.shape)) + f" {t.dtype}" for t in inputs],
     )
     convs = [c for c in record.lowered if c.strategy == "integer"]
+    if isinstance(native, fx.GraphModule) and not convs:
+        report.recipe = "the graph's own quantize nodes (PT2E)"
     captured: dict[str, tuple] = {}
     dequantized: list[float] = []
     handles = _capture(native, convs if per_layer else [], captured, dequantized)
@@ -340,7 +346,7 @@ def verify_integer(
         for handle in handles:
             handle.remove()
     report.conv_ops = audit.runs()
-    scale = dequantized[-1] if dequantized else None
+    scale = dequantized[-1] if dequantized else _pt2e_output_step(low)
     if scale is None:
         report.notes.append(
             "no DeQuantize ran, so float outputs are judged by exact equality (no step size)"
@@ -359,6 +365,11 @@ def verify_integer(
         say(f"per layer: {len(convs)} integer conv(s), each on the quantised model's input")
         with torch.no_grad():
             report.layers = [_check_layer(low, conv, captured) for conv in convs]
+    pt2e = [c for c in record.lowered if c.strategy == "integer (pt2e)"]
+    if per_layer and pt2e and isinstance(native, fx.GraphModule):
+        say(f"per layer: {len(pt2e)} PT2E conv(s), each on the graph's own codes")
+        with torch.no_grad():
+            report.layers += _check_pt2e_layers(native, low, pt2e, inputs)
     _judge(report)
     say(report.summary())
     return report
@@ -404,6 +415,120 @@ def _check_layer(low: nn.Module, conv: LoweredConv, captured: dict) -> IntegerCh
         return _mismatch(conv.name, shape, None, None, f"{type(exc).__name__}: {exc}")
     del names
     return step_diff(conv.name, reference, got)
+
+
+def _pt2e_output_step(low: nn.Module) -> float | None:
+    """A PT2E graph's output step: the scale of the dequantize that makes its (first) output,
+    or, for a conv's float output, the smallest accumulator step ``sx * sw[c]`` of that conv."""
+    if not isinstance(low, fx.GraphModule):
+        return None
+    output = next(n for n in reversed(low.graph.nodes) if n.op == "output")
+    leaves = [a for a in pytree.tree_leaves(output.args) if isinstance(a, fx.Node)]
+    if not leaves:
+        return None
+    node = leaves[0]
+    if "dequantize_per_tensor" in str(node.target) and not isinstance(node.args[1], fx.Node):
+        return float(node.args[1])
+    spec = node.args[-1] if node.op == "call_function" and node.args else None
+    if hasattr(spec, "input_scale"):
+        return float(_attr(low, node.args[2]).min()) * spec.input_scale
+    return None
+
+
+def _attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_pt2e_layers(
+    native: fx.GraphModule, low: fx.GraphModule, convs: list[LoweredConv], inputs: tuple
+) -> list[IntegerCheck]:
+    """Each PT2E conv's integer GEMM on the codes the original graph gave it, against the
+    original's float conv, in steps of the quantize after it (else of its accumulator)."""
+    wanted: set[str] = set()
+    subgraphs = {}
+    for conv in convs:
+        sub, names = conv_subgraph(low, conv)
+        subgraphs[conv.name] = (sub, names)
+        wanted.update(names)
+        wanted.add(conv.node)
+    values = _Recorder(native, wanted).run(*inputs)
+    checks = []
+    for conv in convs:
+        sub, names = subgraphs[conv.name]
+        reference = values.get(conv.node)
+        if reference is None or any(n not in values for n in names):
+            checks.append(IntegerCheck(conv.name, (), None, None, 0, 0, 0.0, "not run"))
+            continue
+        got = sub(*(values[n] for n in names))
+        checks.append(_pt2e_steps(conv, native, low, reference, got))
+    return checks
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a graph, keeping the values of the nodes named in ``wanted``."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted = wanted
+        self.kept: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.name in self.wanted:
+            self.kept[n.name] = value
+        return value
+
+    def run(self, *args: Any) -> dict[str, Any]:  # type: ignore[override]
+        super().run(*args)
+        return self.kept
+
+
+def _pt2e_steps(
+    conv: LoweredConv, native: fx.GraphModule, low: fx.GraphModule, reference, got
+) -> IntegerCheck:
+    node = next(n for n in native.graph.nodes if n.name == conv.node)
+    quantize = _next_quantize(node)
+    if quantize is not None:
+        scale, zero, low_code, high_code = (float(quantize.args[1]), *map(int, quantize.args[2:5]))
+
+        def codes(v: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(torch.round(v / scale) + zero, low_code, high_code)
+
+        check = step_diff(conv.name, codes(reference), codes(got), 1.0)
+        check.scale, check.zero_point = scale, zero
+        # A real 0 is the zero point: a reference all at it proves nothing.
+        flat = bool(codes(reference).eq(zero).all())
+    else:
+        lowered_node = next(n for n in low.graph.nodes if n.name == conv.output_node)
+        spec = lowered_node.args[-1]
+        unit = _attr(low, lowered_node.args[2]).to(torch.float64) * spec.input_scale
+        shape = [1, -1] + [1] * (reference.dim() - 2)
+        # The accumulator's unit: values within half a unit come from the same integer.
+        steps = (got.double() - reference.double()).abs() / unit.view(shape)
+        check = step_diff(conv.name, steps.round(), torch.zeros_like(steps), 1.0)
+        check.scale = float(unit.min())
+        flat = bool(reference.eq(0).all())
+    check.degenerate = (
+        "every reference element is the zero point (a real 0), so any lowering matches it"
+        if flat
+        else None
+    )
+    return check
+
+
+def _next_quantize(node: fx.Node) -> fx.Node | None:
+    """The quantize_per_tensor that requantises a conv's output, through one relu at most."""
+    for _ in range(2):
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target):
+            return node if not isinstance(node.args[1], fx.Node) else None
+    return None
 
 
 def _judge(report: IntegerVerificationReport) -> None:
