@@ -327,3 +327,83 @@ def test_1d_and_3d_quantised_convs_lower_too(cls, spatial):
     check = step_diff("conv", conv(x), got)
     assert check.status == "pass", check
     assert not check.degenerate
+
+
+# -- PT2E: convs between dequantize and quantize nodes ------------------------------------------
+
+
+def _pt2e(model: nn.Module, x: torch.Tensor, quantizer=None):
+    pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
+    if quantizer is None:
+        x86 = pytest.importorskip("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = pt2e.prepare_pt2e(torch.export.export(model.eval(), (x,)).module(), quantizer)
+    with torch.no_grad():
+        prepared(x)
+    return pt2e.convert_pt2e(prepared)
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, groups=4, dilation=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+    )
+
+
+def test_pt2e_convs_become_integer_gemms_and_verify_in_steps():
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    converted = _pt2e(_small_cnn(), x)
+    lowered = lowerconv.lower(converted)
+    record = lowerconv.lowering_record(lowered)
+    assert [c.strategy for c in record.lowered] == ["integer (pt2e)"] * 3
+    assert "dequantized_integer_conv(" in lowered.code
+    with OpNames() as ops, torch.no_grad():
+        got = lowered(x)
+    assert ops.convs == []
+    assert torch.allclose(got, converted(x), atol=1e-5)
+    report = lowerconv.verify(converted, x)
+    assert report.verdict == "PASS", str(report)
+    assert len(report.layers) == 3 and all(c.max_steps <= 1 for c in report.layers)
+
+
+def test_a_wrong_pt2e_weight_sum_fails_naming_the_conv():
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    converted = _pt2e(_small_cnn(), x)
+    lowered = lowerconv.lower(converted)
+    lowered.get_buffer("2_weight_sum").add_(5)
+    report = lowerconv.verify(converted, x, lowered=lowered)
+    assert report.verdict == "FAIL"
+    assert report.first_failure.startswith("layer '2'"), report.first_failure
+
+
+@pytest.mark.slow
+def test_pt2e_resnet18_through_an_exported_program():
+    import torchvision
+
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    # X86InductorQuantizer refuses resnet18's residual adds in torchao 0.18 ("Input partition
+    # has more than one output node"); the XNNPACK quantizer, per-channel symmetric, takes it.
+    xnnpack = pytest.importorskip("torchao.testing.pt2e._xnnpack_quantizer")
+    quantizer = xnnpack.XNNPACKQuantizer().set_global(
+        xnnpack.get_symmetric_quantization_config(is_per_channel=True)
+    )
+    torch.manual_seed(0)
+    converted = _pt2e(torchvision.models.resnet18(), x, quantizer)
+    report = lowerconv.verify(converted, x)
+    assert report.verdict == "PASS", str(report)
+    program = torch.export.export(converted, (x,))
+    lowered = lowerconv.lower(program)
+    record = lowerconv.lowering_record(lowered)
+    assert len(record.lowered) == 20
+    assert {c.strategy for c in record.lowered} == {"integer (pt2e)"}
+    with OpNames() as ops, torch.no_grad():
+        got = lowered.module()(x)
+    assert ops.convs == []
+    reference = converted(x)
+    # Only float rounding before the graph's quantize nodes differs: at most a step of theirs.
+    assert (got - reference).abs().max() <= 0.05 * reference.abs().max()
