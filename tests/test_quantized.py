@@ -407,3 +407,23 @@ def test_pt2e_resnet18_through_an_exported_program():
     reference = converted(x)
     # Only float rounding before the graph's quantize nodes differs: at most a step of theirs.
     assert (got - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+class _Untraceable(nn.Module):
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        if x.q_scale() > 0:  # control flow on a value: torch.fx cannot trace it
+            return self.conv(x)
+        return x
+
+
+def test_an_untraceable_quantised_model_says_its_convs_were_left_alone():
+    conv = nnq.Conv2d(2, 2, 1)
+    lowered = lowerconv.lower(_Untraceable(conv))
+    record = lowerconv.lowering_record(lowered)
+    assert record.path == "fallback"
+    (skip,) = record.skipped
+    assert skip.name == "conv" and "could not trace" in skip.reason

@@ -28,7 +28,7 @@ from ..errors import LoweringError
 from .emit import strategy_graph
 from .inputs import normalize_example_inputs
 from .preflight import materialize_lazy, refuse_torchscript
-from .quantized import lower_quantized_convs
+from .quantized import lower_quantized_convs, untraced_quantized_convs
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .rewrite import lower_graph
 from .runtime import (
@@ -184,6 +184,7 @@ def lower(
             record.lowered.extend(holder.lowered)
             record.skipped.extend(holder.skipped)
         record.skipped.extend(skipped_conv_modules(work, kinds=chosen))
+        record.skipped.extend(untraced_quantized_convs(work))
         _swap_conv_modules(work, holders)
         RuntimeLowering(strategy, options.max_workspace_bytes, chosen, target).attach(work)
         record.runtime.append("")

@@ -69,6 +69,7 @@ __all__ = [
     "quantized_conv_kind",
     "requant_recipe",
     "to_quantized",
+    "untraced_quantized_convs",
 ]
 
 # K * 128 * 128 must stay below 2^31 for the int32 accumulator to be exact (module docstring).
@@ -538,6 +539,22 @@ def lower_quantized_convs(
     graph.lint()
     gm.recompile()
     return lowered, skipped
+
+
+def untraced_quantized_convs(model: nn.Module) -> list[SkippedConv]:
+    """The quantised convs of a model that could not be traced (the fallback path): left
+    alone, each with why, as their integer form replaces a graph node."""
+    return [
+        SkippedConv(
+            name,
+            "",
+            quantized_conv_kind(module) or "conv2d",
+            "not lowered: a quantised conv becomes an integer GEMM in a traced graph only, and "
+            "torch.fx could not trace this model (the record's trace_error says why)",
+        )
+        for name, module in model.named_modules()
+        if name and is_quantized_conv(module)
+    ]
 
 
 def _why_not(module: nn.Module, kind: str, kinds: frozenset[str] | None) -> str | None:
