@@ -427,3 +427,41 @@ def test_an_untraceable_quantised_model_says_its_convs_were_left_alone():
     assert record.path == "fallback"
     (skip,) = record.skipped
     assert skip.name == "conv" and "could not trace" in skip.reason
+
+
+# (M, K, N, groups): a 3x3 conv's GEMM, a thin stem, grouped, depthwise.
+GEMM_CASES = [(64, 576, 300, 1), (8, 27, 100, 1), (32, 72, 64, 4), (96, 9, 49, 96)]
+
+
+def _gemm_operands(m, k, n, groups):
+    gen = torch.Generator().manual_seed(m + k + n)
+    weight = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    cols = torch.randint(-128, 128, (2, k * groups, n), dtype=torch.int8, generator=gen)
+    exact = torch.einsum(
+        "gck,ngkl->ngcl",
+        weight.view(groups, -1, k).double(),
+        cols.view(2, groups, k, n).double(),
+    ).reshape(2, m, n)
+    return weight, cols, exact
+
+
+@pytest.mark.parametrize(("m", "k", "n", "groups"), GEMM_CASES, ids=str)
+def test_int8_gemm_is_exact_by_int_mm_and_by_its_float64_fallback(m, k, n, groups, monkeypatch):
+    from lowerconv.lowering import quantized
+
+    weight, cols, exact = _gemm_operands(m, k, n, groups)
+    by_int_mm = quantized.int8_gemm(weight, cols, groups)
+    assert by_int_mm.dtype == torch.int32 and torch.equal(by_int_mm.double(), exact)
+    monkeypatch.setattr(quantized, "_int_mm_applies", lambda a, b: False)
+    by_float64 = quantized.int8_gemm(weight, cols, groups)
+    assert by_float64.dtype == torch.int32 and torch.equal(by_float64, by_int_mm)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("m", "k", "n", "groups"), GEMM_CASES, ids=str)
+def test_int8_gemm_on_cuda_equals_the_cpu(m, k, n, groups):
+    from lowerconv.lowering.quantized import int8_gemm
+
+    weight, cols, exact = _gemm_operands(m, k, n, groups)
+    on_cuda = int8_gemm(weight.cuda(), cols.cuda(), groups).cpu()
+    assert on_cuda.dtype == torch.int32 and torch.equal(on_cuda.double(), exact)
