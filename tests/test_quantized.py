@@ -465,3 +465,27 @@ def test_int8_gemm_on_cuda_equals_the_cpu(m, k, n, groups):
     weight, cols, exact = _gemm_operands(m, k, n, groups)
     on_cuda = int8_gemm(weight.cuda(), cols.cuda(), groups).cpu()
     assert on_cuda.dtype == torch.int32 and torch.equal(on_cuda.double(), exact)
+
+
+# Quantised conv ops, as the audit sees them (no namespace, no overload), and their kinds.
+QUANTIZED_OPS = [
+    ("conv1d", "conv1d"),
+    ("conv1d_relu", "conv1d"),
+    ("conv2d", "conv2d"),
+    ("conv2d_relu", "conv2d"),
+    ("conv3d", "conv3d"),
+    ("conv3d_relu", "conv3d"),
+    ("conv_transpose1d", "conv_transpose1d"),
+    ("conv_transpose2d", "conv_transpose2d"),
+    ("conv_transpose3d", "conv_transpose3d"),
+]
+
+
+@pytest.mark.parametrize(("op", "kind"), QUANTIZED_OPS, ids=[op for op, _ in QUANTIZED_OPS])
+def test_the_audit_knows_quantised_conv_ops_as_convolutions(op, kind):
+    from lowerconv.verification.audit import conv_op_kind
+    from op_names import CONV_OP
+
+    packed = object()  # a packed weight is a ScriptObject, no tensor
+    assert conv_op_kind(op, (torch.zeros(1), packed)) == kind
+    assert CONV_OP.search(f"quantized.{op}.new")
