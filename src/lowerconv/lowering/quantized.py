@@ -346,7 +346,7 @@ def integer_im2col(
 
 
 def int8_gemm(weight: torch.Tensor, cols: torch.Tensor, groups: int) -> torch.Tensor:
-    """``weight (C_out, K*groups... ) @ cols`` per group, int8 x int8 accumulated exactly.
+    """``weight @ cols`` per group, int8 x int8 accumulated exactly in int32.
 
     ``weight`` is ``(C_out, K)`` int8, ``cols`` ``(N, groups*K, L)`` int8; returns
     ``(N, C_out, L)`` int32.  ``torch._int_mm`` (int32 accumulation) on a CPU, and on CUDA where
