@@ -489,3 +489,43 @@ def test_the_audit_knows_quantised_conv_ops_as_convolutions(op, kind):
     packed = object()  # a packed weight is a ScriptObject, no tensor
     assert conv_op_kind(op, (torch.zeros(1), packed)) == kind
     assert CONV_OP.search(f"quantized.{op}.new")
+
+
+@pytest.fixture(params=torch.backends.quantized.supported_engines)
+def engine(request):
+    """Each quantised engine this torch has, set for the test and restored after."""
+    if request.param == "none":
+        pytest.skip("no engine")
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = request.param
+    yield request.param
+    torch.backends.quantized.engine = previous
+
+
+# (groups, stride, padding, dilation, ReLU): plain, strided, grouped, dilated, depthwise.
+ENGINE_CASES = [(1, 1, 1, 1, False), (1, 2, 1, 1, True), (2, 1, 2, 2, False), (8, 2, 1, 1, True)]
+
+
+@pytest.mark.parametrize("case", ENGINE_CASES, ids=str)
+def test_each_engine_matches_its_own_recipe(engine, case):
+    groups, stride, padding, dilation, relu = case
+    gen = torch.Generator().manual_seed(7)
+    cls = nniq.ConvReLU2d if relu else nnq.Conv2d
+    conv = cls(8, 8, 3, stride, padding, dilation, groups)
+    weight = torch.randn(8, 8 // groups, 3, 3, generator=gen)
+    if engine == "qnnpack":  # per-tensor weights, as its default qconfig makes them
+        qweight = torch.quantize_per_tensor(weight, float(weight.abs().max()) / 127, 0, torch.qint8)
+    else:  # per-channel, as fbgemm's, x86's and onednn's do
+        scales = weight.abs().flatten(1).amax(1) / 127
+        qweight = torch.quantize_per_channel(
+            weight, scales, torch.zeros(8, dtype=torch.long), 0, torch.qint8
+        )
+    conv.set_weight_bias(qweight, torch.randn(8, generator=gen))
+    conv.scale, conv.zero_point = 0.08, 50
+    real = torch.rand(2, 8, 12, 12, generator=gen) * 127 - 20
+    x = torch.quantize_per_tensor(real * 0.02, 0.02, 20, torch.quint8)
+    lowered = lowerconv.lower(nn.Sequential(conv))
+    assert f"{engine} engine" in lowerconv.lowering_record(lowered).lowered[0].note
+    check = step_diff("conv", conv(x), lowered(x))
+    assert check.status == "pass", check
+    assert not check.degenerate
