@@ -152,12 +152,16 @@ class IntegerVerificationReport:
         checks = self.outputs + self.layers
         exact = sum(c.exact for c in checks)
         total = sum(c.numel for c in checks)
-        worst = max((c.max_steps for c in checks), default=0.0)
+        worst_conv = max((c.max_steps for c in self.layers), default=0.0)
+        worst_output = max((c.max_steps for c in self.outputs), default=0.0)
         text = (
             f"{self.verdict}: {self.model}, {len(self.layers)} integer conv(s) on the "
             f"{self.engine} engine (requant {self.recipe!r}): {exact}/{total} values exact "
-            f"({100 * exact / total if total else 100:.4g}%), at most {worst:g} step(s) off"
+            f"({100 * exact / total if total else 100:.4g}%), at most {worst_conv:g} step(s) "
+            f"off per conv, {worst_output:g} at the output"
         )
+        if any(c.status == "propagated" for c in self.outputs):
+            text += " (propagated from one-step differences upstream)"
         if self.first_failure:
             text += f"; first failure {self.first_failure}"
         elif self.inconclusive:
