@@ -326,7 +326,7 @@ def _add_models_parser(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
         "models",
         parents=[_debug_option()],
-        help="list the model names MODEL accepts: torchvision's and the real-world ones",
+        help="list the model names MODEL accepts: torchvision's, the int8_* ones and the real-world ones",
         description=(
             "List torchvision's model names by category, then the real-world models (built from\n"
             "small configs by lowerconv.realworld) by library, for the libraries installed."
