@@ -527,3 +527,10 @@ def test_each_engine_matches_its_own_recipe(engine, case):
     check = step_diff("conv", conv(x), lowered(x))
     assert check.status == "pass", check
     assert not check.degenerate
+
+
+def test_float_only_options_are_named_as_not_applying(resnet):
+    model, x = resnet
+    report = lowerconv.verify(model, x, dtype=torch.float64, gradients=True)
+    assert report.verdict == "PASS", str(report)
+    assert any("dtype=torch.float64, gradients=True do not apply" in n for n in report.notes)

@@ -160,10 +160,33 @@ def verify(
     say = progress or (lambda line: None)
     _check_arguments(model, lowered, dtype, repeats, warmup)
     if has_quantized_convs(model):
-        # A torch.ao quantised model: judged in integer steps against itself, not a float64 oracle.
-        return verify_integer(
+        # A quantised model: judged in integer steps against itself, not a float64 oracle.
+        if lowered is None:
+            say(f"lowering {type(model).__name__} (quantised convs as integer GEMMs)")
+            lowered = lower(model, strategy=strategy, **dict(lower_options or {}))
+        report = verify_integer(
             model, example_inputs, lowered=lowered, per_layer=per_layer, progress=progress
         )
+        unused = [
+            f"{name}={value!r}"
+            for name, value, default in (
+                ("device", device, "cpu"),
+                ("dtype", dtype, torch.float32),
+                ("gradients", gradients, False),
+                ("against", tuple(against), ()),
+                ("calibrate_bn", calibrate_bn, False),
+                ("rtol", rtol, None),
+                ("atol", atol, None),
+                ("factor", factor, None),
+            )
+            if value != default
+        ]
+        if unused:
+            report.notes.append(
+                f"{', '.join(unused)} do not apply to a quantised model: it runs on the CPU, "
+                "in its own integer types, and is judged in quantisation steps"
+            )
+        return report
     inputs = normalize_example_inputs(model, example_inputs)
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
