@@ -29,6 +29,7 @@ from .lowering.lower import export_linear_form, lower
 from .lowering.record import lowering_record
 from .lowering.spec import KINDS
 from .lowering.strategies import STRATEGY_NAMES
+from .models.quantized import int8_model_names
 from .models.resolve import CATEGORIES, ResolvedModel, resolve_model, torchvision_models
 
 __all__ = ["cli_hints", "main"]
@@ -327,7 +328,7 @@ def _add_models_parser(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser(
         "models",
         parents=[_debug_option()],
-        help="list the model names MODEL accepts: torchvision's and the real-world ones",
+        help="list the model names MODEL accepts: torchvision's, the int8_* ones and the real-world ones",
         description=(
             "List torchvision's model names by category, then the real-world models (built from\n"
             "small configs by lowerconv.realworld) by library, for the libraries installed."
@@ -575,9 +576,15 @@ def run_verify(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(report.to_markdown().rstrip("\n") + "\n")
         progress(f"wrote {args.markdown}")
     if args.junit_xml is not None:
+        from .verification.integer import IntegerVerificationReport
         from .verification.junit import verification_junit
 
-        Path(args.junit_xml).write_text(verification_junit(report, model=resolved.spec))
+        xml = (
+            report.to_junit_xml(model=resolved.spec)
+            if isinstance(report, IntegerVerificationReport)
+            else verification_junit(report, model=resolved.spec)
+        )
+        Path(args.junit_xml).write_text(xml)
         progress(f"wrote {args.junit_xml}")
     if not report.ok:
         print(cli_hints(report.failure_message() or ""), file=sys.stderr)
@@ -655,7 +662,8 @@ def run_models(args: argparse.Namespace) -> int:
         by_category.setdefault(category, []).append(name)
     for name, entry in realworld_models().items():  # only the installed libraries'
         by_category.setdefault(entry.library, []).append(name)
-    order = [*CATEGORIES, *LIBRARIES]
+    by_category["int8"] = int8_model_names()
+    order = [*CATEGORIES, "int8", *LIBRARIES]
     if args.category is not None and args.category not in by_category:
         missing = (
             f"; {args.category} is a real-world library that is not installed: "

@@ -21,6 +21,10 @@ In the order data flows through it:
 - :mod:`.engine`         the GEMM itself (:func:`gemm`): oneDNN or BLAS, and who is calling
 - :mod:`.tiling`         chunk plans, input windows and stride phases: how the work is cut up
 - :mod:`.nd`             1-D, 3-D and transposed convolutions through the same strategies
+- :mod:`.quantized`      ``torch.ao`` quantised convs as integer GEMMs: int8 im2col padded with the
+  input's zero point, ``torch._int_mm`` in int32, requantisation (:func:`lower_quantized_convs`)
+- :mod:`.pt2e`           PT2E graphs' convs between dequantize and quantize nodes, as the same
+  integer GEMM (:func:`lower_pt2e_convs`, run first by :func:`lower_graph`)
 - :mod:`.emit`           step 4: a strategy's nodes spliced into the graph, with provenance
 - :mod:`.rewrite`        steps 2-4 over one graph, every conv lowered in place (:func:`lower_graph`)
 - :mod:`.lower`          :func:`lower`, the whole pass: the graph path, the export tier, the

@@ -25,6 +25,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import LoweringError
+from .pt2e import dequantized_integer_conv
+from .quantized import integer_leaves
 from .record import LoweredConv, LoweringRecord, SkippedConv, lowering_record
 from .runtime import ConvCall, trace_conv_calls
 from .spec import ConvSpec, padding_text
@@ -365,7 +367,11 @@ def helper_sources(code: str) -> list[str]:
     ``auto_conv`` or ``tap_gemms``), and of the lowerconv functions those call, each once."""
     from . import strategies
 
-    leaves = strategies.graph_leaves()
+    leaves = {
+        **strategies.graph_leaves(),
+        **integer_leaves(),
+        "dequantized_integer_conv": dequantized_integer_conv,
+    }
     pending = [leaves[name] for name in leaves if re.search(rf"\b{name}\(", code)]
     # auto_conv(..., 'taps', ...) runs the strategy it names on CPU inputs.
     for name in dict.fromkeys(re.findall(r"\bauto_conv\([^\n]*?'(\w+)'", code)):

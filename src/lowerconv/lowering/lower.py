@@ -29,6 +29,7 @@ from .emit import META_KEY, strategy_graph
 from .inputs import normalize_example_inputs
 from .linear import check_linear_arguments, conv_linear, linear_graph, matmul_reason
 from .preflight import materialize_lazy, refuse_torchscript
+from .quantized import lower_quantized_convs, untraced_quantized_convs
 from .record import RECORD_ATTR, LoweredConv, LoweringRecord
 from .rewrite import lower_graph
 from .runtime import (
@@ -214,6 +215,7 @@ def lower(
             record.skipped.extend(holder.skipped)
         record.skipped.extend(skipped_conv_modules(work, kinds=chosen))
         _note_matmul_form(record)
+        record.skipped.extend(untraced_quantized_convs(work))
         _swap_conv_modules(work, holders)
         RuntimeLowering(strategy, options.max_workspace_bytes, chosen, target).attach(work)
         record.runtime.append("")
@@ -231,6 +233,10 @@ def lower(
         kinds=chosen,
         linear={target: module for target, (_, module) in linear.items()},
     )
+    # torch.ao quantised convs (fx leaves): their integer GEMMs, whatever the strategy.
+    integer, integer_skipped = lower_quantized_convs(traced, work, kinds=chosen)
+    lowered += integer
+    skipped += integer_skipped
     if is_plain_conv(work) and work.transposed and concrete_args is None:
         # A bare transposed conv: lowered dynamically, as its output padding comes from each
         # call's output_size=; its configuration is the module's, as for one inside a model.

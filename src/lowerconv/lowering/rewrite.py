@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from .emit import Provenance, emit_dynamic_conv, emit_linear_conv, emit_lowered_conv, stamp
 from .linear import linear_gather
+from .pt2e import lower_pt2e_convs
 from .record import LoweredConv
 from .sites import ConvSite, SkippedConv, find_conv_sites
 from .strategies import DEFAULT_OPTIONS, StrategyOptions, choose_strategy, resolve_auto
@@ -40,12 +41,15 @@ def lower_graph(
     ``nn.ModuleList`` of one per group): it is put in ``gm`` at that name, and the conv's
     ``call_module`` node becomes the gather, a call of it, and a reshape.
     """
+    # PT2E convs (between dequantize and quantize nodes) first, as integer GEMMs.
+    chosen = None if kinds is None else frozenset(kinds)
+    integer, integer_skipped = lower_pt2e_convs(gm, name_prefix=name_prefix, kinds=chosen)
     sites, skipped = find_conv_sites(gm, kinds)
     linear = dict(linear or {})
     for target, module in linear.items():
         gm.set_submodule(target, module)
     graph = gm.graph
-    lowered: list[LoweredConv] = []
+    lowered: list[LoweredConv] = list(integer)
     seen: dict[str, int] = {}
     for site in sites:
         name = _qualify(site, name_prefix)
@@ -58,6 +62,7 @@ def lower_graph(
             lowered.append(_lower_site(graph, site, name, strategy, options))
     for skip in skipped:
         skip.name = _qualify_name(skip.name, skip.node, name_prefix)
+    skipped = integer_skipped + skipped
     graph.lint()
     gm.recompile()
     return lowered, skipped

@@ -87,8 +87,12 @@ def is_plain_conv2d(module: nn.Module) -> bool:
 
 
 def _holds_conv(module: nn.Module) -> bool:
-    # Any convolution, so that Conv3d inside torchvision.ops blocks is reported as left alone.
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+    # Any convolution, so that Conv3d inside torchvision.ops blocks is reported as left alone,
+    # and torch.ao quantised convs (Conv2dNormActivation of a quantised MobileNet) are reached.
+    from torch.ao.nn.quantized.modules.conv import _ConvNd as QuantizedConvNd
+
+    conv_types = (nn.modules.conv._ConvNd, QuantizedConvNd)
+    return any(isinstance(m, conv_types) for m in module.modules())
 
 
 class LoweringTracer(fx.Tracer):

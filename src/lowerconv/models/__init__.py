@@ -5,6 +5,8 @@ In the order data flows through it:
 - :mod:`.realworld`  real-world models from libraries outside torchvision (transformers,
   diffusers, segmentation_models_pytorch, ultralytics, kornia), each built from a small config
   with random weights, with its own example inputs
+- :mod:`.quantized`  integer models: torchvision's quantisable models quantised for the current
+  engine (``int8_resnet18``...), batch norms and observers calibrated on seeded random data
 - :mod:`.resolve`    a MODEL string (a torchvision or real-world name, ``package.module:factory``,
   ``path/to/file.py:factory``) -> the model and its example inputs (:class:`ResolvedModel`);
   ``--weights`` files

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import LoweringError, MissingDependencyError, with_article
+from .quantized import INT8_MODELS, build_int8_model
 from .realworld import REALWORLD_MODELS
 
 __all__ = [
@@ -146,6 +147,8 @@ def resolve_model(
         resolved = _resolve_factory(spec, batch_size, image_size, seed)
     elif spec in REALWORLD_MODELS:
         resolved = _resolve_realworld(spec, batch_size, image_size, seed)
+    elif spec in INT8_MODELS:
+        resolved = _resolve_int8(spec, batch_size, image_size, seed)
     else:
         resolved = _resolve_torchvision(spec, batch_size, image_size, seed)
     if input_shapes:
@@ -221,7 +224,7 @@ def suggest_model_names(name: str, limit: int = 3) -> list[str]:
     """torchvision and real-world names close to ``name``, best first (``resnt18 ->
     ['resnet18', ...]``, ``hf_resnt -> ['hf_resnet', ...]``).  Real-world names are suggested
     even when their library is missing: resolving one then says which extra to install."""
-    known = [*torchvision_models(), *REALWORLD_MODELS]
+    known = [*torchvision_models(), *REALWORLD_MODELS, *INT8_MODELS]
     return difflib.get_close_matches(name, known, n=limit, cutoff=0.6)
 
 
@@ -420,6 +423,40 @@ def _resolve_realworld(
         example_inputs=inputs,
         origin=f"{entry.origin} (config, random init, seed {seed})",
     )
+
+
+def _resolve_int8(name: str, batch_size: int, image_size: int | None, seed: int) -> ResolvedModel:
+    """``int8_resnet18``: torchvision's quantisable model quantised for the current engine
+    (:func:`~.quantized.build_int8_model`), calibrated at the size it will be verified at."""
+    builder = INT8_MODELS[name]
+    size = image_size if image_size is not None else INT8_IMAGE_SIZE.get(builder, 64)
+    engine = torch.backends.quantized.engine
+    generator = torch.Generator().manual_seed(seed)
+    inputs = (torch.randn(batch_size, 3, size, size, generator=generator),)
+    try:
+        # Calibrated on its example input too, so that the engine's kernels see no activation
+        # outside the calibrated range (where fbgemm and x86 saturate, build_int8_model says).
+        model = build_int8_model(name, image_size=size, seed=seed, calibration_inputs=inputs)
+    except LoweringError:
+        raise
+    except Exception as exc:
+        raise LoweringError(
+            f"building {name} (torchvision's quantized_{builder}, quantised for the {engine} "
+            f"engine) at {size}x{size} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return ResolvedModel(
+        spec=name,
+        model=model,
+        example_inputs=inputs,
+        origin=(
+            f"torchvision quantized_{builder} quantised for the {engine} engine, random init and "
+            f"calibration, seed {seed}"
+        ),
+    )
+
+
+# The int8_* models' default side: small enough for a quick CPU run; inception needs 75+.
+INT8_IMAGE_SIZE = {"inception_v3": 160, "googlenet": 64}
 
 
 # -- factories -----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ returns a :class:`~.report.VerificationReport`.  In the order data flows through
 - :mod:`.determinism`   around every step: pinned precision flags, seeds, dropout masks matched
   across the three copies, so that they differ by the lowering alone
 - :mod:`.verify`        step 1 and the verdict: every output end to end against the oracle's
+- :mod:`.integer`       step 1 and 2 for a quantised model: outputs and each integer conv compared
+  in quantisation steps with the quantised model the engine runs (:func:`verify_integer`)
 - :mod:`.metrics`       the comparison math each check uses (:func:`compare`, :func:`judge`)
 - :mod:`.inconclusive`  the verdict's third answer: degenerate values that prove nothing
 - :mod:`.audit`         during step 1: the convolution ops the lowered model really dispatches

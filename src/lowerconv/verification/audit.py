@@ -13,6 +13,11 @@ own source line, and judged:
 - a convolution of another kind (one ``kinds=`` left out, deformable) is *left alone*: the
   record says so.
 
+Quantised convolutions are convolutions here too: ``quantized::conv2d``, ``conv2d_relu``,
+``conv1d``, ``conv3d`` (and ``_relu``), ``conv_transpose1d/2d/3d`` are dispatched like ATen ops
+and match the same name rule (their kind from the name, as their packed weight is no tensor), so a
+quantised model whose convs were not all turned into integer GEMMs fails the audit by name.
+
 In the backward pass no module's code is on the stack, so an op there is named by the autograd
 node that ran it (``ConvolutionBackward0``) and judged by count: a convolution left alone in
 the forward has one backward op of its kind, so as many backward ops of a kind as the forward

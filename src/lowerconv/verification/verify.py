@@ -71,6 +71,7 @@ from .devices import (
 )
 from .gradients import check_gradients, model_gradients
 from .inconclusive import inconclusive_causes
+from .integer import IntegerVerificationReport, has_quantized_convs, verify_integer
 from .layer_checks import (
     ModuleCapture,
     check_fallback_layers,
@@ -119,7 +120,7 @@ def verify(
     calibrate_bn: bool = False,
     gradients: bool = False,
     gemm: str = "matmul",
-) -> VerificationReport:
+) -> VerificationReport | IntegerVerificationReport:
     """Verify that ``lowered`` (by default ``lowerconv.lower(model, strategy=strategy,
     gemm=gemm)``)
     computes what ``model`` computes; return a
@@ -150,6 +151,11 @@ def verify(
     ``nn.Linear``, :mod:`lowerconv.lowering.linear`); its parameters' gradients are compared in
     the conv's shape and keys (:func:`lowerconv.conv_state_dict`).
 
+    A model with ``torch.ao`` quantised convs is verified by
+    :func:`~lowerconv.verification.integer.verify_integer` instead: outputs and each integer conv
+    compared in quantisation steps with the quantised model the engine runs (an
+    :class:`~lowerconv.verification.integer.IntegerVerificationReport`; ``docs/integer.md``).
+
     Nothing passed in is changed: not parameters, buffers, train/eval mode, nor the RNG state.
     Raises :class:`~lowerconv.errors.LoweringError` for a model that cannot be lowered or run
     on the inputs; a wrong lowering is not an error but a failing report (``report.ok`` is
@@ -163,6 +169,34 @@ def verify(
     """
     say = progress or (lambda line: None)
     _check_arguments(model, lowered, dtype, repeats, warmup)
+    if has_quantized_convs(model):
+        # A quantised model: judged in integer steps against itself, not a float64 oracle.
+        if lowered is None:
+            say(f"lowering {type(model).__name__} (quantised convs as integer GEMMs)")
+            lowered = lower(model, strategy=strategy, **dict(lower_options or {}))
+        report = verify_integer(
+            model, example_inputs, lowered=lowered, per_layer=per_layer, progress=progress
+        )
+        unused = [
+            f"{name}={value!r}"
+            for name, value, default in (
+                ("device", device, "cpu"),
+                ("dtype", dtype, torch.float32),
+                ("gradients", gradients, False),
+                ("against", tuple(against), ()),
+                ("calibrate_bn", calibrate_bn, False),
+                ("rtol", rtol, None),
+                ("atol", atol, None),
+                ("factor", factor, None),
+            )
+            if value != default
+        ]
+        if unused:
+            report.notes.append(
+                f"{', '.join(unused)} do not apply to a quantised model: it runs on the CPU, "
+                "in its own integer types, and is judged in quantisation steps"
+            )
+        return report
     inputs = normalize_example_inputs(model, example_inputs)
     tolerance = _tolerance(dtype, rtol, atol, factor)
     devices, skipped = resolve_devices(device)
