@@ -516,7 +516,10 @@ def lower_quantized_convs(
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
-        module = root.get_submodule(str(node.target))
+        try:
+            module = root.get_submodule(str(node.target))
+        except AttributeError:
+            continue  # a module the pass put in the graph itself (the Linear form's GEMMs)
         kind = quantized_conv_kind(module)
         if kind is None:
             continue
