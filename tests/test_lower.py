@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowerconv
-from conv_space import conv_configs
+from conv_space import conv_configs, make_input
 from lowerconv import STRATEGY_NAMES, ConvSpec, LoweringError, lowering_record
 from lowerconv.lowering.emit import Provenance
 from lowerconv.lowering.strategies import choose_strategy
@@ -30,27 +30,6 @@ STRATEGIES = list(STRATEGY_NAMES)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def make_input(shape: tuple[int, ...], layout: str = "contiguous") -> torch.Tensor:
-    """A float64 input of ``shape`` stored as ``layout``, requiring grad (gradients are taken
-    with respect to this very tensor, views included)."""
-    if layout == "contiguous":
-        x = torch.randn(shape, dtype=torch.float64)
-    elif layout == "transposed":
-        x = torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=torch.float64).transpose(-1, -2)
-    elif layout == "sliced":
-        *lead, c, h, w = shape
-        x = torch.randn(*lead, 2 * c, h, 2 * w + 1, dtype=torch.float64)[..., ::2, :, 1::2]
-    elif layout == "channels_last":
-        x = torch.randn(shape, dtype=torch.float64).to(memory_format=torch.channels_last)
-    else:
-        raise AssertionError(f"unknown layout {layout}")
-    assert x.shape == shape
-    if layout != "contiguous" and x.numel() and min(shape[-3:]) > 1:
-        # Empty tensors and size-1 dimensions make any layout count as contiguous.
-        assert not x.is_contiguous(), layout
-    return x.detach().requires_grad_()
 
 
 def run_with_grads(model: nn.Module, inputs: tuple[torch.Tensor, ...], cotangent=None):
