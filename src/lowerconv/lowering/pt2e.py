@@ -30,7 +30,7 @@ from torch import fx
 from .emit import Provenance, stamp
 from .quantized import IntegerConvSpec, int8_gemm, integer_im2col
 from .record import LoweredConv
-from .sites import SkippedConv
+from .sites import SkippedConv, source_name
 
 __all__ = [
     "PT2E_CONVS",
@@ -107,7 +107,7 @@ def lower_pt2e_convs(
         kind = PT2E_CONVS.get(str(node.target)) if node.op == "call_function" else None
         if kind is None or not _is_dequantize(node.args[0]):
             continue
-        name = f"{name_prefix}.{_source(node)}" if name_prefix else _source(node)
+        name = f"{name_prefix}.{source_name(node)}" if name_prefix else source_name(node)
         if kinds is not None and kind not in kinds:
             skipped.append(SkippedConv(name, node.name, kind, f"not lowered: {kind} (kinds=)"))
             continue
@@ -136,16 +136,6 @@ def pt2e_conv_nodes(graph: fx.Graph) -> list[fx.Node]:
 
 def _is_dequantize(node) -> bool:
     return isinstance(node, fx.Node) and str(node.target) == _DEQUANTIZE_TENSOR
-
-
-def _source(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        path = list(stack.values())[-1]
-        qualname = path[0] if isinstance(path, tuple) else str(path)
-        if qualname:
-            return qualname
-    return node.name
 
 
 def _read(gm: fx.GraphModule, node: fx.Node, kind: str) -> tuple[Pt2eConvSpec, dict]:
