@@ -42,6 +42,7 @@ left alone, each with a record entry saying why.
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -70,27 +71,61 @@ __all__ = [
     "requant_recipe",
     "to_quantized",
     "untraced_quantized_convs",
+    "x86_uses_onednn",
 ]
 
 # K * 128 * 128 must stay below 2^31 for the int32 accumulator to be exact (module docstring).
 ACCUMULATOR_LIMIT = 2**31 // (128 * 128)
 
 # How each engine turns the int32 accumulator into the output's codes (measured against the
-# engine's own conv, docs/integer.md): fbgemm (and x86, onednn) add the float bias in
-# accumulator units and multiply by a float32 multiplier; qnnpack rounds the bias to int32
-# first, adds it to the accumulator, then multiplies.
+# engine's own conv, docs/integer.md).  "float bias" (fbgemm): the float bias is added in
+# accumulator units, the sum multiplied by a float32 multiplier, rounded, then the zero point
+# added as an integer.  "float zero point" (oneDNN): the accumulator times sx, times sw, plus
+# the bias, times float32 1/sy, plus the zero point, all in float32, then rounded.
+# "int32 bias" (qnnpack): the bias rounded to int32 first, added to the accumulator, multiplied.
+# x86 picks oneDNN's kernel or fbgemm's per conv (:func:`x86_uses_onednn`), so its recipe is
+# per conv too.
+FLOAT_BIAS = "float bias"
+FLOAT_ZERO_POINT = "float zero point"
+INT32_BIAS = "int32 bias"
 REQUANT_RECIPES = {
-    "fbgemm": "float bias",
-    "x86": "float bias",
-    "onednn": "float bias",
-    "qnnpack": "int32 bias",
+    "fbgemm": FLOAT_BIAS,
+    "onednn": FLOAT_ZERO_POINT,
+    "qnnpack": INT32_BIAS,
 }
 
 
-def requant_recipe(engine: str | None = None) -> str:
-    """The requantisation recipe of ``engine`` (default: ``torch.backends.quantized.engine``)."""
+def x86_uses_onednn(conv: nn.Module) -> bool:
+    """Whether the x86 engine runs ``conv`` with oneDNN's kernel rather than fbgemm's.
+
+    The engine decides when it packs the weight (``should_use_onednn_quant`` in PyTorch's
+    ``OnednnUtils.h``): oneDNN on Linux with AVX512-VNNI, for at most 100 groups and a weight
+    quantised symmetrically (every weight zero point 0); fbgemm otherwise.
+    """
+    if not sys.platform.startswith("linux") or not _has_avx512_vnni():
+        return False
+    if getattr(conv, "groups", 1) > 100:
+        return False
+    return bool(_weight_quantization(conv.weight())[1].eq(0).all())
+
+
+def _has_avx512_vnni() -> bool:
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # private; absent on old builds
+    return bool(probe()) if probe is not None else False
+
+
+def requant_recipe(engine: str | None = None, conv: nn.Module | None = None) -> str:
+    """The requantisation recipe of ``engine`` (default: ``torch.backends.quantized.engine``).
+
+    On x86 it depends on the conv (:func:`x86_uses_onednn`); without one, a line that says so,
+    ``"per conv: ..."``, for reports.
+    """
     engine = engine or torch.backends.quantized.engine
-    return REQUANT_RECIPES.get(engine, "float bias")
+    if engine == "x86":
+        if conv is None:
+            return f"per conv: {FLOAT_ZERO_POINT} (oneDNN) or {FLOAT_BIAS} (fbgemm)"
+        return FLOAT_ZERO_POINT if x86_uses_onednn(conv) else FLOAT_BIAS
+    return REQUANT_RECIPES.get(engine, FLOAT_BIAS)
 
 
 def _quantized_conv_types() -> dict[type, tuple[str, bool]]:
@@ -323,8 +358,10 @@ def integer_im2col(
     """Patches of an already padded ``(N, C, *spatial)`` integer tensor: ``(N, C*prod(kernel),
     *out)``, rows ordered (channel, kernel offsets) as a conv weight flattens.
 
-    One strided view (no arithmetic, so any dtype) copied once by ``reshape``; ``F.unfold``
-    takes floating-point tensors only.
+    One strided view (no arithmetic, so any dtype) copied once; ``F.unfold`` takes
+    floating-point tensors only.  The copy is forced: where the kernel's offsets overlap the
+    output's (a ``k x 1`` kernel over a width-1 output...), ``reshape`` alone can return a view
+    with overlapping rows, which ``torch._int_mm`` then misreads.
     """
     padded = padded.contiguous()
     n, c, *spatial = padded.shape
@@ -342,7 +379,7 @@ def integer_im2col(
             *(st * s for st, s in zip(strides[2:], stride, strict=True)),
         ),
     )
-    return view.reshape(n, -1, *out)
+    return view.contiguous().view(n, -1, *out)
 
 
 def int8_gemm(weight: torch.Tensor, cols: torch.Tensor, groups: int) -> torch.Tensor:
@@ -361,6 +398,9 @@ def int8_gemm(weight: torch.Tensor, cols: torch.Tensor, groups: int) -> torch.Te
         w = weight[g * out_per_group : (g + 1) * out_per_group]
         # (K, N*L): every image's columns side by side, one GEMM per group.
         b = cols[:, g * per_group : (g + 1) * per_group].transpose(0, 1).reshape(per_group, -1)
+        # _int_mm reads its operands by their row stride; a view whose rows overlap (the
+        # stride below the width) gives garbage, so such an operand is copied first.
+        b = b if b.stride(0) >= b.shape[1] else b.contiguous()
         if _int_mm_applies(w, b):
             acc = torch._int_mm(w, b)
         else:
@@ -422,13 +462,23 @@ def integer_conv(
         column_sums = cols.to(torch.int32).unflatten(1, (spec.groups, -1)).sum(2)
         column_sums = column_sums.repeat_interleave(spec.out_channels // spec.groups, 1)
         acc = acc - weight_zero_point.to(torch.int32).unsqueeze(-1) * column_sums
-    if spec.recipe == "int32 bias":
+    if spec.recipe == INT32_BIAS:
         acc_scale = input.q_scale() * weight_scale  # float64
         if bias is not None:
             bias_codes = torch.round(bias.to(torch.float64) / acc_scale).to(torch.int32)
             acc = acc + bias_codes.unsqueeze(-1)
         multiplier = (acc_scale / scale).to(torch.float32).unsqueeze(-1)
-        real = acc.to(torch.float32) * multiplier
+        values = torch.round(acc.to(torch.float32) * multiplier) + zero_point.to(torch.float32)
+    elif spec.recipe == FLOAT_ZERO_POINT:
+        # oneDNN's order, float32 throughout: ((acc * sx) * sw[c] + b) * (1/sy) + zy, rounded
+        # once.  PyTorch hands oneDNN 1/sx, which is inverted back: sx round-trips through
+        # float32 reciprocals.  Found by matching the engine on near-tie values (docs/integer.md).
+        input_scale = 1.0 / torch.full((), 1.0 / input.q_scale(), dtype=torch.float32)
+        real = acc.to(torch.float32) * input_scale * weight_scale.float().unsqueeze(-1)
+        if bias is not None:
+            real = real + bias.unsqueeze(-1)
+        inverse = (1.0 / scale).to(torch.float32)  # 1/sy in float64, then held as float32
+        values = torch.round(real * inverse + zero_point.to(torch.float32))
     else:
         # float32 * float32: the scale rounded to float32 first, as fbgemm holds it
         acc_scale = weight_scale.float() * input.q_scale()
@@ -436,7 +486,7 @@ def integer_conv(
         if bias is not None:
             real = real + (bias / acc_scale).unsqueeze(-1)
         real = real * (acc_scale / scale.to(torch.float32)).unsqueeze(-1)
-    values = torch.round(real) + zero_point.to(torch.float32)
+        values = torch.round(real) + zero_point.to(torch.float32)
     return to_quantized(values.unflatten(-1, spatial), input, scale, zero_point, spec.relu)
 
 
@@ -510,7 +560,6 @@ def lower_quantized_convs(
     :class:`UnpackedQuantizedConv` holding its unpacked weights.  Returns the record's entries.
     """
     graph = gm.graph
-    recipe = requant_recipe()
     lowered: list[LoweredConv] = []
     skipped: list[SkippedConv] = []
     for node in list(graph.nodes):
@@ -528,7 +577,7 @@ def lower_quantized_convs(
         if reason:
             skipped.append(SkippedConv(name, node.name, kind, reason))
             continue
-        spec = IntegerConvSpec.from_module(module, recipe)
+        spec = IntegerConvSpec.from_module(module, requant_recipe(conv=module))
         try:
             spec.check_accumulator(name)
         except ValueError as err:
