@@ -82,7 +82,8 @@ ACCUMULATOR_LIMIT = 2**31 // (128 * 128)
 # accumulator units, the sum multiplied by a float32 multiplier, rounded, then the zero point
 # added as an integer.  "float zero point" (oneDNN): the accumulator times sx, times sw, plus
 # the bias, times float32 1/sy, plus the zero point, all in float32, then rounded.
-# "int32 bias" (qnnpack): the bias rounded to int32 first, added to the accumulator, multiplied.
+# "int32 bias" (qnnpack): the bias rounded to int32 first, added to the accumulator, multiplied
+# by float32 (sx*sw) * (1/sy), rounded, the zero point added.
 # x86 picks oneDNN's kernel or fbgemm's per conv (:func:`x86_uses_onednn`), so its recipe is
 # per conv too.
 FLOAT_BIAS = "float bias"
@@ -463,12 +464,15 @@ def integer_conv(
         column_sums = column_sums.repeat_interleave(spec.out_channels // spec.groups, 1)
         acc = acc - weight_zero_point.to(torch.int32).unsqueeze(-1) * column_sums
     if spec.recipe == INT32_BIAS:
-        acc_scale = input.q_scale() * weight_scale  # float64
+        # qnnpack's float32 arithmetic: the bias quantised as torch.quantize_per_channel does
+        # (times the float32 reciprocal of sx*sw, rounded), the multiplier (sx*sw) * (1/sy)
+        acc_scale = weight_scale.float() * input.q_scale()
         if bias is not None:
-            bias_codes = torch.round(bias.to(torch.float64) / acc_scale).to(torch.int32)
+            bias_codes = torch.round(bias * (1.0 / acc_scale)).to(torch.int32)
             acc = acc + bias_codes.unsqueeze(-1)
-        multiplier = (acc_scale / scale).to(torch.float32).unsqueeze(-1)
-        values = torch.round(acc.to(torch.float32) * multiplier) + zero_point.to(torch.float32)
+        multiplier = acc_scale * (1.0 / scale).to(torch.float32)
+        real = acc.to(torch.float32) * multiplier.unsqueeze(-1)
+        values = torch.round(real) + zero_point.to(torch.float32)
     elif spec.recipe == FLOAT_ZERO_POINT:
         # oneDNN's order, float32 throughout: ((acc * sx) * sw[c] + b) * (1/sy) + zy, rounded
         # once.  PyTorch hands oneDNN 1/sx, which is inverted back: sx round-trips through
