@@ -122,8 +122,8 @@ def quantised_convs(draw):
     h = conv.dilation[0] * (kernel[0] - 1) + 1 + draw(st.integers(0, 5))
     w = conv.dilation[1] * (kernel[1] - 1) + 1 + draw(st.integers(0, 5))
     x_scale = draw(st.floats(0.005, 0.1))
-    # Codes up to 127 (reduce_range, as the engines' observers keep them): fbgemm and x86
-    # saturate int16 pair sums above it, where the exact integer GEMM and the engine part.
+    # Codes up to 127 (reduce_range, as the engines' observers keep them): x86 kernels without
+    # VNNI may saturate int16 pair sums above it, where the exact integer GEMM and the engine part.
     x_zero = draw(st.integers(0, 127))
     real = torch.rand(draw(st.integers(1, 2)), cin, h, w, generator=gen) * 127 - x_zero
     x = torch.quantize_per_tensor(real * x_scale, x_scale, x_zero, torch.quint8)

@@ -64,10 +64,12 @@ def build_int8_model(
     ``(batch_size, 3, image_size, image_size)`` batches and on ``calibration_inputs``; in eval
     mode.  ``name`` is a builder name (``resnet18``) or its ``int8_`` spelling.
 
-    Calibrate on the inputs you will verify on: fbgemm's and x86's kernels sum pairs of uint8 x
-    int8 products in int16 and saturate for activation codes above 127, which the observers'
-    ``reduce_range`` keeps out only for values inside the calibrated range; there the engine,
-    not the exact integer GEMM, is off (``docs/integer.md``)."""
+    Calibrate on the inputs you will verify on: the observers' ``reduce_range`` keeps
+    activation codes within 0..127 for values inside the calibrated range, because x86 kernels
+    without VNNI (``vpmaddubsw``) sum pairs of uint8 x int8 products in int16 and can saturate
+    above it; there the engine, not the exact integer GEMM, would be off.  On CPUs with
+    AVX512-VNNI no saturation shows: codes of 255 times weights of 127 sum exactly on every
+    engine."""
     from torch.ao.quantization import convert, get_default_qconfig, prepare
 
     builder = INT8_MODELS.get(name, name)

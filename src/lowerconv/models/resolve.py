@@ -435,7 +435,8 @@ def _resolve_int8(name: str, batch_size: int, image_size: int | None, seed: int)
     inputs = (torch.randn(batch_size, 3, size, size, generator=generator),)
     try:
         # Calibrated on its example input too, so that the engine's kernels see no activation
-        # outside the calibrated range (where fbgemm and x86 saturate, build_int8_model says).
+        # outside the calibrated range (where kernels without VNNI may saturate, see
+        # build_int8_model).
         model = build_int8_model(name, image_size=size, seed=seed, calibration_inputs=inputs)
     except LoweringError:
         raise
