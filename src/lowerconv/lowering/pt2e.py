@@ -24,11 +24,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from .emit import Provenance, stamp
-from .quantized import IntegerConvSpec, int8_gemm, integer_im2col
+from .quantized import IntegerConvSpec, integer_accumulator
 from .record import LoweredConv
 from .sites import SkippedConv, source_name
 
@@ -78,16 +77,7 @@ def dequantized_integer_conv(
     if spec.input_shift:
         codes = (codes.to(torch.int16) - spec.input_shift).to(torch.int8)
     zero = spec.input_zero_point - spec.input_shift
-    padded = F.pad(codes, conv.pad, value=zero)  # the zero point's code is a real 0
-    cols = integer_im2col(padded, conv.kernel_size, conv.stride, conv.dilation)
-    spatial = cols.shape[2:]
-    cols = cols.flatten(2)
-    acc = int8_gemm(weight.flatten(1), cols, conv.groups)
-    acc = acc - zero * weight_sum.unsqueeze(-1)
-    if conv.weight_zero_points:
-        column_sums = cols.to(torch.int32).unflatten(1, (conv.groups, -1)).sum(2)
-        column_sums = column_sums.repeat_interleave(conv.out_channels // conv.groups, 1)
-        acc = acc - weight_zero_point.to(torch.int32).unsqueeze(-1) * column_sums
+    acc, spatial = integer_accumulator(codes, zero, weight, weight_zero_point, weight_sum, conv)
     scale = (weight_scale.to(torch.float32) * spec.input_scale).unsqueeze(-1)
     real = acc.to(torch.float32) * scale
     if bias is not None:

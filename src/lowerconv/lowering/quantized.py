@@ -62,6 +62,7 @@ __all__ = [
     "int8_codes",
     "int8_gemm",
     "int8_zero_point",
+    "integer_accumulator",
     "integer_conv",
     "integer_im2col",
     "integer_leaves",
@@ -438,6 +439,30 @@ def to_quantized(
     return torch._make_per_tensor_quantized_tensor(codes, float(scale), int(zero_point))
 
 
+def integer_accumulator(
+    codes: torch.Tensor,
+    zero: int,
+    weight: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    weight_sum: torch.Tensor,
+    spec: IntegerConvSpec,
+) -> tuple[torch.Tensor, torch.Size]:
+    """Steps 2-5: the exact int32 accumulator ``sum_k (x - zx) * (w - zw)``, ``(N, C_out, L)``,
+    from int8 ``codes`` whose zero point is ``zero``, and the output's spatial shape."""
+    padded = F.pad(codes, spec.pad, value=zero)  # the zero point's code is a real 0
+    cols = integer_im2col(padded, spec.kernel_size, spec.stride, spec.dilation)
+    spatial = cols.shape[2:]
+    cols = cols.flatten(2)
+    acc = int8_gemm(weight.flatten(1), cols, spec.groups)
+    acc = acc - zero * weight_sum.unsqueeze(-1)
+    if spec.weight_zero_points:
+        # sum_k x' * zw: each output channel's zero point times its group's column sums.
+        column_sums = cols.to(torch.int32).unflatten(1, (spec.groups, -1)).sum(2)
+        column_sums = column_sums.repeat_interleave(spec.out_channels // spec.groups, 1)
+        acc = acc - weight_zero_point.to(torch.int32).unsqueeze(-1) * column_sums
+    return acc, spatial
+
+
 def integer_conv(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -450,19 +475,9 @@ def integer_conv(
     spec: IntegerConvSpec,
 ) -> torch.Tensor:
     """A quantised conv as an integer GEMM (the module docstring's steps 1-6)."""
-    codes = int8_codes(input)
-    zero = int8_zero_point(input)
-    padded = F.pad(codes, spec.pad, value=zero)  # the zero point's code is a real 0
-    cols = integer_im2col(padded, spec.kernel_size, spec.stride, spec.dilation)
-    spatial = cols.shape[2:]
-    cols = cols.flatten(2)
-    acc = int8_gemm(weight.flatten(1), cols, spec.groups)
-    acc = acc - zero * weight_sum.unsqueeze(-1)
-    if spec.weight_zero_points:
-        # sum_k x' * zw: each output channel's zero point times its group's column sums.
-        column_sums = cols.to(torch.int32).unflatten(1, (spec.groups, -1)).sum(2)
-        column_sums = column_sums.repeat_interleave(spec.out_channels // spec.groups, 1)
-        acc = acc - weight_zero_point.to(torch.int32).unsqueeze(-1) * column_sums
+    acc, spatial = integer_accumulator(
+        int8_codes(input), int8_zero_point(input), weight, weight_zero_point, weight_sum, spec
+    )
     if spec.recipe == INT32_BIAS:
         # qnnpack's float32 arithmetic: the bias quantised as torch.quantize_per_channel does
         # (times the float32 reciprocal of sx*sw, rounded), the multiplier (sx*sw) * (1/sy)
