@@ -31,7 +31,8 @@ reshape; `auto` picks per convolution (the per-layer measurements behind each ru
 they lie), `depthwise` (a sum of shifted views times per-channel weights, no im2col buffer),
 `taps` for stride-1 convs (one GEMM per kernel tap on a shifted view of the flattened padded
 input, added in place: no im2col buffer; a batched GEMM per group for grouped convs; on CPU,
-one-group outputs under 28x28 pixels run `nhwc`'s im2col instead), `nchw` for kernel == stride
+one-group outputs under 28x28 pixels, and every one-group float32 conv on CPUs whose GEMMs
+run on oneDNN, run `nhwc`'s im2col instead), `nchw` for kernel == stride
 convs, strided grouped convs and 3-channel stems (channel-major im2col and a matmul per group,
 in chunks, writing NCHW directly) and `nhwc` for the rest (channels-last im2col in chunks of at
 most 8 MiB, each multiplied by one GEMM). The CPU float32 GEMM engine is `torch.matmul` (MKL) on

@@ -22,7 +22,7 @@ from torch import nn
 import lowerconv
 from conv_space import conv_configs
 from lowerconv import ConvSpec
-from lowerconv.lowering import plain_kernels
+from lowerconv.lowering import engine, plain_kernels
 from lowerconv.lowering.strategies import (
     STRATEGIES,
     StrategyOptions,
@@ -432,7 +432,8 @@ def test_auto_picks_taps_for_stride_1_one_group_convs_of_large_patches():
     assert choose_strategy(spec((768, 3, 16, 16), stride=16)) == "nchw"  # kernel == stride
 
 
-def test_workspace_bytes_of_taps():
+def test_workspace_bytes_of_taps(monkeypatch):
+    monkeypatch.setattr(engine, "ONEDNN", False)  # the BLAS engine: see the test below
     s = spec((64, 64, 3, 3), padding=1)
     f32 = torch.float32
     # A 56x56 output runs the tap GEMMs: no buffer, whatever the batch or the cap.
@@ -448,6 +449,30 @@ def test_workspace_bytes_of_taps():
     assert workspace_bytes(s, "taps", 1, 27, 29, f32) == workspace_bytes(s, "nhwc", 1, 27, 29, f32)
     # Not on CPU, there is no threshold.
     assert workspace_bytes(s, "taps", 1, 7, 7, f32, device="cuda") == 0
+
+
+def test_on_the_onednn_engine_one_group_float32_convs_run_the_im2col_gemm(monkeypatch):
+    # Where float32 GEMMs run on oneDNN (CPUs that are not Intel's), tap_gemms' addmm calls
+    # would run on the slower BLAS: one-group float32 convs take the im2col GEMM at any size,
+    # and workspace_bytes says so.  Grouped convs and other dtypes keep the tap GEMMs.
+    monkeypatch.setattr(engine, "ONEDNN", True)
+    s = spec((64, 64, 3, 3), padding=1)
+    f32 = torch.float32
+    assert workspace_bytes(s, "taps", 1, 56, 56, f32) == workspace_bytes(s, "nhwc", 1, 56, 56, f32)
+    assert workspace_bytes(s, "taps", 1, 56, 56, torch.float64) == 0
+    assert workspace_bytes(spec((64, 8, 3, 3), padding=1, groups=8), "taps", 1, 56, 56, f32) == 0
+    conv = make_conv(dict(in_channels=8, out_channels=4, kernel_size=3, padding=1)).float()
+    x = make_input((1, 8, 32, 32)).float()
+    with torch.no_grad():
+        expected = conv(x)
+    with patched() as (im2col, taps), torch.no_grad():
+        out = taps_output(conv, x)
+    assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert len(taps.calls) == 1 and len(im2col.calls) == 1
+    monkeypatch.setattr(engine, "ONEDNN", False)
+    with patched() as (im2col, taps), torch.no_grad():
+        taps_output(conv, x)
+    assert len(taps.calls) == 1 and im2col.calls == []
 
 
 @pytest.mark.parametrize("height, width", [(28, 28), (14, 56), (27, 29), (7, 7)])

@@ -29,6 +29,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import engine
 from .engine import GRAD_DTYPES, gemm, needs_grad, traced, use_onednn, without_autograd
 from .tiling import ConvGeometry, input_window, output_tiles, phase_layout, plan_chunks, to_phases
 
@@ -42,6 +43,7 @@ __all__ = [
     "im2col_gemm",
     "pointwise_gemm",
     "tap_gemms",
+    "taps_hand_off",
 ]
 
 
@@ -158,9 +160,24 @@ def _kernel_row_gemms(
 
 
 # On CPU, outputs of fewer pixels than this run im2col + GEMM instead (measured on 3x3 convs
-# of 16-256 channels at 14-112 pixels a side, batch 1 and 8: below 28x28 the per-image, per-tap
-# GEMMs are too thin).
+# of 16-256 channels at 14-112 pixels a side, batch 1 and 8, one thread, Intel AVX-512: below
+# 28x28 the per-image, per-tap GEMMs are too thin).
 TAPS_MIN_PIXELS = 28 * 28
+
+
+def taps_hand_off(device: str, dtype: torch.dtype, groups: int, out_pixels: int) -> bool:
+    """Whether an eager call of :func:`tap_gemms` on ``device`` runs :func:`im2col_gemm` instead.
+
+    One-group convs only (grouped convs keep their batched tap GEMMs): where the output has
+    fewer than :data:`TAPS_MIN_PIXELS` pixels, and where float32 GEMMs run on oneDNN's engine
+    (:data:`.engine.ONEDNN`: CPUs that are not Intel's).  The tap GEMMs are ``torch.addmm`` on
+    strided views, which oneDNN's matmul does not take; on an AMD EPYC, where MKL's sgemm runs
+    at about half oneDNN's speed, they lost to the im2col GEMM at 2 threads (resnet18 in the
+    model 1.41-1.83x native against 1.30-1.40x at batch 8) and tied at one.
+    """
+    if device != "cpu" or groups != 1:
+        return False
+    return out_pixels < TAPS_MIN_PIXELS or (engine.ONEDNN and dtype == torch.float32)
 
 
 def tap_gemms(
@@ -195,8 +212,8 @@ def tap_gemms(
     n, channels, height, width = input.shape
     out_h, out_w = geometry.output_hw(height, width)
     eager_cpu = input.device.type == "cpu" and not traced(input, weight, bias)
-    if eager_cpu and groups == 1 and out_h * out_w < TAPS_MIN_PIXELS:
-        # Small planes make thin GEMMs, one per image and tap: the im2col GEMM does better.
+    if eager_cpu and taps_hand_off("cpu", input.dtype, groups, out_h * out_w):
+        # Thin GEMMs (small planes), or a slower GEMM engine: the im2col GEMM does better.
         result = im2col_gemm(input, weight, bias, geometry)
         return result.squeeze(0) if unbatched else result
     out_dtype = input.dtype

@@ -35,7 +35,8 @@ Strategies:
     phases first, one copy), one GEMM per tap and image (a batched one per group) added in
     place into a "wide" output (:func:`~lowerconv.lowering.kernels.tap_gemms`).  On CPU, a one-group
     conv with an output under 28x28 pixels runs ``nhwc``'s im2col instead (its GEMMs would be
-    too thin).  Depthwise convs: ``depthwise``.
+    too thin), and so does every one-group float32 conv where float32 GEMMs run on oneDNN
+    (:func:`~lowerconv.lowering.plain_kernels.taps_hand_off`).  Depthwise convs: ``depthwise``.
 ``nchw``
     Channel-major im2col from strided views of the NCHW input, chunk by chunk, each chunk's
     columns in ``(g, C/g*kh*kw, OH*OW)`` order so that one matmul per group writes the NCHW
@@ -83,7 +84,7 @@ from .kernels import (
     tap_gemms,
 )
 from .nd import flipped_kernel
-from .plain_kernels import ROW_GEMMS_MIN_PIXELS, TAPS_MIN_PIXELS
+from .plain_kernels import ROW_GEMMS_MIN_PIXELS, taps_hand_off
 from .spec import ConvSpec, conv_output_size
 from .tiling import (
     ConvGeometry,
@@ -678,7 +679,8 @@ def choose_strategy(spec: ConvSpec) -> str:
       reshape-and-permute copy is slow for small kernels over many channels);
     - stride 1, more than 4 input channels, and a group of them or patches of more than 64
       values: ``taps``, one GEMM per kernel tap (a batched one per group) on shifted views, no
-      im2col (on CPU it hands one-group outputs under 28x28 pixels to ``nhwc`` at run time);
+      im2col (on CPU it hands one-group outputs under 28x28 pixels, and one-group float32
+      convs on the oneDNN GEMM engine, to ``nhwc`` at run time);
     - other grouped convs, patches of at most 64 values and inputs of at most 4 channels
       (3-channel stems, 3x3 to 7x7): ``nchw``, chunked channel-major im2col + a matmul per
       group, which writes NCHW directly;
@@ -821,7 +823,8 @@ def _workspace_bytes_2d(
     whole im2col (its chunk under ``max_workspace_bytes``); ``nchw`` and ``nhwc`` one chunk of it
     (:func:`~lowerconv.lowering.tiling.chunk_limit`), and ``nhwc``'s stride-1 kernel-row GEMMs
     (CPU, float32) a ``kw``-wide buffer ``kh`` times smaller; ``taps`` none where it runs its tap
-    GEMMs (grouped convs, and on CPU one-group convs with outputs of at least 28x28 pixels),
+    GEMMs (grouped convs, and on CPU one-group convs with outputs of at least 28x28 pixels,
+    unless they are float32 on the oneDNN engine: :func:`.plain_kernels.taps_hand_off`),
     else ``nhwc``'s.
     ``needs_grad`` changes none of it: a conv that needs a gradient runs this same forward with gradients off, and its backward
     (:mod:`lowerconv.lowering.autograd`) recomputes the columns in chunks under the same limit.
@@ -841,10 +844,9 @@ def _workspace_bytes_2d(
         strategy = "nhwc"
     if strategy == "taps":
         out_h, out_w = spec.output_hw(height, width)
-        by_taps = device != "cpu" or out_h * out_w >= TAPS_MIN_PIXELS
         if spec.is_depthwise:
             return 0
-        if spec.groups > 1 or by_taps:
+        if not taps_hand_off(device, dtype, spec.groups, out_h * out_w):
             return 0
         strategy = "nhwc"
     if strategy == "nhwc" and spec.groups > 1:
