@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lowerconv
-from lowerconv.lowering.quantized import IntegerConvSpec, UnpackedQuantizedConv
+from lowerconv.lowering.quantized import IntegerConvSpec, UnpackedQuantizedConv, x86_uses_onednn
 from lowerconv.models.quantized import build_int8_model
 from lowerconv.verification.audit import ConvOpAudit
 from lowerconv.verification.integer import IntegerVerificationReport, step_diff
@@ -138,10 +138,15 @@ def test_one_quantised_conv_matches_the_engine_in_steps(case):
     with OpNames() as ops:
         got = lowered(x)
     assert ops.convs == []
-    native = conv(x)
     exact = _exact_reference(conv, x)
     # The real arithmetic (float64 on the dequantised values) is within one step of ours always.
     assert (got.int_repr().long() - exact).abs().max() <= 1
+    if _on_onednn(conv) and _window_in_padding(conv, x):
+        # oneDNN's kernel crashes the process on some of these (a 2x1 kernel, stride (1, 2),
+        # padding 1, dilation 2 over a width-1 input: a segmentation fault in torch 2.14) and
+        # gets others wrong (docs/integer.md): the real arithmetic above is the reference.
+        return
+    native = conv(x)
     engine_error = (native.int_repr().long() - exact).abs().max()
     if engine_error <= 1:
         check = step_diff("conv", native, got)
@@ -149,7 +154,25 @@ def test_one_quantised_conv_matches_the_engine_in_steps(case):
     else:
         # x86 (onednn's path) gets some strided grouped convs wrong, docs/integer.md: then the
         # engine, not the lowering, is off the real arithmetic.
-        assert torch.backends.quantized.engine == "x86", (conv, engine_error)
+        assert _on_onednn(conv), (conv, engine_error)
+
+
+def _on_onednn(conv: nn.Module) -> bool:
+    engine = torch.backends.quantized.engine
+    return engine == "onednn" or (engine == "x86" and x86_uses_onednn(conv))
+
+
+def _window_in_padding(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether some output reads nothing but padding, along a strided dimension (the family
+    oneDNN's crashes and wrong codes were found in; 8,000 drawn cases outside it ran cleanly)."""
+    for size, k, s, d, p in zip(
+        x.shape[2:], conv.kernel_size, conv.stride, conv.dilation, conv.padding, strict=True
+    ):
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for o in range(out):
+            if s > 1 and all(not 0 <= o * s - p + j * d < size for j in range(k)):
+                return True
+    return False
 
 
 def _exact_reference(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
